@@ -1,0 +1,191 @@
+"""Run configuration: a frozen, validated dataclass and the vmappable pytree of float hyper-parameters."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple, Optional, Tuple
+
+KNOWN_BACKENDS = ("generalized", "positional", "spring", "mjx")
+
+
+def available_envs() -> Tuple[str, ...]:
+    """Names accepted by `brax.envs.get_environment`."""
+    from brax import envs
+
+    return tuple(sorted(envs._envs))  # Brax keeps its registry here; there is no public listing.
+
+
+class HParams(NamedTuple):
+    """Float hyper-parameters. A pytree, so `jax.vmap(train, in_axes=(None, 0))` sweeps them."""
+
+    discount: float
+    retrace_lambda: float
+    epsilon: float
+    epsilon_mean: float
+    epsilon_std: float
+    epsilon_penalty: float
+    policy_lr: float
+    critic_lr: float
+    dual_lr: float
+    tau: float
+    init_temperature: float
+    init_alpha_mean: float
+    init_alpha_std: float
+    reward_scale: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything that defines a purempo run. Shapes and loop counts are static; floats form `HParams`.
+
+    Defaults are tuned for the default env, `inverted_pendulum`, on a CPU: many lockstep envs (Brax's CPU
+    step costs about the same for 16 or 1024 envs), 8 updates per lockstep step, and target networks copied
+    every 25 updates so the per-update KL bounds (ε_μ = 1e-2, ε_σ = 1e-4) still let the policy move quickly.
+    """
+
+    # --- environment ---
+    env: str = "inverted_pendulum"
+    """Brax environment name (see `brax.envs.get_environment`)."""
+    backend: Optional[str] = None
+    """Brax physics backend (generalized, positional, spring, mjx); None uses the env's default."""
+    episode_length: int = 1000
+    """Time limit in env steps; reaching it truncates (bootstraps), it does not terminate."""
+    reward_scale: float = 1.0
+    """Multiplies rewards seen by the learner (evaluation returns are reported unscaled)."""
+
+    # --- loop sizes ---
+    total_steps: int = 100_000
+    """Env steps in the whole run, prefill included (rounded down to whole iterations)."""
+    num_envs: int = 256
+    """Parallel environments stepped in lockstep."""
+    unroll_length: int = 2
+    """Env steps per environment between learning phases (one iteration = num_envs * unroll_length steps)."""
+    updates_per_iteration: int = 16
+    """SGD updates after each unroll."""
+    prefill_steps: int = 2048
+    """Env steps collected with the initial policy before any update."""
+    num_evals: int = 10
+    """Evaluations (and metric reports) during the run, evenly spaced."""
+    eval_episodes: int = 16
+    """Deterministic (mean-action) episodes per evaluation, run in parallel."""
+
+    # --- replay and batches ---
+    replay_size: int = 262_144
+    """Replay capacity in transitions over all envs (each env keeps replay_size // num_envs steps)."""
+    batch_size: int = 128
+    """Sequences per SGD update."""
+    sequence_length: int = 8
+    """Length L of each sampled sequence (Retrace horizon)."""
+    num_action_samples: int = 16
+    """Actions sampled per state for the E-step and for E_π Q(s', ·)."""
+
+    # --- networks ---
+    policy_hidden: Tuple[int, ...] = (128, 128)
+    critic_hidden: Tuple[int, ...] = (128, 128)
+    min_std: float = 1e-3
+    """Lower bound of the policy's standard deviation."""
+    init_std: float = 0.7
+    """Initial policy standard deviation."""
+
+    # --- MPO ---
+    discount: float = 0.99
+    retrace_lambda: float = 0.95
+    epsilon: float = 0.1
+    """E-step KL bound ε."""
+    epsilon_mean: float = 1e-2
+    """M-step KL bound on the mean (per action dimension when per_dim_constraining)."""
+    epsilon_std: float = 1e-4
+    """M-step KL bound on the standard deviation."""
+    epsilon_penalty: float = 1e-3
+    """E-step KL bound of the action-penalty objective."""
+    per_dim_constraining: bool = True
+    """One Lagrange multiplier per action dimension (else one for the summed KL)."""
+    action_penalization: bool = True
+    """MO-MPO penalty -||a - clip(a, -1, 1)|| keeping the unsquashed Gaussian's mean within bounds."""
+    init_temperature: float = 1.0
+    init_alpha_mean: float = 10.0
+    init_alpha_std: float = 1000.0
+
+    # --- optimisation ---
+    policy_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    dual_lr: float = 1e-2
+    max_grad_norm: float = 40.0
+    """Global-norm gradient clipping, applied to every optimiser."""
+    target_update_period: int = 25
+    """Hard-copy target networks every this many updates; 0 uses Polyak averaging with tau."""
+    tau: float = 0.005
+    """Polyak coefficient for the target networks (used when target_update_period == 0)."""
+
+    def __post_init__(self):
+        def need(ok: bool, field: str, allowed: str):
+            if not ok:
+                raise ValueError(f"invalid {field}={getattr(self, field)!r}: must be {allowed}")
+
+        names = available_envs()
+        if self.env not in names:
+            raise ValueError(f"unknown env {self.env!r}; valid names: {', '.join(names)}")
+        need(self.backend is None or self.backend in KNOWN_BACKENDS, "backend", f"None or one of {KNOWN_BACKENDS}")
+        for field in ("episode_length", "num_envs", "unroll_length", "updates_per_iteration", "num_evals",
+                      "eval_episodes", "batch_size", "num_action_samples", "total_steps"):
+            need(getattr(self, field) >= 1, field, ">= 1")
+        need(self.prefill_steps >= 0, "prefill_steps", ">= 0")
+        need(self.sequence_length >= 2, "sequence_length", ">= 2")
+        need(self.num_action_samples >= 2, "num_action_samples", ">= 2")
+        need(len(self.policy_hidden) >= 1 and min(self.policy_hidden) >= 1, "policy_hidden", "non-empty positive sizes")
+        need(len(self.critic_hidden) >= 1 and min(self.critic_hidden) >= 1, "critic_hidden", "non-empty positive sizes")
+        need(self.capacity_per_env >= self.sequence_length + self.unroll_length, "replay_size",
+             f">= num_envs * (sequence_length + unroll_length) = {self.num_envs * (self.sequence_length + self.unroll_length)}")
+        need(self.batch_size <= self.replay_size, "batch_size", f"<= replay_size ({self.replay_size})")
+        need(self.prefill_iterations * self.steps_per_iteration >= 0, "prefill_steps", ">= 0")
+        need(self.prefill_iterations * self.unroll_length + self.unroll_length >= self.sequence_length, "prefill_steps",
+             f"large enough that the replay holds sequence_length={self.sequence_length} steps per env before "
+             f"the first update (>= {max(0, self.sequence_length - self.unroll_length) * self.num_envs})")
+        need(self.iterations_per_eval >= 1, "total_steps",
+             f">= prefill + num_evals * num_envs * unroll_length = "
+             f"{self.prefill_iterations * self.steps_per_iteration + self.num_evals * self.steps_per_iteration}")
+        need(0.0 <= self.discount < 1.0, "discount", "in [0, 1)")
+        need(0.0 <= self.retrace_lambda <= 1.0, "retrace_lambda", "in [0, 1]")
+        for field in ("epsilon", "epsilon_mean", "epsilon_std", "epsilon_penalty", "policy_lr", "critic_lr",
+                      "dual_lr", "init_temperature", "init_alpha_mean", "init_alpha_std", "min_std", "init_std",
+                      "max_grad_norm", "reward_scale"):
+            value = getattr(self, field)
+            need(math.isfinite(value) and value > 0.0, field, "a finite number > 0")
+        need(self.init_std > self.min_std, "init_std", f"> min_std ({self.min_std})")
+        need(0.0 < self.tau <= 1.0, "tau", "in (0, 1]")
+        need(self.target_update_period >= 0, "target_update_period", ">= 0 (0 selects Polyak averaging)")
+
+    # --- derived values ---
+    @property
+    def steps_per_iteration(self) -> int:
+        return self.num_envs * self.unroll_length
+
+    @property
+    def capacity_per_env(self) -> int:
+        return self.replay_size // self.num_envs
+
+    @property
+    def prefill_iterations(self) -> int:
+        return -(-self.prefill_steps // self.steps_per_iteration)
+
+    @property
+    def iterations_per_eval(self) -> int:
+        learning_steps = self.total_steps - self.prefill_iterations * self.steps_per_iteration
+        return learning_steps // (self.num_evals * self.steps_per_iteration)
+
+    @property
+    def num_iterations(self) -> int:
+        return self.num_evals * self.iterations_per_eval
+
+    @property
+    def env_steps(self) -> int:
+        """Env steps the run actually takes (prefill included)."""
+        return (self.prefill_iterations + self.num_iterations) * self.steps_per_iteration
+
+    @property
+    def hparams(self) -> HParams:
+        return HParams(**{name: float(getattr(self, name)) for name in HParams._fields})
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,109 @@
+"""Brax environments, vectorised, with a time limit and an auto-reset of our own.
+
+Brax's `EpisodeWrapper` + `AutoResetWrapper` lose the final observation of a truncated episode (it is
+replaced by a cached first observation) and restart every episode of an env from the same state. Here:
+- `terminated` (the task says the episode ended) and `truncated` (the time limit was hit) are kept apart;
+- `final_obs` is always the true observation after the step, used to bootstrap at a time limit;
+- a finished env restarts from `env.reset` with a fresh key, so starts differ between episodes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import chex
+import jax
+import jax.numpy as jnp
+from brax import envs as brax_envs
+
+
+def make(name: str, backend: Optional[str] = None) -> brax_envs.Env:
+    """The raw (unwrapped) Brax environment `name`."""
+    kwargs = {} if backend is None else {"backend": backend}
+    return brax_envs.get_environment(name, **kwargs)
+
+
+class EnvState(NamedTuple):
+    """Batched state of `num_envs` environments (leading axis E)."""
+
+    brax_state: Any  # brax.envs.State with leaves [E, ...]
+    episode_step: chex.Array  # int32 [E]: steps taken in the current episode
+    episode_return: chex.Array  # float32 [E]: unscaled return so far in the current episode
+
+
+class StepResult(NamedTuple):
+    final_obs: chex.Array  # [E, O] observation after the step (before any reset)
+    reward: chex.Array  # [E]
+    terminated: chex.Array  # bool [E]
+    truncated: chex.Array  # bool [E]: time limit reached and not terminated
+    finished_return: chex.Array  # [E] return of the episode that ended at this step (0 where none ended)
+
+
+def reset(env: brax_envs.Env, key: chex.PRNGKey, num_envs: int) -> EnvState:
+    brax_state = jax.vmap(env.reset)(jax.random.split(key, num_envs))
+    return EnvState(
+        brax_state=brax_state,
+        episode_step=jnp.zeros((num_envs,), jnp.int32),
+        episode_return=jnp.zeros((num_envs,), jnp.float32),
+    )
+
+
+def observation(state: EnvState) -> chex.Array:
+    """Current observations `[E, O]` (the first observation of a new episode after a reset)."""
+    return state.brax_state.obs
+
+
+def step(
+    env: brax_envs.Env, state: EnvState, action: chex.Array, key: chex.PRNGKey, episode_length: int
+) -> tuple[EnvState, StepResult]:
+    """Steps every env with `action` `[E, A]` (already inside the action bounds), resetting finished ones."""
+    num_envs = state.episode_step.shape[0]
+    stepped = jax.vmap(env.step)(state.brax_state, action)
+    episode_step = state.episode_step + 1
+    terminated = stepped.done > 0.5
+    truncated = jnp.logical_and(episode_step >= episode_length, jnp.logical_not(terminated))
+    done = jnp.logical_or(terminated, truncated)
+    episode_return = state.episode_return + stepped.reward
+
+    fresh = jax.vmap(env.reset)(jax.random.split(key, num_envs))
+
+    def pick(new, old):
+        mask = done.reshape(done.shape + (1,) * (old.ndim - 1))
+        return jnp.where(mask, new, old)
+
+    next_brax_state = jax.tree.map(pick, fresh, stepped)
+    next_state = EnvState(
+        brax_state=next_brax_state,
+        episode_step=jnp.where(done, 0, episode_step),
+        episode_return=jnp.where(done, 0.0, episode_return),
+    )
+    result = StepResult(
+        final_obs=stepped.obs,
+        reward=stepped.reward,
+        terminated=terminated,
+        truncated=truncated,
+        finished_return=jnp.where(done, episode_return, 0.0),
+    )
+    return next_state, result
+
+
+def evaluate(
+    env: brax_envs.Env, policy_fn, key: chex.PRNGKey, num_episodes: int, episode_length: int
+) -> chex.Array:
+    """Returns `[num_episodes]` undiscounted returns of full episodes run in parallel.
+
+    `policy_fn(obs [E, O]) -> action [E, A]` must already be deterministic and inside the bounds.
+    Episodes end at termination or after `episode_length` steps; rewards after the end are ignored.
+    """
+    brax_state = jax.vmap(env.reset)(jax.random.split(key, num_episodes))
+
+    def body(carry, _):
+        brax_state, alive, total = carry
+        next_state = jax.vmap(env.step)(brax_state, policy_fn(brax_state.obs))
+        total = total + alive * next_state.reward
+        alive = alive * (1.0 - next_state.done)
+        return (next_state, alive, total), None
+
+    init = (brax_state, jnp.ones((num_episodes,)), jnp.zeros((num_episodes,)))
+    (_, _, total), _ = jax.lax.scan(body, init, None, length=episode_length)
+    return total

@@ -1,0 +1,175 @@
+"""MPO policy improvement: E-step, decoupled M-step and their dual variables.
+
+Abdolmaleki et al. 2018, "Maximum a Posteriori Policy Optimisation" (MPO) and "Relative Entropy
+Regularized Policy Iteration"; action penalisation from Abdolmaleki et al. 2020 (MO-MPO).
+
+E-step (non-parametric improvement), for N actions a_ij ~ π'(·|s_i) per state s_i:
+    q_ij = softmax_j(Q(s_i, a_ij) / η),
+    η ← argmin_η g(η) = η ε + η · mean_i log mean_j exp(Q(s_i, a_ij) / η)          (convex dual)
+M-step (weighted maximum likelihood, decoupled trust regions, Eq. 4 of the 2018 paper):
+    max_θ Σ_ij q_ij [log N(a_ij; μ_θ, σ') + log N(a_ij; μ', σ_θ)]
+    s.t.  KL(π'_μ ‖ π_μ) ≤ ε_μ and KL(π'_σ ‖ π_σ) ≤ ε_σ  (optionally per action dimension),
+enforced by Lagrange multipliers α_μ, α_σ with loss α·(ε − sg(KL)) and sg(α)·KL.
+
+Dual variables are stored as logs, projected onto a fixed interval after every step and mapped through
+exp, so they are positive and finite whatever the gradients do.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+
+# Duals live in log space: an Adam step then changes them by a bounded *factor*, so η can follow Q
+# through any reward scale. Projection onto [LOG_MIN, LOG_MAX] keeps every dual positive and finite.
+LOG_MIN, LOG_MAX = -18.0, 18.0
+
+
+def positive(raw: chex.Array) -> chex.Array:
+    """Maps an unconstrained dual parameter to its positive value exp(clip(raw)) ∈ [1.5e-8, 6.6e7]."""
+    return jnp.exp(jnp.clip(raw, LOG_MIN, LOG_MAX))
+
+
+def inverse_positive(value: chex.Numeric) -> chex.Array:
+    """Inverse of `positive` inside its range."""
+    return jnp.log(jnp.asarray(value, jnp.float32))
+
+
+def project_dual_params(params: "DualParams") -> "DualParams":
+    """Projects raw duals back into [LOG_MIN, LOG_MAX] after an optimiser step."""
+    return jax.tree.map(lambda x: jnp.clip(x, LOG_MIN, LOG_MAX), params)
+
+
+class DualParams(NamedTuple):
+    """Unconstrained dual parameters. `alpha_*` have shape `[D]` (per-dimension) or `[1]`."""
+
+    temperature: chex.Array  # []
+    penalty_temperature: chex.Array  # []
+    alpha_mean: chex.Array
+    alpha_std: chex.Array
+
+
+def init_dual_params(
+    action_dim: int,
+    per_dim_constraining: bool,
+    init_temperature: chex.Numeric,
+    init_alpha_mean: chex.Numeric,
+    init_alpha_std: chex.Numeric,
+) -> DualParams:
+    shape = (action_dim,) if per_dim_constraining else (1,)
+    return DualParams(
+        temperature=inverse_positive(init_temperature),
+        penalty_temperature=inverse_positive(init_temperature),
+        alpha_mean=jnp.full(shape, inverse_positive(init_alpha_mean)),
+        alpha_std=jnp.full(shape, inverse_positive(init_alpha_std)),
+    )
+
+
+def e_step(q_values: chex.Array, temperature: chex.Numeric, epsilon: chex.Numeric):
+    """Non-parametric E-step and temperature dual.
+
+    Args:
+      q_values: `[N, B]` values of N sampled actions for each of B states.
+      temperature: η > 0 (differentiable).
+      epsilon: KL bound ε of the improved distribution against the sampling policy.
+
+    Returns:
+      weights `[N, B]`: softmax over N of Q/η, gradient stopped; each column sums to 1.
+      temperature_loss: scalar `η·ε + η·mean_B(logsumexp_N(Q/η) − log N)`, differentiable in η.
+    """
+    chex.assert_rank(q_values, 2)
+    q_values = jax.lax.stop_gradient(q_values)
+    tempered = q_values / temperature
+    weights = jax.lax.stop_gradient(jax.nn.softmax(tempered, axis=0))
+    log_num_actions = jnp.log(q_values.shape[0])
+    log_mean_exp = jax.nn.logsumexp(tempered, axis=0) - log_num_actions
+    temperature_loss = temperature * epsilon + temperature * jnp.mean(log_mean_exp)
+    return weights, temperature_loss
+
+
+def kl_weights_vs_uniform(weights: chex.Array) -> chex.Array:
+    """KL(q ‖ uniform) per state for weights `[N, B]`; returns `[B]`. Diagnostic for the E-step ε."""
+    n = weights.shape[0]
+    return jnp.sum(weights * (jnp.log(jnp.maximum(weights, 1e-30)) + jnp.log(n)), axis=0)
+
+
+def gaussian_log_prob(x: chex.Array, mean: chex.Array, std: chex.Array) -> chex.Array:
+    """Per-dimension log density of a diagonal Gaussian; broadcasts, returns the shape of x."""
+    z = (x - mean) / std
+    return -0.5 * z * z - jnp.log(std) - 0.5 * jnp.log(2.0 * jnp.pi)
+
+
+def gaussian_kl(mean_p, std_p, mean_q, std_q) -> chex.Array:
+    """Per-dimension KL(N(mean_p, std_p) ‖ N(mean_q, std_q)) (closed form)."""
+    var_ratio = (std_p / std_q) ** 2
+    return 0.5 * (var_ratio + ((mean_p - mean_q) / std_q) ** 2 - 1.0 - jnp.log(var_ratio))
+
+
+class MStepStats(NamedTuple):
+    kl_mean: chex.Array  # [D] per-dimension KL(π'_μ ‖ π_μ), mean over states
+    kl_std: chex.Array  # [D]
+
+
+def m_step(
+    online_mean: chex.Array,
+    online_std: chex.Array,
+    target_mean: chex.Array,
+    target_std: chex.Array,
+    actions: chex.Array,
+    weights: chex.Array,
+    alpha_mean: chex.Array,
+    alpha_std: chex.Array,
+    epsilon_mean: chex.Numeric,
+    epsilon_std: chex.Numeric,
+    per_dim_constraining: bool,
+):
+    """Decoupled weighted maximum likelihood with KL trust regions on mean and std.
+
+    Args:
+      online_mean, online_std: `[B, D]` parameters of π_θ (differentiable).
+      target_mean, target_std: `[B, D]` parameters of the target policy π' (gradient stopped here).
+      actions: `[N, B, D]` actions sampled from π'.
+      weights: `[N, B]` E-step weights (sum over objectives allowed: each objective's column sums to 1).
+      alpha_mean, alpha_std: positive multipliers, `[D]` if per-dimension else `[1]` (differentiable).
+      epsilon_mean, epsilon_std: KL bounds (per dimension when `per_dim_constraining`).
+
+    Returns:
+      policy_loss: scalar for θ (multipliers held fixed).
+      alpha_loss: scalar for the multipliers, `Σ α·(ε − sg(KL))`; d/dα = ε − KL.
+      stats: `MStepStats` with per-dimension KLs.
+    """
+    chex.assert_rank([online_mean, online_std, target_mean, target_std], 2)
+    chex.assert_rank([actions, weights], [3, 2])
+    actions, weights, target_mean, target_std = jax.tree.map(
+        jax.lax.stop_gradient, (actions, weights, target_mean, target_std)
+    )
+    # π_μ = N(μ_θ, σ') learns the mean; π_σ = N(μ', σ_θ) learns the std.
+    log_prob_mean = jnp.sum(gaussian_log_prob(actions, online_mean, target_std), axis=-1)  # [N, B]
+    log_prob_std = jnp.sum(gaussian_log_prob(actions, target_mean, online_std), axis=-1)
+    weighted_nll = -jnp.mean(jnp.sum(weights * (log_prob_mean + log_prob_std), axis=0))
+
+    kl_mean = jnp.mean(gaussian_kl(target_mean, target_std, online_mean, target_std), axis=0)  # [D]
+    kl_std = jnp.mean(gaussian_kl(target_mean, target_std, target_mean, online_std), axis=0)
+    if per_dim_constraining:
+        constrained_mean, constrained_std = kl_mean, kl_std
+    else:
+        constrained_mean, constrained_std = jnp.sum(kl_mean, keepdims=True), jnp.sum(kl_std, keepdims=True)
+    chex.assert_equal_shape([constrained_mean, alpha_mean])
+    chex.assert_equal_shape([constrained_std, alpha_std])
+
+    sg = jax.lax.stop_gradient
+    policy_loss = weighted_nll + jnp.sum(sg(alpha_mean) * constrained_mean) + jnp.sum(
+        sg(alpha_std) * constrained_std
+    )
+    alpha_loss = jnp.sum(alpha_mean * (epsilon_mean - sg(constrained_mean))) + jnp.sum(
+        alpha_std * (epsilon_std - sg(constrained_std))
+    )
+    return policy_loss, alpha_loss, MStepStats(kl_mean=kl_mean, kl_std=kl_std)
+
+
+def action_penalty_cost(actions: chex.Array, low: float = -1.0, high: float = 1.0) -> chex.Array:
+    """MO-MPO action penalty −‖a − clip(a)‖₂ over the last axis: `[..., D] → [...]`."""
+    return -jnp.linalg.norm(actions - jnp.clip(actions, low, high), axis=-1)

@@ -1,0 +1,62 @@
+"""Policy and critic networks (flax.linen).
+
+Both use Acme's layer-norm MLP trunk: Dense → LayerNorm → tanh, then Dense → ELU layers. The layer norm on
+the first layer keeps the critic well conditioned across reward scales.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import chex
+import distrax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class LayerNormMLP(nn.Module):
+    hidden: Sequence[int]
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Dense(self.hidden[0], kernel_init=nn.initializers.lecun_uniform())(x)
+        x = jnp.tanh(nn.LayerNorm()(x))
+        for size in self.hidden[1:]:
+            x = nn.elu(nn.Dense(size, kernel_init=nn.initializers.lecun_uniform())(x))
+        return x
+
+
+class GaussianPolicy(nn.Module):
+    """π_θ(a|s) = N(mean(s), diag(std(s)²)); std = softplus(·) + min_std, initialised near init_std."""
+
+    hidden: Sequence[int]
+    action_dim: int
+    min_std: float = 1e-3
+    init_std: float = 0.7
+
+    @nn.compact
+    def __call__(self, obs: chex.Array) -> Tuple[chex.Array, chex.Array]:
+        h = LayerNormMLP(self.hidden)(obs)
+        mean = nn.Dense(self.action_dim, kernel_init=nn.initializers.variance_scaling(1e-4, "fan_in", "uniform"))(h)
+        offset = jnp.log(jnp.expm1(self.init_std - self.min_std))  # softplus⁻¹ so the initial std ≈ init_std
+        raw_std = nn.Dense(self.action_dim, kernel_init=nn.initializers.variance_scaling(1e-4, "fan_in", "uniform"))(h)
+        std = jax.nn.softplus(raw_std + offset) + self.min_std
+        return mean, std
+
+
+class Critic(nn.Module):
+    """Q_φ(s, a) → scalar per (state, action) pair; leading dims broadcast."""
+
+    hidden: Sequence[int]
+
+    @nn.compact
+    def __call__(self, obs: chex.Array, action: chex.Array) -> chex.Array:
+        obs = jnp.broadcast_to(obs, action.shape[:-1] + obs.shape[-1:])
+        h = LayerNormMLP(self.hidden)(jnp.concatenate([obs, action], axis=-1))
+        return nn.Dense(1)(h)[..., 0]
+
+
+def distribution(mean: chex.Array, std: chex.Array) -> distrax.MultivariateNormalDiag:
+    """The policy's action distribution (batch over leading dims, event over the last)."""
+    return distrax.MultivariateNormalDiag(mean, std)

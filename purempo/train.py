@@ -1,0 +1,312 @@
+"""The MPO trainer: `make_train(config)` returns a pure `train(key, hparams=None)`.
+
+One iteration = an unroll of `unroll_length` lockstep steps of `num_envs` envs, written to replay, then
+`updates_per_iteration` SGD updates on sampled sequences. Iterations are grouped into `num_evals` chunks,
+each followed by a deterministic evaluation; `train` is a `lax.scan` over chunks, and `Trainer.run_chunk`
+runs one chunk so a driver can report progress between chunks with identical numerics.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from purempo import acting, envs, mpo, normalizer, replay
+from purempo.config import Config, HParams
+from purempo.networks import Critic, GaussianPolicy
+from purempo.retrace import batched_retrace_targets
+from purempo.types import Transition
+
+
+class Networks(NamedTuple):
+    policy: GaussianPolicy
+    critic: Critic
+
+
+class LearnerState(NamedTuple):
+    policy_params: Any
+    critic_params: Any
+    target_policy_params: Any
+    target_critic_params: Any
+    dual_params: mpo.DualParams
+    policy_opt_state: Any
+    critic_opt_state: Any
+    dual_opt_state: Any
+    num_updates: chex.Array  # int32 []
+
+
+class TrainState(NamedTuple):
+    learner: LearnerState
+    obs_stats: normalizer.RunningStats
+    replay: replay.ReplayState
+    env_state: envs.EnvState
+    key: chex.PRNGKey
+    env_steps: chex.Array  # int32 []
+
+
+def make_networks(config: Config, action_dim: int) -> Networks:
+    return Networks(
+        policy=GaussianPolicy(config.policy_hidden, action_dim, config.min_std, config.init_std),
+        critic=Critic(config.critic_hidden),
+    )
+
+
+def make_optimizer(config: Config) -> optax.GradientTransformation:
+    """Clipping + Adam scaling; the (vmappable) learning rate is applied by `apply_updates`."""
+    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.scale_by_adam())
+
+
+def apply_updates(optimizer, grads, opt_state, params, learning_rate):
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = jax.tree.map(lambda p, u: p - learning_rate * u, params, updates)
+    return params, opt_state
+
+
+def mpo_loss(params, learner: LearnerState, obs_stats, batch: Transition, key, hp: HParams, config: Config,
+             nets: Networks):
+    """Total loss (critic + policy + duals; their parameters do not interact) and metrics.
+
+    Shapes: batch leaves `[B, L, ...]`; N = num_action_samples; A = action dim.
+    """
+    policy_params, critic_params, dual_params = params
+    num_samples = config.num_action_samples
+    obs = normalizer.normalize(obs_stats, batch.obs)  # [B, L, O]
+    next_obs = normalizer.normalize(obs_stats, batch.next_obs)
+    action_dim = batch.action.shape[-1]
+
+    # Target policy at s_t (for π'(a_t|s_t)) and at s_{t+1} (samples for E_π' Q' and the E-step).
+    target_mean, target_std = nets.policy.apply(learner.target_policy_params, obs)
+    next_target_mean, next_target_std = nets.policy.apply(learner.target_policy_params, next_obs)
+    noise = jax.random.normal(key, (num_samples,) + next_target_mean.shape)
+    sampled_actions = next_target_mean + next_target_std * noise  # [N, B, L, A]
+    sampled_q = nets.critic.apply(learner.target_critic_params, next_obs, acting.env_action(sampled_actions))
+
+    # Policy evaluation: Retrace targets with target networks.
+    v_tp1 = jnp.mean(sampled_q, axis=0)  # [B, L]
+    q_target_taken = nets.critic.apply(learner.target_critic_params, obs, acting.env_action(batch.action))
+    log_pi = jnp.sum(mpo.gaussian_log_prob(batch.action, target_mean, target_std), axis=-1)
+    log_rhos = log_pi - batch.behaviour_log_prob
+    # After a time-limit truncation the next step belongs to a new episode: cut the trace there.
+    starts_new_episode = jnp.pad(batch.truncated[:, :-1], ((0, 0), (1, 0)))
+    log_rhos = jnp.where(starts_new_episode, -jnp.inf, log_rhos)
+    discount = hp.discount * (1.0 - batch.terminated.astype(jnp.float32))
+    targets = batched_retrace_targets(
+        q_target_taken, v_tp1, batch.reward * hp.reward_scale, discount, log_rhos, hp.retrace_lambda
+    )
+    q_online = nets.critic.apply(critic_params, obs, acting.env_action(batch.action))
+    critic_loss = 0.5 * jnp.mean((q_online - targets) ** 2)
+
+    # E-step on the next states, reusing the target-Q of the sampled actions.
+    temperature = mpo.positive(dual_params.temperature)
+    weights, temperature_loss = mpo.e_step(sampled_q.reshape(num_samples, -1), temperature, hp.epsilon)
+    e_step_kl = jnp.mean(mpo.kl_weights_vs_uniform(weights))
+    flat_actions = sampled_actions.reshape(num_samples, -1, action_dim)
+    penalty_temperature = mpo.positive(dual_params.penalty_temperature)
+    if config.action_penalization:
+        penalty_weights, penalty_loss = mpo.e_step(
+            mpo.action_penalty_cost(flat_actions), penalty_temperature, hp.epsilon_penalty
+        )
+        weights = weights + penalty_weights
+    else:
+        penalty_loss = 0.0
+
+    # M-step: decoupled weighted maximum likelihood under KL trust regions.
+    online_mean, online_std = nets.policy.apply(policy_params, next_obs)
+    alpha_mean = mpo.positive(dual_params.alpha_mean)
+    alpha_std = mpo.positive(dual_params.alpha_std)
+    policy_loss, alpha_loss, kl = mpo.m_step(
+        online_mean.reshape(-1, action_dim),
+        online_std.reshape(-1, action_dim),
+        next_target_mean.reshape(-1, action_dim),
+        next_target_std.reshape(-1, action_dim),
+        flat_actions,
+        weights,
+        alpha_mean,
+        alpha_std,
+        hp.epsilon_mean,
+        hp.epsilon_std,
+        config.per_dim_constraining,
+    )
+    total = critic_loss + policy_loss + temperature_loss + penalty_loss + alpha_loss
+    metrics = dict(
+        critic_loss=critic_loss,
+        policy_loss=policy_loss,
+        q_mean=jnp.mean(q_online),
+        target_mean=jnp.mean(targets),
+        temperature=temperature,
+        penalty_temperature=penalty_temperature,
+        alpha_mean=jnp.mean(alpha_mean),
+        alpha_std=jnp.mean(alpha_std),
+        kl_mean=jnp.mean(kl.kl_mean),
+        kl_std=jnp.mean(kl.kl_std),
+        e_step_kl=e_step_kl,
+        policy_std=jnp.mean(online_std),
+    )
+    return total, metrics
+
+
+def learner_step(learner: LearnerState, obs_stats, batch: Transition, key, hp: HParams, config: Config,
+                 nets: Networks, optimizer):
+    """One SGD update of critic, policy and duals, then the target-network update."""
+    params = (learner.policy_params, learner.critic_params, learner.dual_params)
+    grads, metrics = jax.grad(mpo_loss, has_aux=True)(params, learner, obs_stats, batch, key, hp, config, nets)
+    policy_grads, critic_grads, dual_grads = grads
+    policy_params, policy_opt = apply_updates(optimizer, policy_grads, learner.policy_opt_state,
+                                              learner.policy_params, hp.policy_lr)
+    critic_params, critic_opt = apply_updates(optimizer, critic_grads, learner.critic_opt_state,
+                                              learner.critic_params, hp.critic_lr)
+    dual_params, dual_opt = apply_updates(optimizer, dual_grads, learner.dual_opt_state,
+                                          learner.dual_params, hp.dual_lr)
+    dual_params = mpo.project_dual_params(dual_params)
+    num_updates = learner.num_updates + 1
+    if config.target_update_period > 0:
+        copy = num_updates % config.target_update_period == 0
+        update_target = lambda target, online: jnp.where(copy, online, target)  # noqa: E731
+    else:
+        update_target = lambda target, online: target + hp.tau * (online - target)  # noqa: E731
+    learner = LearnerState(
+        policy_params=policy_params,
+        critic_params=critic_params,
+        target_policy_params=jax.tree.map(update_target, learner.target_policy_params, policy_params),
+        target_critic_params=jax.tree.map(update_target, learner.target_critic_params, critic_params),
+        dual_params=dual_params,
+        policy_opt_state=policy_opt,
+        critic_opt_state=critic_opt,
+        dual_opt_state=dual_opt,
+        num_updates=num_updates,
+    )
+    return learner, metrics
+
+
+class Trainer(NamedTuple):
+    """Pure functions of one run; all are `jit`/`vmap`-able."""
+
+    config: Config
+    init: Callable  # (key, hparams) -> TrainState (prefill done)
+    run_chunk: Callable  # (state, hparams) -> (state, ChunkMetrics)
+    train: Callable  # (key, hparams=None) -> (state, metrics stacked over num_evals chunks)
+    evaluate: Callable  # (policy_params, obs_stats, key) -> returns [eval_episodes]
+
+
+def make_trainer(config: Config) -> Trainer:
+    env = envs.make(config.env, config.backend)
+    obs_dim, action_dim = env.observation_size, env.action_size
+    nets = make_networks(config, action_dim)
+    optimizer = make_optimizer(config)
+
+    def collect(state: TrainState, policy_params, key):
+        env_state, transitions, episodes = acting.rollout(
+            env, nets.policy, policy_params, state.obs_stats, state.env_state, key,
+            config.unroll_length, config.episode_length,
+        )
+        state = state._replace(
+            env_state=env_state,
+            obs_stats=normalizer.update(state.obs_stats, transitions.obs),
+            replay=replay.add(state.replay, transitions),
+            env_steps=state.env_steps + config.steps_per_iteration,
+        )
+        return state, episodes
+
+    def init(key, hparams: Optional[HParams] = None) -> TrainState:
+        hp = config.hparams if hparams is None else hparams
+        key, env_key, policy_key, critic_key, prefill_key = jax.random.split(key, 5)
+        env_state = envs.reset(env, env_key, config.num_envs)
+        dummy_obs, dummy_action = jnp.zeros((obs_dim,)), jnp.zeros((action_dim,))
+        policy_params = nets.policy.init(policy_key, dummy_obs)
+        critic_params = nets.critic.init(critic_key, dummy_obs, dummy_action)
+        dual_params = mpo.init_dual_params(action_dim, config.per_dim_constraining, hp.init_temperature,
+                                           hp.init_alpha_mean, hp.init_alpha_std)
+        learner = LearnerState(
+            policy_params=policy_params,
+            critic_params=critic_params,
+            target_policy_params=policy_params,
+            target_critic_params=critic_params,
+            dual_params=dual_params,
+            policy_opt_state=optimizer.init(policy_params),
+            critic_opt_state=optimizer.init(critic_params),
+            dual_opt_state=optimizer.init(dual_params),
+            num_updates=jnp.zeros((), jnp.int32),
+        )
+        example = Transition(
+            obs=jnp.zeros((config.num_envs, obs_dim)),
+            action=jnp.zeros((config.num_envs, action_dim)),
+            reward=jnp.zeros((config.num_envs,)),
+            terminated=jnp.zeros((config.num_envs,), bool),
+            truncated=jnp.zeros((config.num_envs,), bool),
+            next_obs=jnp.zeros((config.num_envs, obs_dim)),
+            behaviour_log_prob=jnp.zeros((config.num_envs,)),
+        )
+        state = TrainState(
+            learner=learner,
+            obs_stats=normalizer.init(obs_dim),
+            replay=replay.init(example, config.capacity_per_env),
+            env_state=env_state,
+            key=key,
+            env_steps=jnp.zeros((), jnp.int32),
+        )
+
+        def prefill(state, k):
+            state, _ = collect(state, state.learner.policy_params, k)
+            return state, None
+
+        state, _ = jax.lax.scan(prefill, state, jax.random.split(prefill_key, config.prefill_iterations))
+        return state
+
+    def iteration(state: TrainState, hp: HParams):
+        key, rollout_key, update_key = jax.random.split(state.key, 3)
+        state, episodes = collect(state._replace(key=key), state.learner.policy_params, rollout_key)
+
+        def update(learner, k):
+            sample_key, loss_key = jax.random.split(k)
+            batch = replay.sample(state.replay, sample_key, config.batch_size, config.sequence_length)
+            return learner_step(learner, state.obs_stats, batch, loss_key, hp, config, nets, optimizer)
+
+        learner, metrics = jax.lax.scan(
+            update, state.learner, jax.random.split(update_key, config.updates_per_iteration)
+        )
+        metrics = jax.tree.map(jnp.mean, metrics)
+        metrics.update(
+            env_steps=state.env_steps,
+            episode_return_sum=episodes.return_sum,
+            episodes_finished=episodes.count,
+        )
+        return state._replace(learner=learner), metrics
+
+    def deterministic_policy(policy_params, obs_stats):
+        def act(obs):
+            mean, _ = nets.policy.apply(policy_params, normalizer.normalize(obs_stats, obs))
+            return acting.env_action(mean)
+
+        return act
+
+    def evaluate(policy_params, obs_stats, key):
+        return envs.evaluate(env, deterministic_policy(policy_params, obs_stats), key, config.eval_episodes,
+                             config.episode_length)
+
+    def run_chunk(state: TrainState, hparams: Optional[HParams] = None):
+        hp = config.hparams if hparams is None else hparams
+        state, metrics = jax.lax.scan(lambda s, _: iteration(s, hp), state, None, length=config.iterations_per_eval)
+        key, eval_key = jax.random.split(state.key)
+        returns = evaluate(state.learner.policy_params, state.obs_stats, eval_key)
+        metrics.update(eval_return=jnp.mean(returns), eval_return_std=jnp.std(returns),
+                       eval_env_steps=state.env_steps)
+        return state._replace(key=key), metrics
+
+    def train(key, hparams: Optional[HParams] = None):
+        state = init(key, hparams)
+        return jax.lax.scan(lambda s, _: run_chunk(s, hparams), state, None, length=config.num_evals)
+
+    return Trainer(config=config, init=init, run_chunk=run_chunk, train=train, evaluate=evaluate)
+
+
+def make_train(config: Config) -> Callable:
+    """Returns `train(key, hparams=None) -> (final TrainState, metrics)`; pure, so jit/vmap it.
+
+    `metrics` holds per-iteration values shaped `[num_evals, iterations_per_eval]` and per-evaluation
+    values (`eval_return`, `eval_return_std`, `eval_env_steps`) shaped `[num_evals]`.
+    """
+    return make_trainer(config).train
