@@ -11,9 +11,9 @@ KNOWN_BACKENDS = ("generalized", "positional", "spring", "mjx")
 
 def available_envs() -> Tuple[str, ...]:
     """Names accepted by `brax.envs.get_environment`."""
-    from brax import envs
+    from purempo.envs import available
 
-    return tuple(sorted(envs._envs))  # Brax keeps its registry here; there is no public listing.
+    return available()
 
 
 class HParams(NamedTuple):
@@ -44,7 +44,6 @@ class Config:
     every 25 updates so the per-update KL bounds (ε_μ = 1e-2, ε_σ = 1e-4) still let the policy move quickly.
     """
 
-    # --- environment ---
     env: str = "inverted_pendulum"
     """Brax environment name (see `brax.envs.get_environment`)."""
     backend: Optional[str] = None
@@ -54,7 +53,6 @@ class Config:
     reward_scale: float = 1.0
     """Multiplies rewards seen by the learner (evaluation returns are reported unscaled)."""
 
-    # --- loop sizes ---
     total_steps: int = 100_000
     """Env steps in the whole run, prefill included (rounded down to whole iterations)."""
     num_envs: int = 256
@@ -70,7 +68,6 @@ class Config:
     eval_episodes: int = 16
     """Deterministic (mean-action) episodes per evaluation, run in parallel."""
 
-    # --- replay and batches ---
     replay_size: int = 262_144
     """Replay capacity in transitions over all envs (each env keeps replay_size // num_envs steps)."""
     batch_size: int = 128
@@ -80,17 +77,19 @@ class Config:
     num_action_samples: int = 16
     """Actions sampled per state for the E-step and for E_π Q(s', ·)."""
 
-    # --- networks ---
     policy_hidden: Tuple[int, ...] = (128, 128)
+    """Hidden layer sizes of the policy network."""
     critic_hidden: Tuple[int, ...] = (128, 128)
+    """Hidden layer sizes of the critic network."""
     min_std: float = 1e-3
     """Lower bound of the policy's standard deviation."""
     init_std: float = 0.7
     """Initial policy standard deviation."""
 
-    # --- MPO ---
     discount: float = 0.99
+    """Discount γ (zeroed only on termination)."""
     retrace_lambda: float = 0.95
+    """Retrace trace coefficient λ in c = λ·min(1, π/b)."""
     epsilon: float = 0.1
     """E-step KL bound ε."""
     epsilon_mean: float = 1e-2
@@ -104,13 +103,18 @@ class Config:
     action_penalization: bool = True
     """MO-MPO penalty -||a - clip(a, -1, 1)|| keeping the unsquashed Gaussian's mean within bounds."""
     init_temperature: float = 1.0
+    """Initial E-step temperatures η (task and action penalty)."""
     init_alpha_mean: float = 10.0
+    """Initial Lagrange multiplier(s) α_μ of the mean KL constraint."""
     init_alpha_std: float = 1000.0
+    """Initial Lagrange multiplier(s) α_σ of the std KL constraint."""
 
-    # --- optimisation ---
     policy_lr: float = 3e-4
+    """Adam learning rate of the policy."""
     critic_lr: float = 3e-4
+    """Adam learning rate of the critic."""
     dual_lr: float = 1e-2
+    """Adam learning rate of the (log-space) dual variables η, α_μ, α_σ."""
     max_grad_norm: float = 40.0
     """Global-norm gradient clipping, applied to every optimiser."""
     target_update_period: int = 25
@@ -156,7 +160,6 @@ class Config:
         need(0.0 < self.tau <= 1.0, "tau", "in (0, 1]")
         need(self.target_update_period >= 0, "target_update_period", ">= 0 (0 selects Polyak averaging)")
 
-    # --- derived values ---
     @property
     def steps_per_iteration(self) -> int:
         return self.num_envs * self.unroll_length

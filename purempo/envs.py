@@ -9,18 +9,32 @@ replaced by a cached first observation) and restart every episode of an env from
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+import contextlib
+import io
+import warnings
+from typing import Any, NamedTuple, Optional, Tuple
 
 import chex
 import jax
 import jax.numpy as jnp
-from brax import envs as brax_envs
+
+with contextlib.redirect_stdout(io.StringIO()):  # mujoco's optional-backend probe prints to stdout
+    from brax import envs as brax_envs
+
+
+def available() -> Tuple[str, ...]:
+    """Names accepted by `brax.envs.get_environment` (Brax keeps its registry in `envs._envs`)."""
+    return tuple(sorted(brax_envs._envs))
 
 
 def make(name: str, backend: Optional[str] = None) -> brax_envs.Env:
     """The raw (unwrapped) Brax environment `name`."""
+    if name not in available():
+        raise ValueError(f"unknown env {name!r}; valid names: {', '.join(available())}")
     kwargs = {} if backend is None else {"backend": backend}
-    return brax_envs.get_environment(name, **kwargs)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Brax System, piplines and environments")
+        return brax_envs.get_environment(name, **kwargs)
 
 
 class EnvState(NamedTuple):
