@@ -56,7 +56,6 @@ def _prepare_run_dir(args: TrainArgs) -> Path:
 def run_training(args: TrainArgs) -> Path:
     """Trains as `args` says; returns the run directory."""
     import jax
-    import jax.numpy as jnp
     import numpy as np
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -84,9 +83,8 @@ def run_training(args: TrainArgs) -> Path:
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f} steps"),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("compiling + prefill", total=config.env_steps, info="")
+        task = progress.add_task("compiling", total=config.env_steps, info="")
         state = init(keys)
-        progress.update(task, completed=int(state.env_steps[0]))
         with open(run_dir / "metrics.jsonl", "a") as log:
             for index in range(config.num_evals):
                 progress.update(task, description="training" if index else "compiling + training")
@@ -103,21 +101,26 @@ def run_training(args: TrainArgs) -> Path:
                     eval_return_per_seed=per_seed,
                     train_episode_return=float(np.mean(episode_return)),
                 )
-                skip = {"env_steps", "episode_return_sum", "episodes_finished", "eval_return", "eval_env_steps"}
+                learned = np.asarray(metrics["updates"]) > 0  # prefill iterations report NaN learner metrics
+                skip = {"env_steps", "updates", "episode_return_sum", "episodes_finished", "eval_return",
+                        "eval_env_steps"}
                 for name, value in metrics.items():
-                    if name not in skip:
-                        row[name] = float(np.mean(value))
+                    if name in skip:
+                        continue
+                    value = np.asarray(value)
+                    if value.shape == learned.shape:
+                        if not np.all(np.isfinite(value[learned])):
+                            raise UsageError(f"non-finite {name} during evaluation period {index + 1}; "
+                                             f"metrics up to there are in {run_dir / 'metrics.jsonl'}")
+                        value = value[learned] if learned.any() else np.full(1, np.nan)
+                    row[name] = float(np.mean(value))
                 log.write(json.dumps(row) + "\n")
                 log.flush()
-                if not all(np.isfinite(row[k]) for k in ("critic_loss", "policy_loss", "temperature")):
-                    bad = next(k for k in ("critic_loss", "policy_loss", "temperature") if not np.isfinite(row[k]))
-                    raise UsageError(f"non-finite {bad} at evaluation {index + 1}; metrics so far are in {run_dir}")
                 progress.update(task, completed=row["env_steps"],
                                 info=f"eval {row['eval_return']:.1f}  SPS {row['env_steps'] * args.num_seeds / row['wall_time_s']:,.0f}")
                 console.print(f"steps {row['env_steps']:>10,}  t {row['wall_time_s']:7.1f}s  eval {row['eval_return']:9.2f}"
                               f"  train {row['train_episode_return']:9.2f}  Q {row['q_mean']:8.2f}  η {row['temperature']:.3g}"
                               f"  KLμ {row['kl_mean']:.2e}  KLσ {row['kl_std']:.2e}  σ {row['policy_std']:.3f}")
-        del jnp
     return run_dir
 
 

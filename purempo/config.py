@@ -54,7 +54,7 @@ class Config:
     """Multiplies rewards seen by the learner (evaluation returns are reported unscaled)."""
 
     total_steps: int = 100_000
-    """Env steps in the whole run, prefill included (rounded down to whole iterations)."""
+    """Env steps in the whole run, prefill included (rounded down to a multiple of num_evals iterations)."""
     num_envs: int = 256
     """Parallel environments stepped in lockstep."""
     unroll_length: int = 2
@@ -62,7 +62,7 @@ class Config:
     updates_per_iteration: int = 16
     """SGD updates after each unroll."""
     prefill_steps: int = 2048
-    """Env steps collected with the initial policy before any update."""
+    """Env steps collected with the initial policy before the first update (rounded up to iterations)."""
     num_evals: int = 10
     """Evaluations (and metric reports) during the run, evenly spaced."""
     eval_episodes: int = 16
@@ -142,13 +142,13 @@ class Config:
         need(self.capacity_per_env >= self.sequence_length + self.unroll_length, "replay_size",
              f">= num_envs * (sequence_length + unroll_length) = {self.num_envs * (self.sequence_length + self.unroll_length)}")
         need(self.batch_size <= self.replay_size, "batch_size", f"<= replay_size ({self.replay_size})")
-        need(self.prefill_iterations * self.steps_per_iteration >= 0, "prefill_steps", ">= 0")
-        need(self.prefill_iterations * self.unroll_length + self.unroll_length >= self.sequence_length, "prefill_steps",
-             f"large enough that the replay holds sequence_length={self.sequence_length} steps per env before "
-             f"the first update (>= {max(0, self.sequence_length - self.unroll_length) * self.num_envs})")
         need(self.iterations_per_eval >= 1, "total_steps",
-             f">= prefill + num_evals * num_envs * unroll_length = "
-             f"{self.prefill_iterations * self.steps_per_iteration + self.num_evals * self.steps_per_iteration}")
+             f">= num_evals * num_envs * unroll_length = {self.num_evals * self.steps_per_iteration}")
+        need(self.prefill_iterations < self.num_iterations, "prefill_steps",
+             f"< the run's env steps ({self.env_steps}) so that some iterations learn")
+        need((self.prefill_iterations + 1) * self.unroll_length >= self.sequence_length, "prefill_steps",
+             f">= {max(0, self.sequence_length - self.unroll_length) * self.num_envs} so the replay holds "
+             f"sequence_length={self.sequence_length} steps per env at the first update")
         need(0.0 <= self.discount < 1.0, "discount", "in [0, 1)")
         need(0.0 <= self.retrace_lambda <= 1.0, "retrace_lambda", "in [0, 1]")
         for field in ("epsilon", "epsilon_mean", "epsilon_std", "epsilon_penalty", "policy_lr", "critic_lr",
@@ -170,21 +170,22 @@ class Config:
 
     @property
     def prefill_iterations(self) -> int:
+        """Leading iterations that only collect data (no updates)."""
         return -(-self.prefill_steps // self.steps_per_iteration)
 
     @property
     def iterations_per_eval(self) -> int:
-        learning_steps = self.total_steps - self.prefill_iterations * self.steps_per_iteration
-        return learning_steps // (self.num_evals * self.steps_per_iteration)
+        return self.total_steps // self.steps_per_iteration // self.num_evals
 
     @property
     def num_iterations(self) -> int:
+        """Iterations in the run, prefill included."""
         return self.num_evals * self.iterations_per_eval
 
     @property
     def env_steps(self) -> int:
-        """Env steps the run actually takes (prefill included)."""
-        return (self.prefill_iterations + self.num_iterations) * self.steps_per_iteration
+        """Env steps the run actually takes (total_steps rounded down to whole chunks)."""
+        return self.num_iterations * self.steps_per_iteration
 
     @property
     def hparams(self) -> HParams:

@@ -186,7 +186,7 @@ class Trainer(NamedTuple):
     """Pure functions of one run; all are `jit`/`vmap`-able."""
 
     config: Config
-    init: Callable  # (key, hparams) -> TrainState (prefill done)
+    init: Callable  # (key, hparams) -> TrainState before the first env step
     run_chunk: Callable  # (state, hparams) -> (state, ChunkMetrics)
     train: Callable  # (key, hparams=None) -> (state, metrics stacked over num_evals chunks)
     evaluate: Callable  # (policy_params, obs_stats, key) -> returns [eval_episodes]
@@ -213,7 +213,7 @@ def make_trainer(config: Config) -> Trainer:
 
     def init(key, hparams: Optional[HParams] = None) -> TrainState:
         hp = config.hparams if hparams is None else hparams
-        key, env_key, policy_key, critic_key, prefill_key = jax.random.split(key, 5)
+        key, env_key, policy_key, critic_key = jax.random.split(key, 4)
         env_state = envs.reset(env, env_key, config.num_envs)
         dummy_obs, dummy_action = jnp.zeros((obs_dim,)), jnp.zeros((action_dim,))
         policy_params = nets.policy.init(policy_key, dummy_obs)
@@ -240,7 +240,7 @@ def make_trainer(config: Config) -> Trainer:
             next_obs=jnp.zeros((config.num_envs, obs_dim)),
             behaviour_log_prob=jnp.zeros((config.num_envs,)),
         )
-        state = TrainState(
+        return TrainState(
             learner=learner,
             obs_stats=normalizer.init(obs_dim),
             replay=replay.init(example, config.capacity_per_env),
@@ -249,15 +249,9 @@ def make_trainer(config: Config) -> Trainer:
             env_steps=jnp.zeros((), jnp.int32),
         )
 
-        def prefill(state, k):
-            state, _ = collect(state, state.learner.policy_params, k)
-            return state, None
-
-        state, _ = jax.lax.scan(prefill, state, jax.random.split(prefill_key, config.prefill_iterations))
-        return state
-
     def iteration(state: TrainState, hp: HParams):
         key, rollout_key, update_key = jax.random.split(state.key, 3)
+        learning = state.env_steps >= config.prefill_iterations * config.steps_per_iteration
         state, episodes = collect(state._replace(key=key), state.learner.policy_params, rollout_key)
 
         def update(learner, k):
@@ -265,12 +259,18 @@ def make_trainer(config: Config) -> Trainer:
             batch = replay.sample(state.replay, sample_key, config.batch_size, config.sequence_length)
             return learner_step(learner, state.obs_stats, batch, loss_key, hp, config, nets, optimizer)
 
-        learner, metrics = jax.lax.scan(
-            update, state.learner, jax.random.split(update_key, config.updates_per_iteration)
-        )
-        metrics = jax.tree.map(jnp.mean, metrics)
+        def learn(learner):
+            learner, metrics = jax.lax.scan(update, learner, jax.random.split(update_key, config.updates_per_iteration))
+            return learner, jax.tree.map(jnp.mean, metrics)
+
+        def prefill(learner):  # no update yet: learner metrics are NaN
+            shapes = jax.eval_shape(learn, learner)[1]
+            return learner, jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
+
+        learner, metrics = jax.lax.cond(learning, learn, prefill, state.learner)
         metrics.update(
             env_steps=state.env_steps,
+            updates=learning.astype(jnp.float32) * config.updates_per_iteration,
             episode_return_sum=episodes.return_sum,
             episodes_finished=episodes.count,
         )
@@ -307,6 +307,7 @@ def make_train(config: Config) -> Callable:
     """Returns `train(key, hparams=None) -> (final TrainState, metrics)`; pure, so jit/vmap it.
 
     `metrics` holds per-iteration values shaped `[num_evals, iterations_per_eval]` and per-evaluation
-    values (`eval_return`, `eval_return_std`, `eval_env_steps`) shaped `[num_evals]`.
+    values (`eval_return`, `eval_return_std`, `eval_env_steps`) shaped `[num_evals]`. The first
+    `config.prefill_iterations` iterations only collect data: their learner metrics are NaN and `updates` is 0.
     """
     return make_trainer(config).train

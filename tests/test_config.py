@@ -1,0 +1,139 @@
+"""Config validation, immutability, the HParams pytree and derived loop counts."""
+
+import dataclasses
+import math
+
+import pytest
+
+from purempo.config import Config, HParams
+
+
+def test_default_config_is_valid():
+    """The defaults construct without error and keep the documented default env."""
+    config = Config()
+    assert config.env == "inverted_pendulum"
+    assert config.num_iterations >= config.num_evals
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        (dict(sequence_length=1), "sequence_length"),
+        (dict(batch_size=300_000), "batch_size"),  # > default replay_size 262,144
+        (dict(num_envs=1, replay_size=100, batch_size=128), "batch_size"),
+        (dict(epsilon=-0.1), "epsilon"),
+        (dict(epsilon_mean=-1e-2), "epsilon_mean"),
+        (dict(epsilon_std=-1e-4), "epsilon_std"),
+        (dict(epsilon=0.0), "epsilon"),
+        (dict(discount=1.0), "discount"),
+        (dict(discount=-0.1), "discount"),
+        (dict(retrace_lambda=1.5), "retrace_lambda"),
+        (dict(num_envs=0), "num_envs"),
+        # 256 envs need >= 256 * (sequence_length 8 + unroll_length 2) = 2560 slots.
+        (dict(replay_size=2_559), "replay_size"),
+        # 10 evals need at least one iteration (256 * 2 = 512 steps) each: 5120.
+        (dict(total_steps=5_119), "total_steps"),
+        # prefill 2048 = 4 iterations of 512 must leave some of the 10 iterations to learn.
+        (dict(total_steps=5_120, prefill_steps=10 * 512), "prefill_steps"),
+        # the first update needs sequence_length 8 steps per env: prefill >= (8 - 2) * 256 - 511.
+        (dict(prefill_steps=0), "prefill_steps"),
+        (dict(backend="nope"), "backend"),
+        (dict(tau=0.0), "tau"),
+        (dict(tau=1.5), "tau"),
+        (dict(init_std=1e-3), "init_std"),  # == min_std
+        (dict(init_std=0.1, min_std=0.2), "init_std"),
+        (dict(policy_lr=float("nan")), "policy_lr"),
+        (dict(critic_lr=float("nan")), "critic_lr"),
+        (dict(dual_lr=float("inf")), "dual_lr"),
+    ],
+)
+def test_invalid_field_raises_value_error_naming_it(changes, field):
+    """Each invalid value raises ValueError whose message names the offending field."""
+    with pytest.raises(ValueError, match=rf"\binvalid {field}="):
+        Config(**changes)
+
+
+def test_boundary_values_are_accepted():
+    """Values right at the allowed limits are valid (independent check of the inequalities above)."""
+    Config(replay_size=2_560)
+    Config(total_steps=5_120)
+    Config(discount=0.0, retrace_lambda=1.0, tau=1.0, sequence_length=2)
+    Config(num_envs=1, replay_size=128, batch_size=128)
+
+
+def test_unknown_env_lists_valid_names():
+    """env='nope' raises ValueError listing the valid names."""
+    with pytest.raises(ValueError) as info:
+        Config(env="nope")
+    message = str(info.value)
+    assert "nope" in message
+    for name in ("inverted_pendulum", "ant", "hopper"):
+        assert name in message
+
+
+def test_config_is_frozen():
+    """Assigning to a field raises; replace returns a new validated config."""
+    config = Config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.num_envs = 8
+    assert config.num_envs == 256
+    other = config.replace(num_envs=8, replay_size=8_192)
+    assert other.num_envs == 8 and config.num_envs == 256
+    with pytest.raises(ValueError, match="sequence_length"):
+        config.replace(sequence_length=1)
+
+
+NON_DEFAULT = dict(
+    num_envs=8,
+    unroll_length=3,
+    prefill_steps=50,
+    replay_size=1_000,
+    total_steps=1_000,
+    num_evals=3,
+    batch_size=16,
+    sequence_length=8,
+    discount=0.97,
+    retrace_lambda=0.9,
+    epsilon=0.2,
+    epsilon_mean=3e-3,
+    epsilon_std=2e-5,
+    epsilon_penalty=5e-4,
+    policy_lr=1e-4,
+    critic_lr=2e-4,
+    dual_lr=5e-3,
+    tau=0.01,
+    init_temperature=2.0,
+    init_alpha_mean=3.0,
+    init_alpha_std=300.0,
+    reward_scale=0.5,
+)
+
+
+def test_hparams_is_a_namedtuple_of_the_float_fields():
+    """hparams holds exactly the float hyper-parameters, as Python floats equal to the fields."""
+    config = Config(**NON_DEFAULT)
+    hparams = config.hparams
+    assert isinstance(hparams, HParams) and isinstance(hparams, tuple)
+    expected_fields = {
+        "discount", "retrace_lambda", "epsilon", "epsilon_mean", "epsilon_std", "epsilon_penalty", "policy_lr",
+        "critic_lr", "dual_lr", "tau", "init_temperature", "init_alpha_mean", "init_alpha_std", "reward_scale",
+    }
+    assert set(hparams._fields) == expected_fields
+    for name in hparams._fields:
+        value = getattr(hparams, name)
+        assert type(value) is float, name
+        assert value == NON_DEFAULT[name], name
+
+
+def test_derived_properties_match_hand_computation():
+    """Loop counts for 8 envs x unroll 3, prefill 50, total 1000, 3 evals, replay 1000."""
+    config = Config(**NON_DEFAULT)
+    assert config.steps_per_iteration == 24  # 8 * 3
+    assert config.capacity_per_env == 125  # 1000 // 8
+    assert config.prefill_iterations == 3  # ceil(50 / 24)
+    # 1000 // 24 = 41 iterations in all, 41 // 3 = 13 per evaluation chunk (prefill included).
+    assert config.iterations_per_eval == 13
+    assert config.num_iterations == 39
+    assert config.env_steps == 39 * 24 == 936
+    assert config.env_steps <= config.total_steps
+    assert math.isclose(config.hparams.discount, 0.97)

@@ -1,0 +1,195 @@
+"""Vectorised Brax envs: time limit vs termination, final observations, fresh resets, evaluation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from purempo import envs
+
+NUM_ENVS = 8
+EPISODE_LENGTH = 5
+NUM_STEPS = 12
+# Constant per-env actions: ±1 topple the pole on the 2nd step, 0.5 on the 3rd, ±0.2 on the 5th (the step that
+# also hits the time limit: terminated, not truncated), 0.1 and 0 outlast the time limit (truncated).
+MIXED_ACTIONS = np.array([1.0, -1.0, 0.5, -0.3, 0.2, -0.2, 0.1, 0.0], np.float32)[:, None]
+
+
+@pytest.fixture(scope="module")
+def env():
+    return envs.make("inverted_pendulum")
+
+
+@pytest.fixture(scope="module")
+def step_and_raw(env):
+    """One jitted function: `envs.step` and, independently, the raw vmapped `env.step` on the same input."""
+
+    def f(state, action, key):
+        next_state, result = envs.step(env, state, action, key, EPISODE_LENGTH)
+        raw = jax.vmap(env.step)(state.brax_state, action)
+        return next_state, result, raw
+
+    return jax.jit(f)
+
+
+def _reset_obs_bounds(env):
+    """Brax's inverted_pendulum resets q ~ init_q + U(-0.01, 0.01), qd ~ U(-0.01, 0.01); obs = [q, qd]."""
+    centre = np.concatenate([np.asarray(env.sys.init_q), np.zeros(env.sys.qd_size())])
+    return centre, 0.01 + 1e-6
+
+
+def _trajectory(env, step_and_raw, actions, seed):
+    """Runs NUM_STEPS lockstep steps with constant `actions` [E, A]; returns per-step records (numpy)."""
+    state = envs.reset(env, jax.random.PRNGKey(seed), NUM_ENVS)
+    actions = jnp.asarray(actions)
+    records = []
+    for key in jax.random.split(jax.random.PRNGKey(seed + 1), NUM_STEPS):
+        prev_obs = np.asarray(envs.observation(state))
+        next_state, result, raw = step_and_raw(state, actions, key)
+        records.append(
+            dict(
+                prev_obs=prev_obs,
+                prev_step=np.asarray(state.episode_step),
+                result=jax.tree.map(np.asarray, result),
+                raw_obs=np.asarray(raw.obs),
+                raw_done=np.asarray(raw.done),
+                raw_reward=np.asarray(raw.reward),
+                next_obs=np.asarray(envs.observation(next_state)),
+                next_step=np.asarray(next_state.episode_step),
+            )
+        )
+        state = next_state
+    return records
+
+
+@pytest.fixture(scope="module")
+def zero_action_run(env, step_and_raw):
+    return _trajectory(env, step_and_raw, np.zeros((NUM_ENVS, env.action_size), np.float32), seed=0)
+
+
+@pytest.fixture(scope="module")
+def mixed_action_run(env, step_and_raw):
+    return _trajectory(env, step_and_raw, MIXED_ACTIONS, seed=10)
+
+
+def _check_flags_and_counters(records):
+    """Checks terminated/truncated/episode_step against a naive per-env step counter and the raw env."""
+    count = np.zeros(NUM_ENVS, np.int64)
+    for rec in records:
+        res = rec["result"]
+        count = count + 1
+        np.testing.assert_array_equal(rec["prev_step"], count - 1)
+        np.testing.assert_array_equal(res.terminated, rec["raw_done"] == 1.0)
+        np.testing.assert_array_equal(res.truncated, (count == EPISODE_LENGTH) & ~res.terminated)
+        assert not np.any(res.terminated & res.truncated)
+        done = res.terminated | res.truncated
+        count = np.where(done, 0, count)
+        np.testing.assert_array_equal(rec["next_step"], count)
+
+
+def test_truncation_at_time_limit_with_zero_actions(zero_action_run):
+    """Zero actions: every episode is truncated exactly at its 5th step; episode_step resets to 0."""
+    _check_flags_and_counters(zero_action_run)
+    for t, rec in enumerate(zero_action_run):
+        res = rec["result"]
+        assert not res.terminated.any()  # the pole needs ~20 steps to fall without force
+        np.testing.assert_array_equal(res.truncated, np.full(NUM_ENVS, (t + 1) % EPISODE_LENGTH == 0))
+        np.testing.assert_array_equal(rec["next_step"], np.full(NUM_ENVS, (t + 1) % EPISODE_LENGTH))
+
+
+def test_final_obs_is_raw_step_obs_and_next_obs_is_a_reset(env, zero_action_run, mixed_action_run):
+    """final_obs equals the raw env.step obs; after a done the next observation is a fresh reset obs."""
+    centre, radius = _reset_obs_bounds(env)
+    dones = 0
+    for rec in zero_action_run + mixed_action_run:
+        res = rec["result"]
+        np.testing.assert_array_equal(res.final_obs, rec["raw_obs"])
+        np.testing.assert_array_equal(res.reward, rec["raw_reward"])
+        done = res.terminated | res.truncated
+        # Envs that did not finish carry on from the raw stepped state.
+        np.testing.assert_array_equal(rec["next_obs"][~done], rec["raw_obs"][~done])
+        for i in np.flatnonzero(done):
+            dones += 1
+            assert np.all(np.abs(rec["next_obs"][i] - centre) <= radius), rec["next_obs"][i]
+            assert not np.allclose(rec["next_obs"][i], res.final_obs[i])
+    assert dones >= 2 * NUM_ENVS
+
+
+def test_termination_matches_raw_done_and_finished_return_is_episode_sum(mixed_action_run):
+    """Large actions terminate before the time limit; finished_return is the naive sum of the episode's rewards."""
+    _check_flags_and_counters(mixed_action_run)
+    running = np.zeros(NUM_ENVS)
+    early_terminations = 0
+    terminations_at_limit = 0
+    for rec in mixed_action_run:
+        res = rec["result"]
+        running = running + rec["raw_reward"]
+        done = res.terminated | res.truncated
+        np.testing.assert_allclose(res.finished_return, np.where(done, running, 0.0), rtol=1e-6)
+        early_terminations += int(np.sum(res.terminated & (rec["prev_step"] + 1 < EPISODE_LENGTH)))
+        terminations_at_limit += int(np.sum(res.terminated & (rec["prev_step"] + 1 == EPISODE_LENGTH)))
+        running = np.where(done, 0.0, running)
+    first = mixed_action_run[1]["result"]
+    assert first.terminated[0] and first.terminated[1]  # actions ±1 topple the pole on the 2nd step
+    assert early_terminations >= 4
+    assert terminations_at_limit >= 1  # the terminated-wins-over-truncated case was exercised
+    assert any(rec["result"].truncated.any() for rec in mixed_action_run)
+
+
+def test_resets_use_fresh_keys(env, zero_action_run):
+    """Every episode of every env starts from a different initial observation (unlike AutoResetWrapper)."""
+    centre, radius = _reset_obs_bounds(env)
+    starts = [zero_action_run[0]["prev_obs"][i] for i in range(NUM_ENVS)]
+    for rec in zero_action_run:
+        done = rec["result"].terminated | rec["result"].truncated
+        starts.extend(rec["next_obs"][i] for i in np.flatnonzero(done))
+    starts = np.stack(starts)
+    assert len(starts) == NUM_ENVS * (1 + NUM_STEPS // EPISODE_LENGTH)
+    assert np.all(np.abs(starts - centre) <= radius)
+    distances = np.abs(starts[:, None, :] - starts[None, :, :]).max(-1)
+    off_diagonal = distances[~np.eye(len(starts), dtype=bool)]
+    assert off_diagonal.min() > 1e-7
+
+
+@pytest.fixture(scope="module")
+def raw_single(env):
+    return jax.jit(env.reset), jax.jit(env.step)
+
+
+@pytest.mark.parametrize("episode_length", [15, 30])
+def test_evaluate_matches_naive_single_env_loop(env, raw_single, episode_length):
+    """evaluate's returns equal a Python loop over the raw env, one episode at a time, stopping at done."""
+    action = 0.0  # the pole falls after ~20-30 steps: truncated at 15, usually terminated before 30
+    num_episodes = 2
+    key = jax.random.PRNGKey(7)
+    policy_fn = lambda obs: jnp.full((obs.shape[0], env.action_size), action)
+    returns = np.asarray(jax.jit(lambda k: envs.evaluate(env, policy_fn, k, num_episodes, episode_length))(key))
+
+    reset, step = raw_single
+    expected = []
+    for episode_key in jax.random.split(key, num_episodes):
+        state = reset(episode_key)
+        total = 0.0
+        for _ in range(episode_length):
+            state = step(state, jnp.full((env.action_size,), action))
+            total += float(state.reward)
+            if float(state.done) == 1.0:
+                break
+        expected.append(total)
+    assert returns.shape == (num_episodes,)
+    np.testing.assert_allclose(returns, expected, rtol=1e-6)
+    if episode_length == 15:
+        np.testing.assert_array_equal(returns, 15.0)
+    else:
+        assert np.any(returns < 30.0)  # at least one episode ends by termination inside the horizon
+
+
+def test_make_unknown_env_lists_valid_names():
+    """An unknown name raises ValueError naming the valid environments."""
+    with pytest.raises(ValueError) as info:
+        envs.make("nope")
+    message = str(info.value)
+    assert "nope" in message
+    for name in ("inverted_pendulum", "ant", "halfcheetah"):
+        assert name in message
+    assert set(envs.available()) >= {"inverted_pendulum", "ant"}
