@@ -127,11 +127,16 @@ def run_training(args: TrainArgs) -> Path:
 def main(argv: Optional[list] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
+        # Config validation runs while tyro builds the arguments: its ValueError is a usage error.
         args = tyro.extras.subcommand_cli_from_dict(
             {"train": TrainArgs}, args=argv, prog="purempo", description="Pure-JAX MPO on Brax environments."
         )
+    except ValueError as error:
+        print(f"purempo: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         run_training(args)
-    except (ValueError, UsageError) as error:
+    except UsageError as error:
         print(f"purempo: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -1,0 +1,148 @@
+"""Learning curve of one purempo run: evaluation return against env steps and wall-clock time.
+
+    python benchmarks/learning_curve.py --env inverted_pendulum
+    python benchmarks/learning_curve.py --env halfcheetah --budget-s 900
+
+The env's preset (purempo/presets.py) is used; `--set FIELD=VALUE` overrides a field. Training runs as the
+CLI does (jitted init, then one jitted chunk per evaluation), wall time counts from before compilation, and
+the run stops at the end of the chunk that crosses `--budget-s` (or after the preset's total_steps).
+Writes benchmarks/results/<name>.json and .png and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import jax
+import numpy as np
+
+import purempo
+from purempo.presets import preset
+from purempo.train import make_trainer
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    device = jax.devices()[0]
+    return f"{device.platform.upper()} ({device.device_kind}); {cpu}; {jax.device_count()} device(s); " \
+           f"{len(__import__('os').sched_getaffinity(0))} cores"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="inverted_pendulum")
+    parser.add_argument("--budget-s", type=float, default=None, help="stop after this wall time (compile included)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
+    parser.add_argument("--name", default=None, help="output file stem (default: ENV)")
+    args = parser.parse_args()
+    overrides = {}
+    for item in args.set:
+        field, _, value = item.partition("=")
+        try:
+            overrides[field] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[field] = value
+    config = preset(args.env, **overrides)
+    name = args.name or args.env
+
+    start = time.perf_counter()
+    trainer = make_trainer(config)
+    init = jax.jit(trainer.init)
+    run_chunk = jax.jit(trainer.run_chunk, donate_argnums=0)
+    state = init(jax.random.PRNGKey(args.seed))
+    rows, compile_s, steps_at_first, time_at_first = [], None, 0, 0.0
+    for index in range(config.num_evals):
+        state, metrics = run_chunk(state)
+        metrics = jax.device_get(metrics)
+        now = time.perf_counter() - start
+        updates = float(np.sum(metrics["updates"]))
+        row = dict(env_steps=int(metrics["eval_env_steps"]), wall_time_s=round(now, 2),
+                   eval_return=float(metrics["eval_return"]), eval_return_std=float(metrics["eval_return_std"]),
+                   updates=updates)
+        learned = metrics["updates"] > 0
+        for key in ("critic_loss", "q_mean", "temperature", "kl_mean", "kl_std", "policy_std"):
+            row[key] = float(np.mean(metrics[key][learned])) if learned.any() else None
+        rows.append(row)
+        if index == 0:
+            compile_s, steps_at_first, time_at_first = now, row["env_steps"], now
+        print(f"{row['env_steps']:>9,} steps  {now:7.1f} s  eval {row['eval_return']:9.2f} ± {row['eval_return_std']:.1f}",
+              flush=True)
+        if args.budget_s is not None and now >= args.budget_s:
+            break
+
+    total_updates = sum(r["updates"] for r in rows)
+    steady_s = rows[-1]["wall_time_s"] - time_at_first
+    steady_steps = rows[-1]["env_steps"] - steps_at_first
+    steady_updates = total_updates - rows[0]["updates"]
+    summary = dict(
+        env=args.env,
+        seed=args.seed,
+        date=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        machine=machine(),
+        versions=dict(purempo=purempo.__version__, jax=jax.__version__,
+                      brax=__import__("importlib.metadata").metadata.version("brax"), python=platform.python_version()),
+        command="python benchmarks/learning_curve.py " + " ".join(
+            [f"--env {args.env}"] + ([f"--budget-s {args.budget_s:g}"] if args.budget_s else [])
+            + [f"--set {s}" for s in args.set]),
+        config={k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()},
+        first_chunk_s=round(compile_s, 2),
+        env_steps_per_s=round(steady_steps / steady_s, 1) if steady_s > 0 else None,
+        updates_per_s=round(steady_updates / steady_s, 1) if steady_s > 0 else None,
+        best_eval_return=max(r["eval_return"] for r in rows),
+        final_eval_return=rows[-1]["eval_return"],
+        curve=rows,
+    )
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    plot(summary, RESULTS / f"{name}.png")
+    print(f"\n{args.env} on {summary['machine']}; jax {jax.__version__}, brax {summary['versions']['brax']}; {summary['date']}")
+    print(f"command: {summary['command']}")
+    print(f"first chunk (compile + prefill + first training chunk): {summary['first_chunk_s']} s; "
+          f"afterwards {summary['env_steps_per_s']} env steps/s, {summary['updates_per_s']} SGD updates/s\n")
+    print("| env steps | wall time (s) | eval return (mean ± std) |\n|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['env_steps']:,} | {r['wall_time_s']:.1f} | {r['eval_return']:.1f} ± {r['eval_return_std']:.1f} |")
+
+
+def plot(summary, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = summary["curve"]
+    steps = [r["env_steps"] for r in curve]
+    wall = [r["wall_time_s"] for r in curve]
+    mean = np.array([r["eval_return"] for r in curve])
+    std = np.array([r["eval_return_std"] for r in curve])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, x, label in ((axes[0], steps, "env steps"), (axes[1], wall, "wall time incl. compile (s)")):
+        ax.plot(x, mean, marker="o", ms=3)
+        ax.fill_between(x, mean - std, mean + std, alpha=0.25)
+        ax.set_xlabel(label)
+        ax.set_ylabel("deterministic eval return")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"purempo MPO on {summary['env']} ({summary['machine'].split(';')[0]}, {summary['date']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
