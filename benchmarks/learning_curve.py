@@ -50,7 +50,11 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
     parser.add_argument("--name", default=None, help="output file stem (default: ENV)")
+    parser.add_argument("--replot", type=Path, default=None, help="only redraw the PNG of a saved results JSON")
     args = parser.parse_args()
+    if args.replot is not None:
+        plot(json.loads(args.replot.read_text()), args.replot.with_suffix(".png"))
+        return
     overrides = {}
     for item in args.set:
         field, _, value = item.partition("=")
@@ -125,6 +129,7 @@ def plot(summary, path: Path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     curve = summary["curve"]
     steps = [r["env_steps"] for r in curve]
@@ -136,6 +141,8 @@ def plot(summary, path: Path):
         ax.plot(x, mean, marker="o", ms=3)
         ax.fill_between(x, mean - std, mean + std, alpha=0.25)
         ax.set_xlabel(label)
+        if x is steps:
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / 1e3:,.0f}k"))
         ax.set_ylabel("deterministic eval return")
         ax.grid(alpha=0.3)
     fig.suptitle(f"purempo MPO on {summary['env']} ({summary['machine'].split(';')[0]}, {summary['date']})", fontsize=10)
