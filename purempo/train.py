@@ -187,7 +187,7 @@ class Trainer(NamedTuple):
 
     config: Config
     init: Callable  # (key, hparams) -> TrainState before the first env step
-    run_chunk: Callable  # (state, hparams) -> (state, ChunkMetrics)
+    run_chunk: Callable  # (state, hparams=None) -> (state, metrics of one evaluation period)
     train: Callable  # (key, hparams=None) -> (state, metrics stacked over num_evals chunks)
     evaluate: Callable  # (policy_params, obs_stats, key) -> returns [eval_episodes]
 
