@@ -24,7 +24,7 @@ import numpy as np
 
 import purempo
 from purempo.presets import preset
-from purempo.train import make_trainer
+from purempo.train import compile_trainer, make_trainer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -67,13 +67,14 @@ def main():
 
     start = time.perf_counter()
     trainer = make_trainer(config)
-    init = jax.jit(trainer.init)
-    run_chunk = jax.jit(trainer.run_chunk, donate_argnums=0)
-    state = init(jax.random.PRNGKey(args.seed))
+    key = jax.random.PRNGKey(args.seed)
+    compiled = compile_trainer(trainer, key)
+    state = compiled.init(key)
     rows, compile_s, steps_at_first, time_at_first = [], None, 0, 0.0
     for index in range(config.num_evals):
-        state, metrics = run_chunk(state)
-        metrics = jax.device_get(metrics)
+        state, metrics = compiled.train_chunk(state)
+        state, eval_metrics = compiled.evaluate_state(state)
+        metrics = jax.device_get({**metrics, **eval_metrics})
         now = time.perf_counter() - start
         updates = float(np.sum(metrics["updates"]))
         row = dict(env_steps=int(metrics["eval_env_steps"]), wall_time_s=round(now, 2),

@@ -31,8 +31,12 @@ def sample_action(policy, policy_params, obs_stats, obs, key):
     return distribution(mean, std).sample_and_log_prob(seed=key)
 
 
-def rollout(env, policy, policy_params, obs_stats, env_state, key, unroll_length: int, episode_length: int):
-    """Runs `unroll_length` lockstep steps. Returns (env_state, Transition `[U, E, ...]`, EpisodeStats)."""
+def rollout(env, policy, policy_params, obs_stats, env_state, key, unroll_length: int, episode_length: int,
+            reward_scale=1.0):
+    """Runs `unroll_length` lockstep steps. Returns (env_state, Transition `[U, E, ...]`, EpisodeStats).
+
+    Transitions hold rewards multiplied by `reward_scale` (a reward-scaling wrapper); EpisodeStats are unscaled.
+    """
 
     def one_step(env_state, step_key):
         act_key, reset_key = jax.random.split(step_key)
@@ -42,7 +46,7 @@ def rollout(env, policy, policy_params, obs_stats, env_state, key, unroll_length
         transition = Transition(
             obs=obs,
             action=action,
-            reward=result.reward,
+            reward=result.reward * reward_scale,
             terminated=result.terminated,
             truncated=result.truncated,
             next_obs=result.final_obs,

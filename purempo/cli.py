@@ -60,7 +60,7 @@ def run_training(args: TrainArgs) -> Path:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from purempo.train import make_trainer
+    from purempo.train import compile_trainer, make_trainer
 
     if args.num_seeds < 1:
         raise UsageError(f"invalid --num-seeds={args.num_seeds}: must be >= 1")
@@ -75,8 +75,6 @@ def run_training(args: TrainArgs) -> Path:
     start = time.perf_counter()
     trainer = make_trainer(config)
     keys = jax.random.split(jax.random.PRNGKey(args.seed), args.num_seeds)
-    init = jax.jit(jax.vmap(lambda k: trainer.init(k)))
-    run_chunk = jax.jit(jax.vmap(lambda s: trainer.run_chunk(s)), donate_argnums=0)
     console.print(f"[bold]purempo[/] {config.env}: {args.num_seeds} seed(s) × {config.env_steps:,} env steps, "
                   f"{config.num_envs} envs, {config.num_evals} evaluations → {run_dir}")
 
@@ -84,12 +82,14 @@ def run_training(args: TrainArgs) -> Path:
                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("compiling", total=config.env_steps, info="")
-        state = init(keys)
+        compiled = compile_trainer(trainer, keys, batched=True)
+        state = compiled.init(keys)
         with open(run_dir / "metrics.jsonl", "a") as log:
             for index in range(config.num_evals):
-                progress.update(task, description="training" if index else "compiling + training")
-                state, metrics = run_chunk(state)
-                metrics = jax.device_get(metrics)
+                progress.update(task, description="training")
+                state, metrics = compiled.train_chunk(state)
+                state, eval_metrics = compiled.evaluate_state(state)
+                metrics = jax.device_get({**metrics, **eval_metrics})
                 finished = np.sum(metrics["episodes_finished"], axis=1)
                 episode_return = np.sum(metrics["episode_return_sum"], axis=1) / np.maximum(finished, 1)
                 per_seed = [float(x) for x in metrics["eval_return"]]

@@ -51,7 +51,12 @@ class Config:
     episode_length: int = 1000
     """Time limit in env steps; reaching it truncates (bootstraps), it does not terminate."""
     reward_scale: float = 1.0
-    """Multiplies rewards seen by the learner (evaluation returns are reported unscaled)."""
+    """Multiplies the training envs' rewards, as a reward-scaling env wrapper would (the replay stores scaled
+    rewards); evaluation runs the unscaled env and every reported return is unscaled."""
+    reward_normalization: bool = True
+    """Divide the learner's rewards by their root mean square over the prefill data (over the first iteration
+    if prefill_steps is 0), a constant for the rest of the run: critic, temperatures and learning rates then
+    see the same numbers whatever the reward scale."""
 
     total_steps: int = 100_000
     """Env steps in the whole run, prefill included (rounded down to a multiple of num_evals iterations)."""

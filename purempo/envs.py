@@ -37,6 +37,12 @@ def make(name: str, backend: Optional[str] = None) -> brax_envs.Env:
         return brax_envs.get_environment(name, **kwargs)
 
 
+def observation_size(env: brax_envs.Env) -> int:
+    """Observation width, found by tracing `env.reset` (Brax's `env.observation_size` runs it eagerly, op by op,
+    which costs seconds of compilation)."""
+    return jax.eval_shape(env.reset, jax.random.PRNGKey(0)).obs.shape[-1]
+
+
 class EnvState(NamedTuple):
     """Batched state of `num_envs` environments (leading axis E)."""
 

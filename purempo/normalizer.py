@@ -1,4 +1,5 @@
-"""Running mean / variance of observations (parallel Welford merge), kept in the train state."""
+"""Running statistics kept in the train state: observation mean / variance (parallel Welford merge), and the
+reward scale (root mean square of the rewards seen while it is being estimated)."""
 
 from __future__ import annotations
 
@@ -37,3 +38,25 @@ def normalize(stats: RunningStats, obs: chex.Array, clip: float = 10.0) -> chex.
     std = jnp.sqrt(jnp.maximum(var, 1e-6))
     std = jnp.where(stats.count > 0, std, 1.0)
     return jnp.clip((obs - stats.mean) / std, -clip, clip)
+
+
+class RewardScale(NamedTuple):
+    """Σ r² and the count of rewards r merged so far; their root mean square divides the learner's rewards."""
+
+    sum_sq: chex.Array  # float32 []
+    count: chex.Array  # float32 []
+
+
+def init_reward_scale() -> RewardScale:
+    return RewardScale(jnp.zeros(()), jnp.zeros(()))
+
+
+def update_reward_scale(stats: RewardScale, rewards: chex.Array) -> RewardScale:
+    rewards = rewards.astype(jnp.float32)
+    return RewardScale(stats.sum_sq + jnp.sum(rewards**2), stats.count + rewards.size)
+
+
+def reward_divisor(stats: RewardScale) -> chex.Array:
+    """sqrt(mean r²); 1 before any reward or when every reward so far was 0 (nothing to normalise by)."""
+    rms = jnp.sqrt(stats.sum_sq / jnp.maximum(stats.count, 1.0))
+    return jnp.where(rms > 0, rms, 1.0)

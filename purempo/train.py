@@ -42,6 +42,7 @@ class LearnerState(NamedTuple):
 class TrainState(NamedTuple):
     learner: LearnerState
     obs_stats: normalizer.RunningStats
+    reward_stats: normalizer.RewardScale  # frozen once learning starts
     replay: replay.ReplayState
     env_state: envs.EnvState
     key: chex.PRNGKey
@@ -66,11 +67,12 @@ def apply_updates(optimizer, grads, opt_state, params, learning_rate):
     return params, opt_state
 
 
-def mpo_loss(params, learner: LearnerState, obs_stats, batch: Transition, key, hp: HParams, config: Config,
-             nets: Networks):
+def mpo_loss(params, learner: LearnerState, obs_stats, reward_divisor, batch: Transition, key, hp: HParams,
+             config: Config, nets: Networks):
     """Total loss (critic + policy + duals; their parameters do not interact) and metrics.
 
-    Shapes: batch leaves `[B, L, ...]`; N = num_action_samples; A = action dim.
+    Shapes: batch leaves `[B, L, ...]`; N = num_action_samples; A = action dim. The learner's rewards are
+    `batch.reward / reward_divisor` (see `Config.reward_normalization`).
     """
     policy_params, critic_params, dual_params = params
     num_samples = config.num_action_samples
@@ -95,7 +97,7 @@ def mpo_loss(params, learner: LearnerState, obs_stats, batch: Transition, key, h
     log_rhos = jnp.where(starts_new_episode, -jnp.inf, log_rhos)
     discount = hp.discount * (1.0 - batch.terminated.astype(jnp.float32))
     targets = batched_retrace_targets(
-        q_target_taken, v_tp1, batch.reward * hp.reward_scale, discount, log_rhos, hp.retrace_lambda
+        q_target_taken, v_tp1, batch.reward / reward_divisor, discount, log_rhos, hp.retrace_lambda
     )
     q_online = nets.critic.apply(critic_params, obs, acting.env_action(batch.action))
     critic_loss = 0.5 * jnp.mean((q_online - targets) ** 2)
@@ -149,11 +151,12 @@ def mpo_loss(params, learner: LearnerState, obs_stats, batch: Transition, key, h
     return total, metrics
 
 
-def learner_step(learner: LearnerState, obs_stats, batch: Transition, key, hp: HParams, config: Config,
-                 nets: Networks, optimizer):
+def learner_step(learner: LearnerState, obs_stats, reward_divisor, batch: Transition, key, hp: HParams,
+                 config: Config, nets: Networks, optimizer):
     """One SGD update of critic, policy and duals, then the target-network update."""
     params = (learner.policy_params, learner.critic_params, learner.dual_params)
-    grads, metrics = jax.grad(mpo_loss, has_aux=True)(params, learner, obs_stats, batch, key, hp, config, nets)
+    grads, metrics = jax.grad(mpo_loss, has_aux=True)(params, learner, obs_stats, reward_divisor, batch, key, hp,
+                                                       config, nets)
     policy_grads, critic_grads, dual_grads = grads
     policy_params, policy_opt = apply_updates(optimizer, policy_grads, learner.policy_opt_state,
                                               learner.policy_params, hp.policy_lr)
@@ -187,24 +190,35 @@ class Trainer(NamedTuple):
 
     config: Config
     init: Callable  # (key, hparams) -> TrainState before the first env step
-    run_chunk: Callable  # (state, hparams=None) -> (state, metrics of one evaluation period)
+    train_chunk: Callable  # (state, hparams=None) -> (state, per-iteration metrics of one evaluation period)
+    evaluate_state: Callable  # (state) -> (state with a new key, evaluation metrics)
+    run_chunk: Callable  # (state, hparams=None) -> train_chunk then evaluate_state, metrics merged
     train: Callable  # (key, hparams=None) -> (state, metrics stacked over num_evals chunks)
     evaluate: Callable  # (policy_params, obs_stats, key) -> returns [eval_episodes]
 
 
 def make_trainer(config: Config) -> Trainer:
     env = envs.make(config.env, config.backend)
-    obs_dim, action_dim = env.observation_size, env.action_size
+    obs_dim, action_dim = envs.observation_size(env), env.action_size
     nets = make_networks(config, action_dim)
     optimizer = make_optimizer(config)
 
-    def collect(state: TrainState, policy_params, key):
+    # Iterations whose rewards set the reward divisor: the prefill, or the first iteration without one.
+    reward_estimation_steps = max(config.prefill_iterations, 1) * config.steps_per_iteration
+
+    def collect(state: TrainState, policy_params, key, hp: HParams):
         env_state, transitions, episodes = acting.rollout(
             env, nets.policy, policy_params, state.obs_stats, state.env_state, key,
-            config.unroll_length, config.episode_length,
+            config.unroll_length, config.episode_length, hp.reward_scale,
+        )
+        estimating = state.env_steps < reward_estimation_steps
+        reward_stats = jax.tree.map(
+            lambda new, old: jnp.where(estimating, new, old),
+            normalizer.update_reward_scale(state.reward_stats, transitions.reward), state.reward_stats,
         )
         state = state._replace(
             env_state=env_state,
+            reward_stats=reward_stats,
             obs_stats=normalizer.update(state.obs_stats, transitions.obs),
             replay=replay.add(state.replay, transitions),
             env_steps=state.env_steps + config.steps_per_iteration,
@@ -243,6 +257,7 @@ def make_trainer(config: Config) -> Trainer:
         return TrainState(
             learner=learner,
             obs_stats=normalizer.init(obs_dim),
+            reward_stats=normalizer.init_reward_scale(),
             replay=replay.init(example, config.capacity_per_env),
             env_state=env_state,
             key=key,
@@ -252,12 +267,13 @@ def make_trainer(config: Config) -> Trainer:
     def iteration(state: TrainState, hp: HParams):
         key, rollout_key, update_key = jax.random.split(state.key, 3)
         learning = state.env_steps >= config.prefill_iterations * config.steps_per_iteration
-        state, episodes = collect(state._replace(key=key), state.learner.policy_params, rollout_key)
+        state, episodes = collect(state._replace(key=key), state.learner.policy_params, rollout_key, hp)
+        divisor = normalizer.reward_divisor(state.reward_stats) if config.reward_normalization else 1.0
 
         def update(learner, k):
             sample_key, loss_key = jax.random.split(k)
             batch = replay.sample(state.replay, sample_key, config.batch_size, config.sequence_length)
-            return learner_step(learner, state.obs_stats, batch, loss_key, hp, config, nets, optimizer)
+            return learner_step(learner, state.obs_stats, divisor, batch, loss_key, hp, config, nets, optimizer)
 
         def learn(learner):
             learner, metrics = jax.lax.scan(update, learner, jax.random.split(update_key, config.updates_per_iteration))
@@ -271,6 +287,7 @@ def make_trainer(config: Config) -> Trainer:
         metrics.update(
             env_steps=state.env_steps,
             updates=learning.astype(jnp.float32) * config.updates_per_iteration,
+            reward_divisor=jnp.asarray(divisor, jnp.float32),
             episode_return_sum=episodes.return_sum,
             episodes_finished=episodes.count,
         )
@@ -287,20 +304,29 @@ def make_trainer(config: Config) -> Trainer:
         return envs.evaluate(env, deterministic_policy(policy_params, obs_stats), key, config.eval_episodes,
                              config.episode_length)
 
-    def run_chunk(state: TrainState, hparams: Optional[HParams] = None):
+    def train_chunk(state: TrainState, hparams: Optional[HParams] = None):
         hp = config.hparams if hparams is None else hparams
-        state, metrics = jax.lax.scan(lambda s, _: iteration(s, hp), state, None, length=config.iterations_per_eval)
+        return jax.lax.scan(lambda s, _: iteration(s, hp), state, None, length=config.iterations_per_eval)
+
+    def evaluate_state(state: TrainState):
         key, eval_key = jax.random.split(state.key)
         returns = evaluate(state.learner.policy_params, state.obs_stats, eval_key)
-        metrics.update(eval_return=jnp.mean(returns), eval_return_std=jnp.std(returns),
+        metrics = dict(eval_return=jnp.mean(returns), eval_return_std=jnp.std(returns),
                        eval_env_steps=state.env_steps)
         return state._replace(key=key), metrics
+
+    def run_chunk(state: TrainState, hparams: Optional[HParams] = None):
+        # Drivers may jit train_chunk and evaluate_state separately (smaller programs, compiled concurrently).
+        state, metrics = train_chunk(state, hparams)
+        state, eval_metrics = evaluate_state(state)
+        return state, {**metrics, **eval_metrics}
 
     def train(key, hparams: Optional[HParams] = None):
         state = init(key, hparams)
         return jax.lax.scan(lambda s, _: run_chunk(s, hparams), state, None, length=config.num_evals)
 
-    return Trainer(config=config, init=init, run_chunk=run_chunk, train=train, evaluate=evaluate)
+    return Trainer(config=config, init=init, train_chunk=train_chunk, evaluate_state=evaluate_state,
+                   run_chunk=run_chunk, train=train, evaluate=evaluate)
 
 
 def make_train(config: Config) -> Callable:
@@ -311,3 +337,50 @@ def make_train(config: Config) -> Callable:
     `config.prefill_iterations` iterations only collect data: their learner metrics are NaN and `updates` is 0.
     """
     return make_trainer(config).train
+
+
+class CompiledTrainer(NamedTuple):
+    """Ahead-of-time compiled pieces of a run, for drivers that report between chunks."""
+
+    init: Callable  # (keys) -> state
+    train_chunk: Callable  # (state) -> (state, per-iteration metrics); donates its input
+    evaluate_state: Callable  # (state) -> (state, evaluation metrics); donates its input
+
+
+def compile_trainer(trainer: Trainer, keys: chex.Array, hparams: Optional[HParams] = None,
+                    batched: bool = False) -> CompiledTrainer:
+    """Compiles `init`, `train_chunk` and `evaluate_state` at once, on concurrent threads.
+
+    `batched=False`: `keys` is one PRNG key. `batched=True`: `keys` is `[S, 2]` and every piece is vmapped over
+    the S runs; `hparams` is then either shared (leaves are scalars) or per run (leaves `[S]`).
+    Numerically this is `Trainer.run_chunk` split in two (tests check it against the fused `train`).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def init(k, hp):
+        return trainer.init(k, hp)
+
+    def train_chunk(state, hp):
+        return trainer.train_chunk(state, hp)
+
+    def evaluate_state(state):
+        return trainer.evaluate_state(state)
+
+    if batched:
+        hp_axis = None if hparams is None or jnp.ndim(jax.tree.leaves(hparams)[0]) == 0 else 0
+        init = jax.vmap(init, in_axes=(0, hp_axis))
+        train_chunk = jax.vmap(train_chunk, in_axes=(0, hp_axis))
+        evaluate_state = jax.vmap(evaluate_state)
+    state_shape = jax.eval_shape(init, keys, hparams)
+    lowered = (
+        jax.jit(init).lower(keys, hparams),
+        jax.jit(train_chunk, donate_argnums=0).lower(state_shape, hparams),
+        jax.jit(evaluate_state, donate_argnums=0).lower(state_shape),
+    )
+    with ThreadPoolExecutor(len(lowered)) as pool:  # XLA releases the GIL while compiling
+        init_c, chunk_c, eval_c = pool.map(lambda program: program.compile(), lowered)
+    return CompiledTrainer(
+        init=lambda k: init_c(k, hparams),
+        train_chunk=lambda s: chunk_c(s, hparams),
+        evaluate_state=eval_c,
+    )

@@ -125,3 +125,38 @@ def test_flag_combinations_keeps_duals_positive_and_finite(per_dim, penalty):
         assert np.all(np.isfinite(metrics[name][learned])), name
     for name in ("temperature", "penalty_temperature", "alpha_mean", "alpha_std"):
         assert np.all(metrics[name][learned] > 0), name
+
+
+def _reacher_scale_run(normalize):
+    config = TINY.replace(env="reacher", reward_normalization=normalize, num_evals=1, total_steps=640,
+                          episode_length=20)
+    hp = config.hparams
+    sweep = hp._replace(reward_scale=jnp.array([1.0, 1000.0]))
+    axes = type(hp)(*[0 if name == "reward_scale" else None for name in hp._fields])
+    state, metrics = jax.device_get(jax.jit(jax.vmap(make_train(config), in_axes=(None, axes)))(
+        jax.random.PRNGKey(3), sweep))
+    return config, state, metrics
+
+
+def test_reward_divisor_is_the_prefill_rms_and_removes_the_reward_scale():
+    config, state, metrics = _reacher_scale_run(normalize=True)
+    prefill_rows = config.prefill_iterations * config.unroll_length  # replay rows written during prefill
+    for run, scale in enumerate((1.0, 1000.0)):
+        stored = state.replay.data.reward[run, :prefill_rows]
+        np.testing.assert_allclose(metrics["reward_divisor"][run, 0, -1], np.sqrt(np.mean(stored**2)), rtol=1e-5)
+        np.testing.assert_allclose(state.replay.data.reward[run, :prefill_rows],
+                                   scale * state.replay.data.reward[0, :prefill_rows], rtol=1e-5)
+    # Stored rewards differ by 1000x, yet the learner sees the same numbers: its first updates agree.
+    learned = metrics["updates"][0, 0] > 0
+    first = np.flatnonzero(learned)[:3]
+    for name in ("q_mean", "critic_loss", "temperature", "kl_mean"):
+        np.testing.assert_allclose(metrics[name][1, 0, first], metrics[name][0, 0, first], rtol=2e-3, atol=1e-6,
+                                   err_msg=name)
+
+
+def test_without_reward_normalization_the_critic_sees_the_scale():
+    _, _, metrics = _reacher_scale_run(normalize=False)
+    learned = metrics["updates"][0, 0] > 0
+    assert np.all(metrics["reward_divisor"][:, 0, learned] == 1.0)
+    target = metrics["target_mean"][:, 0, learned]
+    assert np.all(np.abs(target[1]) > 100 * np.abs(target[0]))

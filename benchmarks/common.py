@@ -1,0 +1,61 @@
+"""Helpers shared by the benchmark scripts: machine description, versions, `--set` parsing, timing."""
+
+from __future__ import annotations
+
+import ast
+import os
+import platform
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import jax
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> str:
+    """e.g. 'CPU (cpu); AMD EPYC 7B13; 1 device(s); 2 cores' or 'GPU (NVIDIA H100 80GB HBM3); ...'."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    device = jax.devices()[0]
+    return (f"{device.platform.upper()} ({device.device_kind}); {cpu}; {jax.device_count()} device(s); "
+            f"{len(os.sched_getaffinity(0))} cores")
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version()}
+    for package in ("purempo", "jax", "jaxlib", "brax", "flax", "optax"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def today() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d")
+
+
+def parse_overrides(items) -> dict:
+    """`["batch_size=64", "policy_hidden=(64,64)"]` -> {"batch_size": 64, "policy_hidden": (64, 64)}."""
+    overrides = {}
+    for item in items:
+        field, sep, value = item.partition("=")
+        if not sep or not field:
+            raise SystemExit(f"error: --set expects FIELD=VALUE, got {item!r}")
+        try:
+            overrides[field] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[field] = value
+    return overrides
+
+
+def jsonable(config) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()}

@@ -1,0 +1,284 @@
+"""purempo vs Brax SAC vs Brax PPO on one env, each for the same wall-clock budget, one after another.
+
+    python benchmarks/compare.py --env inverted_pendulum --budget-s 300 --threshold 950
+    python benchmarks/compare.py --env halfcheetah --budget-s 900
+
+Every trainer gets the same env (Brax's, same backend), the same evaluation (deterministic policy mean,
+`eval_episodes` parallel episodes of up to 1000 steps) and the same clock, started before the env is built,
+so compilation counts. The budget and the headline times are *training* wall time: total elapsed time minus
+the time spent in evaluations, so that how often a trainer is evaluated does not change its numbers. For Brax
+that subtracts its reported `eval/walltime`, which includes compiling its evaluator; for purempo evaluation
+is compiled up front with the rest and is not subtracted, so the comparison leans against purempo. Each
+trainer stops at its first evaluation after the budget is spent.
+
+Brax settings (`BRAX_SETTINGS`): PPO uses Brax's published training-notebook hyper-parameters for the env;
+Brax publishes SAC settings only for hopper/walker2d, so SAC uses those (reward_scaling 30, 128 envs, 64
+gradient updates of batch 512 per env step, replay 2^20, 8192 prefill steps) on every env. Networks are
+Brax's defaults. Brax 0.14.2 needs `brax_compat.install()` on jax >= 0.10 (see that file).
+
+Writes benchmarks/results/compare_<env>.json and .png (return vs training wall time, and vs env steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import time
+
+import jax
+import numpy as np
+
+import brax_compat
+from common import RESULTS, jsonable, machine, parse_overrides, today, versions
+from purempo import envs
+from purempo.presets import preset
+from purempo.train import compile_trainer, make_trainer
+
+# Brax training notebook (brax/notebooks/training.ipynb) PPO settings, and its hopper/walker2d SAC settings.
+_PPO_NOTEBOOK = dict(
+    inverted_pendulum=dict(reward_scaling=10, normalize_observations=True, unroll_length=5, num_minibatches=32,
+                           num_updates_per_batch=4, discounting=0.97, learning_rate=3e-4, entropy_cost=1e-2,
+                           num_envs=2048, batch_size=1024),
+    halfcheetah=dict(reward_scaling=1, normalize_observations=True, unroll_length=20, num_minibatches=32,
+                     num_updates_per_batch=8, discounting=0.95, learning_rate=3e-4, entropy_cost=1e-3,
+                     num_envs=2048, batch_size=512),
+    ant=dict(reward_scaling=10, normalize_observations=True, unroll_length=5, num_minibatches=32,
+             num_updates_per_batch=4, discounting=0.97, learning_rate=3e-4, entropy_cost=1e-2, num_envs=4096,
+             batch_size=2048),
+    humanoid=dict(reward_scaling=0.1, normalize_observations=True, unroll_length=10, num_minibatches=32,
+                  num_updates_per_batch=8, discounting=0.97, learning_rate=3e-4, entropy_cost=1e-3,
+                  num_envs=2048, batch_size=1024),
+)
+_SAC_HOPPER = dict(reward_scaling=30, normalize_observations=True, discounting=0.997, learning_rate=6e-4,
+                   num_envs=128, batch_size=512, grad_updates_per_step=64, max_replay_size=1_048_576,
+                   min_replay_size=8192, max_devices_per_host=1)
+
+# Evaluation spacing in env steps for each trainer (Brax's are multiples of one training step of its own).
+EVAL_EVERY = dict(
+    inverted_pendulum=dict(purempo=5_120, ppo=163_840, sac=4_096),
+    halfcheetah=dict(purempo=20_480, ppo=327_680, sac=8_192),
+    ant=dict(purempo=262_144, ppo=2_621_440, sac=65_536),
+    humanoid=dict(purempo=262_144, ppo=2_621_440, sac=65_536),
+)
+
+
+class _BudgetSpent(Exception):
+    pass
+
+
+class Curve:
+    """Evaluation points of one trainer: env steps, elapsed and evaluation wall time, return."""
+
+    def __init__(self, name, budget_s):
+        self.name, self.budget_s, self.points = name, budget_s, []
+        self.start = time.perf_counter()
+
+    def add(self, env_steps, eval_time_s, mean, std):
+        elapsed = time.perf_counter() - self.start
+        point = dict(env_steps=int(env_steps), wall_time_s=round(elapsed, 2), eval_time_s=round(eval_time_s, 2),
+                     train_time_s=round(elapsed - eval_time_s, 2), eval_return=float(mean), eval_return_std=float(std))
+        self.points.append(point)
+        print(f"  {self.name:8s} {point['env_steps']:>11,} steps  train {point['train_time_s']:7.1f} s  "
+              f"(elapsed {elapsed:7.1f} s)  eval {mean:9.2f} ± {std:.1f}", flush=True)
+        return point["train_time_s"] >= self.budget_s
+
+
+def run_purempo(env_name, budget_s, seed, overrides):
+    every = EVAL_EVERY.get(env_name, {}).get("purempo", 20_480)
+    curve = Curve("purempo", budget_s)
+    base = preset(env_name, **overrides)
+    iterations = max(1, every // base.steps_per_iteration)
+    num_evals = 100_000
+    config = base.replace(total_steps=iterations * base.steps_per_iteration * num_evals, num_evals=num_evals)
+    key = jax.random.PRNGKey(seed)
+    compiled = compile_trainer(make_trainer(config), key)
+    state = compiled.init(key)
+    eval_time = 0.0
+    for _ in range(num_evals):
+        state, _ = compiled.train_chunk(state)
+        jax.block_until_ready(state)
+        tick = time.perf_counter()
+        state, metrics = compiled.evaluate_state(state)
+        metrics = jax.device_get(metrics)
+        eval_time += time.perf_counter() - tick
+        if curve.add(metrics["eval_env_steps"], eval_time, metrics["eval_return"], metrics["eval_return_std"]):
+            break
+    return curve, jsonable(config)
+
+
+def run_brax(algorithm, env_name, budget_s, seed, overrides):
+    brax_compat.install()
+    if algorithm == "ppo":
+        from brax.training.agents.ppo import train as brax_train
+
+        settings = dict(_PPO_NOTEBOOK.get(env_name, _PPO_NOTEBOOK["ant"]), **overrides)
+        per_eval = EVAL_EVERY.get(env_name, {}).get("ppo", 2_621_440)
+        step = settings["batch_size"] * settings["unroll_length"] * settings["num_minibatches"]
+        per_eval = max(1, per_eval // step) * step
+        num_evals = 10_000
+        settings.update(num_timesteps=per_eval * num_evals, num_evals=num_evals + 1)
+    else:
+        from brax.training.agents.sac import train as brax_train
+
+        settings = dict(_SAC_HOPPER, **overrides)
+        per_eval = EVAL_EVERY.get(env_name, {}).get("sac", 65_536)
+        per_eval = max(1, per_eval // settings["num_envs"]) * settings["num_envs"]
+        num_evals = 10_000
+        prefill = -(-settings["min_replay_size"] // settings["num_envs"]) * settings["num_envs"]
+        settings.update(num_timesteps=prefill + per_eval * num_evals, num_evals=num_evals + 1)
+    eval_episodes = preset(env_name).eval_episodes
+    settings.update(episode_length=1000, action_repeat=1, seed=seed, num_eval_envs=eval_episodes,
+                    deterministic_eval=True)
+    curve = Curve(f"brax-{algorithm}", budget_s)
+    env = envs.make(env_name, preset(env_name).backend)
+
+    def progress(num_steps, metrics):
+        if curve.add(num_steps, float(metrics["eval/walltime"]), metrics["eval/episode_reward"],
+                     metrics["eval/episode_reward_std"]):
+            raise _BudgetSpent
+
+    try:
+        brax_train.train(environment=env, progress_fn=progress, **settings)
+    except _BudgetSpent:
+        pass
+    return curve, settings
+
+
+def summarize(curve, threshold):
+    points = curve.points
+    hit = next((p for p in points if threshold is not None and p["eval_return"] >= threshold), None)
+    learning = [p for p in points if p["env_steps"] > 0]
+    first, last = (learning[0], learning[-1]) if len(learning) > 1 else (None, None)
+    sps = None
+    if first is not None and last["train_time_s"] > first["train_time_s"]:
+        sps = (last["env_steps"] - first["env_steps"]) / (last["train_time_s"] - first["train_time_s"])
+    return dict(
+        trainer=curve.name,
+        threshold_train_time_s=hit and hit["train_time_s"],
+        threshold_wall_time_s=hit and hit["wall_time_s"],
+        threshold_env_steps=hit and hit["env_steps"],
+        final_return=points[-1]["eval_return"],
+        final_return_std=points[-1]["eval_return_std"],
+        best_return=max(p["eval_return"] for p in points),
+        final_env_steps=points[-1]["env_steps"],
+        final_train_time_s=points[-1]["train_time_s"],
+        env_steps_per_s=sps and round(sps, 1),
+        curve=points,
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="inverted_pendulum")
+    parser.add_argument("--budget-s", type=float, required=True, help="training wall time per trainer")
+    parser.add_argument("--threshold", type=float, default=None, help="return whose first crossing is timed")
+    parser.add_argument("--trainers", nargs="+", default=["purempo", "ppo", "sac"], choices=["purempo", "ppo", "sac"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a purempo field")
+    parser.add_argument("--brax-set", action="append", default=[], metavar="ARG=VALUE",
+                        help="override an argument of the Brax trainers")
+    parser.add_argument("--name", default=None, help="output file stem (default: compare_ENV)")
+    parser.add_argument("--replot", action="store_true", help="only redraw the PNG from the saved JSON")
+    args = parser.parse_args()
+    if args.env not in envs.available():
+        raise SystemExit(f"error: unknown env {args.env!r}; valid names: {', '.join(envs.available())}")
+    if args.budget_s <= 0:
+        raise SystemExit(f"error: --budget-s must be > 0, got {args.budget_s:g}")
+    name = args.name or f"compare_{args.env}"
+    path = RESULTS / f"{name}.json"
+    if args.replot:
+        summary = json.loads(path.read_text())
+        plot(summary, path.with_suffix(".png"))
+        report(summary)
+        return
+    overrides, brax_overrides = parse_overrides(args.set), parse_overrides(args.brax_set)
+    results, settings = [], {}
+    for trainer in args.trainers:
+        print(f"{trainer}: {args.budget_s:g} s training budget on {args.env}", flush=True)
+        if trainer == "purempo":
+            curve, settings[trainer] = run_purempo(args.env, args.budget_s, args.seed, overrides)
+        else:
+            curve, settings[trainer] = run_brax(trainer, args.env, args.budget_s, args.seed, brax_overrides)
+        results.append(summarize(curve, args.threshold))
+    summary = dict(
+        env=args.env, date=today(), machine=machine(), versions=versions(), budget_s=args.budget_s,
+        threshold=args.threshold, seed=args.seed,
+        command="python benchmarks/compare.py " + " ".join(
+            [f"--env {args.env}", f"--budget-s {args.budget_s:g}"]
+            + ([f"--threshold {args.threshold:g}"] if args.threshold is not None else [])
+            + ([f"--trainers {' '.join(args.trainers)}"] if args.trainers != ["purempo", "ppo", "sac"] else [])
+            + [f"--set {s}" for s in args.set] + [f"--brax-set {s}" for s in args.brax_set]),
+        settings={k: {a: (list(b) if isinstance(b, tuple) else b) for a, b in v.items()} for k, v in settings.items()},
+        results=results,
+    )
+    RESULTS.mkdir(exist_ok=True)
+    path.write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    plot(summary, path.with_suffix(".png"))
+    report(summary)
+
+
+def _fmt(value, spec):
+    return "not reached" if value is None else format(value, spec)
+
+
+def report(summary):
+    print(f"\n{summary['env']}, {summary['budget_s']:g} s training budget each; {summary['machine']}; "
+          f"jax {summary['versions'].get('jax')}, brax {summary['versions'].get('brax')}; {summary['date']}")
+    print(f"command: {summary['command']}\n")
+    threshold = summary["threshold"]
+    head = f"| trainer | training time to {threshold:g} (s) | elapsed incl. evals (s) | env steps to {threshold:g} " \
+        if threshold is not None else "| trainer "
+    print(head + "| final return | env steps | env steps/s |")
+    print("|---" + "|---:" * (4 if threshold is None else 7) + "|")
+    for r in summary["results"]:
+        cells = [r["trainer"]]
+        if threshold is not None:
+            cells += [_fmt(r["threshold_train_time_s"], ".1f"), _fmt(r["threshold_wall_time_s"], ".1f"),
+                      _fmt(r["threshold_env_steps"], ",")]
+        cells += [f"{r['final_return']:.1f} ± {r['final_return_std']:.1f}", f"{r['final_env_steps']:,}",
+                  _fmt(r["env_steps_per_s"], ",.0f")]
+        print("| " + " | ".join(cells) + " |")
+    ours = next((r for r in summary["results"] if r["trainer"] == "purempo"), None)
+    if threshold is not None and ours and ours["threshold_train_time_s"] is not None:
+        for r in summary["results"]:
+            if r is not ours and r["threshold_train_time_s"] is not None:
+                print(f"purempo / {r['trainer']} training time to {threshold:g}: "
+                      f"{ours['threshold_train_time_s'] / r['threshold_train_time_s']:.2f}×")
+
+
+def plot(summary, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for r in summary["results"]:
+        curve = r["curve"]
+        mean = np.array([p["eval_return"] for p in curve])
+        std = np.array([p["eval_return_std"] for p in curve])
+        for ax, key in ((axes[0], "train_time_s"), (axes[1], "env_steps")):
+            x = np.array([p[key] for p in curve])
+            ax.plot(x, mean, marker="o", ms=3, label=r["trainer"])
+            ax.fill_between(x, mean - std, mean + std, alpha=0.15)
+    axes[0].set_xlabel("training wall time incl. compilation (s)")
+    axes[1].set_xlabel("env steps")
+    axes[1].set_xscale("log")
+    for ax in axes:
+        ax.set_ylabel("deterministic eval return")
+        ax.grid(alpha=0.3)
+        if summary["threshold"] is not None:
+            ax.axhline(summary["threshold"], color="gray", lw=0.8, ls=":")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{summary['env']}: purempo vs Brax PPO/SAC, {summary['budget_s']:g} s each "
+                 f"({summary['machine'].split(';')[0]}, {summary['date']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

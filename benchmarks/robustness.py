@@ -1,0 +1,168 @@
+"""Robustness of the default preset: many seeds, rescaled rewards, and the KL trust regions, in one program.
+
+    python benchmarks/robustness.py                       # 20 seeds + rewards x1000 and x0.001 on 4 of them
+    python benchmarks/robustness.py --num-seeds 4 --scale-seeds 2 --set total_steps=50000
+
+All runs (seeds 0..S-1 at reward scale 1, then seeds 0..K-1 at each other scale) are trained by one jitted,
+vmapped program: the reward scale is a float hyper-parameter (`Config.reward_scale`, vmapped like the others).
+It multiplies every reward the learner sees, which is exactly what a reward-scaling env wrapper on the
+training envs does; evaluation returns are reported unscaled so runs compare directly.
+
+Reports: how many seeds reach the threshold and when; for each other scale, its final return as a fraction
+of the same seeds' unscaled final return (target >= 90%) and whether any learner metric went non-finite; the
+per-update KL(pi_old || pi) of the mean and std parts against their bounds (target: within about 2 epsilon).
+Writes benchmarks/results/robustness_<env>.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from common import RESULTS, jsonable, machine, parse_overrides, today, versions
+from purempo.presets import preset
+from purempo.train import compile_trainer, make_trainer
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="inverted_pendulum")
+    parser.add_argument("--num-seeds", type=int, default=20, help="seeds at reward scale 1")
+    parser.add_argument("--scale-seeds", type=int, default=4, help="seeds (the first ones) run at each other scale")
+    parser.add_argument("--reward-scales", type=float, nargs="*", default=[1000.0, 0.001])
+    parser.add_argument("--threshold", type=float, default=950.0)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
+    parser.add_argument("--name", default=None, help="output file stem (default: robustness_ENV)")
+    args = parser.parse_args()
+    if not 1 <= args.scale_seeds <= args.num_seeds:
+        raise SystemExit(f"error: --scale-seeds must be in [1, --num-seeds={args.num_seeds}], got {args.scale_seeds}")
+    config = preset(args.env, **parse_overrides(args.set))
+    name = args.name or f"robustness_{args.env}"
+
+    seeds = list(range(args.num_seeds)) + [s for _ in args.reward_scales for s in range(args.scale_seeds)]
+    scales = [1.0] * args.num_seeds + [x for x in args.reward_scales for _ in range(args.scale_seeds)]
+    keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
+    hparams = config.hparams._replace(reward_scale=jnp.asarray(scales, jnp.float32))
+    hparams = jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x, jnp.float32), (len(seeds),)), hparams)
+
+    start = time.perf_counter()
+    compiled = compile_trainer(make_trainer(config), keys, hparams, batched=True)
+    state = compiled.init(keys)
+    chunks = []
+    for index in range(config.num_evals):
+        state, metrics = compiled.train_chunk(state)
+        state, evaluation = compiled.evaluate_state(state)
+        chunks.append(jax.device_get({**metrics, **evaluation}))
+        print(f"{int(chunks[-1]['eval_env_steps'][0]):>9,} steps  {time.perf_counter() - start:7.1f} s  "
+              f"eval mean {np.mean(chunks[-1]['eval_return']):8.1f}  min {np.min(chunks[-1]['eval_return']):8.1f}",
+              flush=True)
+    wall = time.perf_counter() - start
+
+    steps = [int(c["eval_env_steps"][0]) for c in chunks]
+    returns = np.stack([c["eval_return"] for c in chunks], axis=1)  # [runs, evals]
+    per_iter = {k: np.concatenate([c[k] for c in chunks], axis=1) for k in chunks[0] if chunks[0][k].ndim == 2}
+    learned = per_iter["updates"][0] > 0
+    runs = []
+    for i, (seed, scale) in enumerate(zip(seeds, scales)):
+        hit = next((steps[j] for j, r in enumerate(returns[i]) if r >= args.threshold), None)
+        finite = all(bool(np.all(np.isfinite(per_iter[k][i][learned])))
+                     for k in per_iter if k not in ("env_steps", "updates", "episode_return_sum", "episodes_finished"))
+        runs.append(dict(seed=seed, reward_scale=scale, eval_return=returns[i].tolist(), first_step_at_threshold=hit,
+                         final_return=float(returns[i][-1]), all_finite=finite,
+                         kl_mean=dict(mean=float(np.mean(per_iter["kl_mean"][i][learned])),
+                                      max=float(np.max(per_iter["kl_mean"][i][learned]))),
+                         kl_std=dict(mean=float(np.mean(per_iter["kl_std"][i][learned])),
+                                     max=float(np.max(per_iter["kl_std"][i][learned]))),
+                         temperature_final=float(per_iter["temperature"][i][learned][-1])))
+    base = [r for r in runs if r["reward_scale"] == 1.0]
+    reached = [r for r in base if r["first_step_at_threshold"] is not None]
+    scale_rows = []
+    for scale in args.reward_scales:
+        scaled = [r for r in runs if r["reward_scale"] == scale]
+        reference = [base[r["seed"]]["final_return"] for r in scaled]
+        final = [r["final_return"] for r in scaled]
+        scale_rows.append(dict(reward_scale=scale, seeds=[r["seed"] for r in scaled], final_return=final,
+                               unscaled_final_return=reference,
+                               ratio=float(np.mean(final) / np.mean(reference)),
+                               all_finite=all(r["all_finite"] for r in scaled)))
+    summary = dict(
+        env=args.env, date=today(), machine=machine(), versions=versions(),
+        command="python benchmarks/robustness.py " + " ".join(
+            [f"--env {args.env}", f"--num-seeds {args.num_seeds}", f"--scale-seeds {args.scale_seeds}",
+             "--reward-scales " + " ".join(f"{x:g}" for x in args.reward_scales)] + [f"--set {s}" for s in args.set]),
+        config=jsonable(config), threshold=args.threshold, wall_time_s=round(wall, 1), env_steps=steps,
+        seeds_reaching_threshold=f"{len(reached)}/{len(base)}", reward_scales=scale_rows, runs=runs,
+        epsilon_mean=config.epsilon_mean, epsilon_std=config.epsilon_std,
+    )
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    plot(summary, RESULTS / f"{name}.png")
+    report(summary)
+
+
+def report(summary):
+    print(f"\n{summary['env']} on {summary['machine']}; {summary['versions']}; {summary['date']}")
+    print(f"command: {summary['command']}  ({summary['wall_time_s']} s for {len(summary['runs'])} runs in one program)")
+    base = [r for r in summary["runs"] if r["reward_scale"] == 1.0]
+    print(f"\n**{summary['seeds_reaching_threshold']} seeds reach {summary['threshold']:g}**\n")
+    print("| seed | first step ≥ threshold | final return | KL_μ mean / max (ε_μ = {:g}) | KL_σ mean / max (ε_σ = {:g}) |"
+          .format(summary["epsilon_mean"], summary["epsilon_std"]))
+    print("|---:|---:|---:|---:|---:|")
+    for r in base:
+        hit = "never" if r["first_step_at_threshold"] is None else f"{r['first_step_at_threshold']:,}"
+        print(f"| {r['seed']} | {hit} | {r['final_return']:.1f} | {r['kl_mean']['mean']:.2e} / {r['kl_mean']['max']:.2e}"
+              f" | {r['kl_std']['mean']:.2e} / {r['kl_std']['max']:.2e} |")
+    print("\n| reward scale | seeds | final return (scaled run) | same seeds, scale 1 | ratio | all metrics finite |")
+    print("|---:|---|---:|---:|---:|---|")
+    for row in summary["reward_scales"]:
+        print(f"| ×{row['reward_scale']:g} | {row['seeds']} | {np.mean(row['final_return']):.1f} "
+              f"| {np.mean(row['unscaled_final_return']):.1f} | {row['ratio']:.1%} | {row['all_finite']} |")
+
+
+def plot(summary, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.asarray(summary["env_steps"]) / 1e3
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for r in summary["runs"]:
+        if r["reward_scale"] == 1.0:
+            axes[0].plot(steps, r["eval_return"], color="tab:blue", alpha=0.4, lw=1)
+    colors = ("tab:red", "tab:green", "tab:purple", "tab:orange")
+    for color, row in zip(colors, summary["reward_scales"]):
+        for r in summary["runs"]:
+            if r["reward_scale"] == row["reward_scale"]:
+                axes[0].plot(steps, r["eval_return"], color=color, alpha=0.7, lw=1, ls="--")
+        axes[0].plot([], [], color=color, ls="--", label=f"rewards ×{row['reward_scale']:g}")
+    axes[0].plot([], [], color="tab:blue", label="rewards ×1 (every seed)")
+    axes[0].axhline(summary["threshold"], color="gray", lw=0.8, ls=":")
+    axes[0].set_xlabel("env steps (thousands)")
+    axes[0].set_ylabel("deterministic eval return")
+    axes[0].legend(fontsize=8)
+    axes[0].grid(alpha=0.3)
+    base = [r for r in summary["runs"] if r["reward_scale"] == 1.0]
+    x = np.arange(len(base))
+    axes[1].bar(x - 0.2, [r["kl_mean"]["mean"] / summary["epsilon_mean"] for r in base], 0.4, label="KL_μ / ε_μ")
+    axes[1].bar(x + 0.2, [r["kl_std"]["mean"] / summary["epsilon_std"] for r in base], 0.4, label="KL_σ / ε_σ")
+    axes[1].axhline(1.0, color="gray", lw=0.8, ls=":")
+    axes[1].axhline(2.0, color="tab:red", lw=0.8, ls=":")
+    axes[1].set_xlabel("seed")
+    axes[1].set_ylabel("mean per-update KL / its bound")
+    axes[1].legend(fontsize=8)
+    axes[1].grid(alpha=0.3)
+    fig.suptitle(f"purempo robustness on {summary['env']} ({summary['machine'].split(';')[0]}, {summary['date']})",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""Training throughput against the simulation ceiling, the cost of vmapped seeds, and a learner-step profile.
+
+    python benchmarks/throughput.py --env inverted_pendulum
+    python benchmarks/throughput.py --env halfcheetah --num-envs 16 64 256 --seeds 1 4
+    python benchmarks/throughput.py --env ant --num-envs 256 1024 4096 16384 --seeds 1 4 16   # on a GPU
+
+For each num_envs E the env's preset is run at its *default replay ratio* (sampled transitions per env step,
+`updates_per_iteration * batch_size * sequence_length / (num_envs * unroll_length)`): updates per iteration are
+scaled with E (and the unroll lengthened where fewer than one update would remain). Reported per E:
+- compile time (init, training chunk and evaluation compiled together),
+- training env steps/s and SGD updates/s over `--chunks` chunks after a warm-up chunk (evaluation excluded),
+- the ceiling: env steps/s of a jitted random-action rollout at the same E, both through purempo's env
+  wrapper (time limit + auto-reset) and Brax's bare `vmap(env.step)`; the ratio is training / bare ceiling.
+Then the default preset with 1, 4, 16... seeds vmapped in one program (cost per seed), and a profile of one
+learner step (FLOPs from XLA's cost analysis; time of the sampled-action critic pass, the largest part).
+Writes benchmarks/results/throughput_<env>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from common import RESULTS, jsonable, machine, parse_overrides, today, versions
+from purempo import envs, replay
+from purempo.presets import preset
+from purempo.train import compile_trainer, learner_step, make_networks, make_optimizer, make_trainer
+
+CHUNK_ITERATIONS = 8
+
+
+def replay_ratio(config) -> float:
+    return config.updates_per_iteration * config.batch_size * config.sequence_length / config.steps_per_iteration
+
+
+def at_num_envs(base, num_envs: int):
+    """`base` with `num_envs` envs, same replay ratio (and replay capacity per env), short prefill."""
+    ratio = replay_ratio(base)
+    samples = base.batch_size * base.sequence_length
+    unroll = max(base.unroll_length, math.ceil(samples / (ratio * num_envs)))
+    updates = max(1, round(ratio * num_envs * unroll / samples))
+    steps_per_iteration = num_envs * unroll
+    return base.replace(
+        num_envs=num_envs, unroll_length=unroll, updates_per_iteration=updates,
+        replay_size=max(base.replay_size, num_envs * (base.sequence_length + unroll) * 4),
+        prefill_steps=steps_per_iteration * max(1, -(-base.sequence_length // unroll)),
+        total_steps=steps_per_iteration * CHUNK_ITERATIONS * 1000, num_evals=1000,
+    )
+
+
+def time_training(config, num_seeds: int, chunks: int):
+    """(compile s, env steps/s per seed, updates/s per seed) of `chunks` chunks after one warm-up chunk."""
+    start = time.perf_counter()
+    trainer = make_trainer(config)
+    keys = jnp.stack([jax.random.PRNGKey(s) for s in range(num_seeds)])
+    compiled = compile_trainer(trainer, keys, batched=True)
+    compile_s = time.perf_counter() - start
+    state = compiled.init(keys)
+    for _ in range(1 + -(-config.prefill_iterations // config.iterations_per_eval)):  # prefill + warm-up
+        state, metrics = compiled.train_chunk(state)
+    jax.block_until_ready(state)
+    tick = time.perf_counter()
+    updates = 0.0
+    for _ in range(chunks):
+        state, metrics = compiled.train_chunk(state)
+        updates += float(np.sum(jax.device_get(metrics["updates"])[0]))
+    jax.block_until_ready(state)
+    seconds = time.perf_counter() - tick
+    steps = chunks * config.iterations_per_eval * config.steps_per_iteration
+    return compile_s, steps / seconds, updates / seconds
+
+
+def time_ceiling(env, num_envs: int, episode_length: int, steps: int = 64):
+    """(wrapper, bare) env steps/s of random actions in [-1, 1] for `steps` lockstep steps."""
+    action_size = env.action_size
+
+    def wrapped(key):
+        state = envs.reset(env, key, num_envs)
+
+        def body(state, k):
+            a_key, r_key = jax.random.split(k)
+            action = jax.random.uniform(a_key, (num_envs, action_size), minval=-1.0, maxval=1.0)
+            state, result = envs.step(env, state, action, r_key, episode_length)
+            return state, result.reward
+
+        return jax.lax.scan(body, state, jax.random.split(key, steps))[1].sum()
+
+    def bare(key):
+        state = jax.vmap(env.reset)(jax.random.split(key, num_envs))
+
+        def body(state, k):
+            action = jax.random.uniform(k, (num_envs, action_size), minval=-1.0, maxval=1.0)
+            state = jax.vmap(env.step)(state, action)
+            return state, state.reward
+
+        return jax.lax.scan(body, state, jax.random.split(key, steps))[1].sum()
+
+    rates = []
+    for fn in (wrapped, bare):
+        fn = jax.jit(fn)
+        fn(jax.random.PRNGKey(0)).block_until_ready()
+        tick = time.perf_counter()
+        fn(jax.random.PRNGKey(1)).block_until_ready()
+        rates.append(num_envs * steps / (time.perf_counter() - tick))
+    return tuple(rates)
+
+
+def profile_learner(config, repeats: int = 20):
+    """Time and FLOPs of one learner step, and of its sampled-action target-critic pass alone."""
+    env = envs.make(config.env, config.backend)
+    trainer = make_trainer(config)
+    state = jax.jit(trainer.init)(jax.random.PRNGKey(0))
+    nets, optimizer, hp = make_networks(config, env.action_size), make_optimizer(config), config.hparams
+    buffer = state.replay._replace(size=jnp.asarray(config.capacity_per_env, state.replay.size.dtype))
+
+    def updates(learner, key):
+        def one(learner, k):
+            sample_key, loss_key = jax.random.split(k)
+            batch = replay.sample(buffer, sample_key, config.batch_size, config.sequence_length)
+            return learner_step(learner, state.obs_stats, 1.0, batch, loss_key, hp, config, nets, optimizer)
+
+        return jax.lax.scan(one, learner, jax.random.split(key, repeats))
+
+    def sampled_critic(learner, key):
+        batch = replay.sample(buffer, key, config.batch_size, config.sequence_length)
+
+        def one(total, k):
+            actions = jax.random.normal(k, (config.num_action_samples,) + batch.action.shape)
+            return total + jnp.sum(nets.critic.apply(learner.target_critic_params, batch.next_obs, actions)), None
+
+        return jax.lax.scan(one, 0.0, jax.random.split(key, repeats))[0]
+
+    out = {}
+    for name, fn in (("learner_step", updates), ("sampled_action_critic", sampled_critic)):
+        compiled = jax.jit(fn).lower(state.learner, jax.random.PRNGKey(1)).compile()
+        analysis = compiled.cost_analysis()
+        analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+        jax.block_until_ready(compiled(state.learner, jax.random.PRNGKey(1)))
+        tick = time.perf_counter()
+        jax.block_until_ready(compiled(state.learner, jax.random.PRNGKey(2)))
+        seconds = (time.perf_counter() - tick) / repeats
+        # XLA counts a scan body once: its FLOPs are per step already.
+        flops = float(analysis.get("flops", float("nan"))) if analysis else float("nan")
+        out[name] = dict(ms=round(seconds * 1e3, 3), gflop=round(flops / 1e9, 4),
+                         gflop_per_s=round(flops / 1e9 / seconds, 1))
+    out["sampled_action_critic_share"] = round(out["sampled_action_critic"]["ms"] / out["learner_step"]["ms"], 3)
+    out["critic_evaluations_per_step"] = config.num_action_samples * config.batch_size * config.sequence_length
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="inverted_pendulum")
+    parser.add_argument("--num-envs", type=int, nargs="+", default=[16, 64, 256, 1024])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[1, 4, 16], help="vmapped seed counts to time")
+    parser.add_argument("--chunks", type=int, default=3, help=f"timed chunks of {CHUNK_ITERATIONS} iterations")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
+    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--name", default=None, help="output file stem (default: throughput_ENV)")
+    args = parser.parse_args()
+    base = preset(args.env, **parse_overrides(args.set))
+    env = envs.make(base.env, base.backend)
+    print(f"{args.env} on {machine()}; default replay ratio {replay_ratio(base):.1f} sampled transitions per env step",
+          flush=True)
+
+    sweep = []
+    for num_envs in args.num_envs:
+        config = at_num_envs(base, num_envs)
+        compile_s, sps, ups = time_training(config, 1, args.chunks)
+        wrapped, bare = time_ceiling(env, num_envs, config.episode_length)
+        row = dict(num_envs=num_envs, unroll_length=config.unroll_length,
+                   updates_per_iteration=config.updates_per_iteration, compile_s=round(compile_s, 1),
+                   train_env_steps_per_s=round(sps, 1), updates_per_s=round(ups, 1),
+                   ceiling_wrapper_env_steps_per_s=round(wrapped, 1), ceiling_bare_env_steps_per_s=round(bare, 1),
+                   ratio=round(sps / bare, 4))
+        sweep.append(row)
+        print(f"E={num_envs:>6}  unroll {row['unroll_length']:>3}  updates/it {row['updates_per_iteration']:>4}  "
+              f"compile {row['compile_s']:5.1f} s  train {sps:10,.0f} sps {ups:7.1f} upd/s  "
+              f"ceiling {wrapped:11,.0f} (wrapper) {bare:11,.0f} (bare)  ratio {row['ratio']:.3f}", flush=True)
+
+    seeds = []
+    seed_config = base.replace(total_steps=base.steps_per_iteration * CHUNK_ITERATIONS * 1000, num_evals=1000)
+    for count in args.seeds:
+        compile_s, sps, ups = time_training(seed_config, count, args.chunks)
+        row = dict(num_seeds=count, compile_s=round(compile_s, 1), env_steps_per_s_per_seed=round(sps, 1),
+                   env_steps_per_s_total=round(sps * count, 1), updates_per_s_per_seed=round(ups, 1))
+        seeds.append(row)
+        print(f"{count:>3} seed(s) vmapped at E={base.num_envs}: compile {compile_s:5.1f} s, {sps:9,.0f} sps per seed, "
+              f"{sps * count:10,.0f} sps total, {ups:6.1f} updates/s per seed", flush=True)
+
+    profile = None if args.no_profile else profile_learner(base)
+    if profile:
+        print(f"learner step: {profile['learner_step']['ms']:.2f} ms, {profile['learner_step']['gflop']:.3f} GFLOP "
+              f"({profile['learner_step']['gflop_per_s']:.1f} GFLOP/s); sampled-action target critic "
+              f"({profile['critic_evaluations_per_step']:,} evaluations): {profile['sampled_action_critic']['ms']:.2f} ms "
+              f"= {profile['sampled_action_critic_share']:.0%} of the step", flush=True)
+
+    summary = dict(env=args.env, date=today(), machine=machine(), versions=versions(),
+                   command="python benchmarks/throughput.py " + " ".join(
+                       [f"--env {args.env}", "--num-envs " + " ".join(map(str, args.num_envs)),
+                        "--seeds " + " ".join(map(str, args.seeds))] + [f"--set {s}" for s in args.set]),
+                   replay_ratio=replay_ratio(base), config=jsonable(base), num_envs_sweep=sweep,
+                   vmapped_seeds=seeds, learner_profile=profile)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.name or 'throughput_' + args.env}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print("\n| num_envs | unroll | updates/iter | compile (s) | train env steps/s | updates/s | ceiling (wrapper) "
+          "| ceiling (bare Brax) | train / ceiling |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in sweep:
+        print(f"| {r['num_envs']:,} | {r['unroll_length']} | {r['updates_per_iteration']} | {r['compile_s']} | "
+              f"{r['train_env_steps_per_s']:,.0f} | {r['updates_per_s']:,.1f} | {r['ceiling_wrapper_env_steps_per_s']:,.0f} | "
+              f"{r['ceiling_bare_env_steps_per_s']:,.0f} | {r['ratio']:.3f} |")
+    if seeds:
+        print("\n| seeds vmapped | compile (s) | env steps/s per seed | env steps/s total | updates/s per seed |\n"
+              "|---:|---:|---:|---:|---:|")
+        for r in seeds:
+            print(f"| {r['num_seeds']} | {r['compile_s']} | {r['env_steps_per_s_per_seed']:,.0f} | "
+                  f"{r['env_steps_per_s_total']:,.0f} | {r['updates_per_s_per_seed']:,.1f} |")
+
+
+if __name__ == "__main__":
+    main()
