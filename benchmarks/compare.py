@@ -22,9 +22,7 @@ Writes benchmarks/results/compare_<env>.json and .png (return vs training wall t
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import math
 import time
 
 import jax
@@ -90,7 +88,7 @@ def run_purempo(env_name, budget_s, seed, overrides):
     curve = Curve("purempo", budget_s)
     base = preset(env_name, **overrides)
     iterations = max(1, every // base.steps_per_iteration)
-    num_evals = 100_000
+    num_evals = 10_000
     config = base.replace(total_steps=iterations * base.steps_per_iteration * num_evals, num_evals=num_evals)
     key = jax.random.PRNGKey(seed)
     compiled = compile_trainer(make_trainer(config), key)

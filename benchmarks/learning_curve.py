@@ -12,36 +12,16 @@ Writes benchmarks/results/<name>.json and .png and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
-import platform
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import jax
 import numpy as np
 
-import purempo
+from common import RESULTS, jsonable, machine, parse_overrides, today, versions
 from purempo.presets import preset
 from purempo.train import compile_trainer, make_trainer
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    device = jax.devices()[0]
-    return f"{device.platform.upper()} ({device.device_kind}); {cpu}; {jax.device_count()} device(s); " \
-           f"{len(__import__('os').sched_getaffinity(0))} cores"
-
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,14 +35,7 @@ def main():
     if args.replot is not None:
         plot(json.loads(args.replot.read_text()), args.replot.with_suffix(".png"))
         return
-    overrides = {}
-    for item in args.set:
-        field, _, value = item.partition("=")
-        try:
-            overrides[field] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            overrides[field] = value
-    config = preset(args.env, **overrides)
+    config = preset(args.env, **parse_overrides(args.set))
     name = args.name or args.env
 
     start = time.perf_counter()
@@ -98,14 +71,13 @@ def main():
     summary = dict(
         env=args.env,
         seed=args.seed,
-        date=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        date=today(),
         machine=machine(),
-        versions=dict(purempo=purempo.__version__, jax=jax.__version__,
-                      brax=__import__("importlib.metadata").metadata.version("brax"), python=platform.python_version()),
+        versions=versions(),
         command="python benchmarks/learning_curve.py " + " ".join(
             [f"--env {args.env}"] + ([f"--budget-s {args.budget_s:g}"] if args.budget_s else [])
             + [f"--set {s}" for s in args.set]),
-        config={k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()},
+        config=jsonable(config),
         first_chunk_s=round(compile_s, 2),
         env_steps_per_s=round(steady_steps / steady_s, 1) if steady_s > 0 else None,
         updates_per_s=round(steady_updates / steady_s, 1) if steady_s > 0 else None,

@@ -8,20 +8,16 @@ Seed s uses `jax.random.PRNGKey(s)`. Writes benchmarks/results/<env>_seeds.json.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common import RESULTS, parse_overrides
 from purempo.presets import preset
 from purempo.train import make_train
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,10 +27,7 @@ def main():
     parser.add_argument("--threshold", type=float, default=950.0)
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     args = parser.parse_args()
-    overrides = {}
-    for item in args.set:
-        field, _, value = item.partition("=")
-        overrides[field] = ast.literal_eval(value)
+    overrides = parse_overrides(args.set)
     config = preset(args.env, **overrides)
     seeds = list(range(args.first_seed, args.first_seed + args.num_seeds))
     keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])

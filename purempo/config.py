@@ -39,9 +39,10 @@ class HParams(NamedTuple):
 class Config:
     """Everything that defines a purempo run. Shapes and loop counts are static; floats form `HParams`.
 
-    Defaults are tuned for the default env, `inverted_pendulum`, on a CPU: many lockstep envs (Brax's CPU
-    step costs about the same for 16 or 1024 envs), 8 updates per lockstep step, and target networks copied
-    every 25 updates so the per-update KL bounds (ε_μ = 1e-2, ε_σ = 1e-4) still let the policy move quickly.
+    Defaults are tuned for the default env, `inverted_pendulum`, on a CPU, for wall time to a return of 950:
+    256 lockstep envs (a Brax step of 256 envs costs ~3 ms there, an SGD update ~10 ms, so updates set the
+    pace), 8 updates per lockstep step on small (64, 64) networks, and target networks copied every 25
+    updates so the per-update KL bounds (ε_μ = 1e-2, ε_σ = 1e-4) still let the policy move quickly.
     """
 
     env: str = "inverted_pendulum"
@@ -82,9 +83,9 @@ class Config:
     num_action_samples: int = 16
     """Actions sampled per state for the E-step and for E_π Q(s', ·)."""
 
-    policy_hidden: Tuple[int, ...] = (128, 128)
+    policy_hidden: Tuple[int, ...] = (64, 64)
     """Hidden layer sizes of the policy network."""
-    critic_hidden: Tuple[int, ...] = (128, 128)
+    critic_hidden: Tuple[int, ...] = (64, 64)
     """Hidden layer sizes of the critic network."""
     min_std: float = 1e-3
     """Lower bound of the policy's standard deviation."""
