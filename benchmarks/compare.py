@@ -229,7 +229,7 @@ def report(summary):
     head = f"| trainer | training time to {threshold:g} (s) | elapsed incl. evals (s) | env steps to {threshold:g} " \
         if threshold is not None else "| trainer "
     print(head + "| final return | env steps | env steps/s |")
-    print("|---" + "|---:" * (4 if threshold is None else 7) + "|")
+    print("|---" + "|---:" * (3 if threshold is None else 6) + "|")
     for r in summary["results"]:
         cells = [r["trainer"]]
         if threshold is not None:

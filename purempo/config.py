@@ -63,6 +63,9 @@ class Config:
     """Env steps in the whole run, prefill included (rounded down to a multiple of num_evals iterations)."""
     num_envs: int = 256
     """Parallel environments stepped in lockstep."""
+    reset_pool_size: int = 4096
+    """Initial states drawn by env.reset at the start; finished envs and evaluation episodes restart from one
+    drawn uniformly from them. 0 calls env.reset at every restart instead (slower to compile and to run)."""
     unroll_length: int = 2
     """Env steps per environment between learning phases (one iteration = num_envs * unroll_length steps)."""
     updates_per_iteration: int = 16
@@ -141,6 +144,7 @@ class Config:
                       "eval_episodes", "batch_size", "num_action_samples", "total_steps"):
             need(getattr(self, field) >= 1, field, ">= 1")
         need(self.prefill_steps >= 0, "prefill_steps", ">= 0")
+        need(self.reset_pool_size >= 0, "reset_pool_size", ">= 0 (0 resets with env.reset)")
         need(self.sequence_length >= 2, "sequence_length", ">= 2")
         need(self.num_action_samples >= 2, "num_action_samples", ">= 2")
         need(len(self.policy_hidden) >= 1 and min(self.policy_hidden) >= 1, "policy_hidden", "non-empty positive sizes")

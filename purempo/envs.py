@@ -4,7 +4,10 @@ Brax's `EpisodeWrapper` + `AutoResetWrapper` lose the final observation of a tru
 replaced by a cached first observation) and restart every episode of an env from the same state. Here:
 - `terminated` (the task says the episode ended) and `truncated` (the time limit was hit) are kept apart;
 - `final_obs` is always the true observation after the step, used to bootstrap at a time limit;
-- a finished env restarts from `env.reset` with a fresh key, so starts differ between episodes.
+- a finished env restarts from a fresh initial state: one drawn uniformly (fresh key each time) from a pool
+  of `env.reset` states drawn once at `reset`, or, with no pool, from `env.reset` itself. The pool avoids
+  running (and compiling) Brax's reset inside every training step; with thousands of pool states the starts
+  are as varied as fresh resets for practical purposes, while Brax's wrapper reuses one state per env.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class EnvState(NamedTuple):
     brax_state: Any  # brax.envs.State with leaves [E, ...]
     episode_step: chex.Array  # int32 [E]: steps taken in the current episode
     episode_return: chex.Array  # float32 [E]: unscaled return so far in the current episode
+    reset_pool: Any = None  # brax.envs.State with leaves [P, ...] that finished envs restart from; None: env.reset
 
 
 class StepResult(NamedTuple):
@@ -59,13 +63,26 @@ class StepResult(NamedTuple):
     finished_return: chex.Array  # [E] return of the episode that ended at this step (0 where none ended)
 
 
-def reset(env: brax_envs.Env, key: chex.PRNGKey, num_envs: int) -> EnvState:
-    brax_state = jax.vmap(env.reset)(jax.random.split(key, num_envs))
+def reset(env: brax_envs.Env, key: chex.PRNGKey, num_envs: int, pool_size: int = 0) -> EnvState:
+    """`num_envs` fresh envs and, if `pool_size` > 0, a pool of `pool_size` more initial states for restarts."""
+    states = jax.vmap(env.reset)(jax.random.split(key, num_envs + pool_size))
+    brax_state = jax.tree.map(lambda x: x[:num_envs], states)
+    pool = jax.tree.map(lambda x: x[num_envs:], states) if pool_size > 0 else None
     return EnvState(
         brax_state=brax_state,
         episode_step=jnp.zeros((num_envs,), jnp.int32),
         episode_return=jnp.zeros((num_envs,), jnp.float32),
+        reset_pool=pool,
     )
+
+
+def initial_states(env: brax_envs.Env, key: chex.PRNGKey, num: int, pool=None):
+    """`num` initial states: drawn uniformly from `pool` (leaves `[P, ...]`) if given, else from `env.reset`."""
+    if pool is None:
+        return jax.vmap(env.reset)(jax.random.split(key, num))
+    size = jax.tree.leaves(pool)[0].shape[0]
+    index = jax.random.randint(key, (num,), 0, size)
+    return jax.tree.map(lambda x: x[index], pool)
 
 
 def observation(state: EnvState) -> chex.Array:
@@ -85,7 +102,7 @@ def step(
     done = jnp.logical_or(terminated, truncated)
     episode_return = state.episode_return + stepped.reward
 
-    fresh = jax.vmap(env.reset)(jax.random.split(key, num_envs))
+    fresh = initial_states(env, key, num_envs, state.reset_pool)
 
     def pick(new, old):
         mask = done.reshape(done.shape + (1,) * (old.ndim - 1))
@@ -96,6 +113,7 @@ def step(
         brax_state=next_brax_state,
         episode_step=jnp.where(done, 0, episode_step),
         episode_return=jnp.where(done, 0.0, episode_return),
+        reset_pool=state.reset_pool,
     )
     result = StepResult(
         final_obs=stepped.obs,
@@ -108,14 +126,15 @@ def step(
 
 
 def evaluate(
-    env: brax_envs.Env, policy_fn, key: chex.PRNGKey, num_episodes: int, episode_length: int
+    env: brax_envs.Env, policy_fn, key: chex.PRNGKey, num_episodes: int, episode_length: int, pool=None
 ) -> chex.Array:
     """Returns `[num_episodes]` undiscounted returns of full episodes run in parallel.
 
     `policy_fn(obs [E, O]) -> action [E, A]` must already be deterministic and inside the bounds.
-    Episodes end at termination or after `episode_length` steps; rewards after the end are ignored.
+    Episodes start from `initial_states(env, key, num_episodes, pool)` and end at termination or after
+    `episode_length` steps; rewards after the end are ignored.
     """
-    brax_state = jax.vmap(env.reset)(jax.random.split(key, num_episodes))
+    brax_state = initial_states(env, key, num_episodes, pool)
 
     def body(carry, _):
         brax_state, alive, total = carry

@@ -194,7 +194,7 @@ class Trainer(NamedTuple):
     evaluate_state: Callable  # (state) -> (state with a new key, evaluation metrics)
     run_chunk: Callable  # (state, hparams=None) -> train_chunk then evaluate_state, metrics merged
     train: Callable  # (key, hparams=None) -> (state, metrics stacked over num_evals chunks)
-    evaluate: Callable  # (policy_params, obs_stats, key) -> returns [eval_episodes]
+    evaluate: Callable  # (policy_params, obs_stats, key, pool=None) -> returns [eval_episodes]
 
 
 def make_trainer(config: Config) -> Trainer:
@@ -228,7 +228,7 @@ def make_trainer(config: Config) -> Trainer:
     def init(key, hparams: Optional[HParams] = None) -> TrainState:
         hp = config.hparams if hparams is None else hparams
         key, env_key, policy_key, critic_key = jax.random.split(key, 4)
-        env_state = envs.reset(env, env_key, config.num_envs)
+        env_state = envs.reset(env, env_key, config.num_envs, config.reset_pool_size)
         dummy_obs, dummy_action = jnp.zeros((obs_dim,)), jnp.zeros((action_dim,))
         policy_params = nets.policy.init(policy_key, dummy_obs)
         critic_params = nets.critic.init(critic_key, dummy_obs, dummy_action)
@@ -300,9 +300,9 @@ def make_trainer(config: Config) -> Trainer:
 
         return act
 
-    def evaluate(policy_params, obs_stats, key):
+    def evaluate(policy_params, obs_stats, key, pool=None):
         return envs.evaluate(env, deterministic_policy(policy_params, obs_stats), key, config.eval_episodes,
-                             config.episode_length)
+                             config.episode_length, pool)
 
     def train_chunk(state: TrainState, hparams: Optional[HParams] = None):
         hp = config.hparams if hparams is None else hparams
@@ -310,7 +310,7 @@ def make_trainer(config: Config) -> Trainer:
 
     def evaluate_state(state: TrainState):
         key, eval_key = jax.random.split(state.key)
-        returns = evaluate(state.learner.policy_params, state.obs_stats, eval_key)
+        returns = evaluate(state.learner.policy_params, state.obs_stats, eval_key, state.env_state.reset_pool)
         metrics = dict(eval_return=jnp.mean(returns), eval_return_std=jnp.std(returns),
                        eval_env_steps=state.env_steps)
         return state._replace(key=key), metrics

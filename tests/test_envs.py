@@ -193,3 +193,34 @@ def test_make_unknown_env_lists_valid_names():
     for name in ("inverted_pendulum", "ant", "halfcheetah"):
         assert name in message
     assert set(envs.available()) >= {"inverted_pendulum", "ant"}
+
+
+def test_restarts_and_evaluation_starts_are_uniform_draws_from_the_reset_pool(env, step_and_raw):
+    """With a pool, finished envs restart from pool states (which are distinct env.reset draws), different
+    envs and episodes get different ones, and evaluation starts from pool states too."""
+    pool_size = 32
+    state = envs.reset(env, jax.random.PRNGKey(5), NUM_ENVS, pool_size)
+    pool_obs = np.asarray(state.reset_pool.obs)
+    assert pool_obs.shape == (pool_size, env.observation_size)
+    assert len(np.unique(pool_obs, axis=0)) == pool_size
+    centre, radius = _reset_obs_bounds(env)
+    assert np.all(np.abs(pool_obs - centre) <= radius)
+    restarts = []
+    actions = jnp.zeros((NUM_ENVS, env.action_size))
+    for key in jax.random.split(jax.random.PRNGKey(6), 3 * EPISODE_LENGTH):
+        state, result, _ = step_and_raw(state, actions, key)
+        done = np.asarray(result.terminated | result.truncated)
+        restarts.extend(np.asarray(envs.observation(state))[done])
+    restarts = np.stack(restarts)
+    assert len(restarts) == 3 * NUM_ENVS
+    matches = (np.abs(restarts[:, None, :] - pool_obs[None]).max(-1) == 0)
+    assert np.all(matches.sum(1) == 1)  # every restart is exactly one pool state
+    assert len(set(matches.argmax(1).tolist())) > len(restarts) // 2  # ... and they are spread over the pool
+
+    key = jax.random.PRNGKey(8)
+    starts = envs.initial_states(env, key, 4, state.reset_pool)
+    assert np.all((np.abs(np.asarray(starts.obs)[:, None, :] - pool_obs[None]).max(-1) == 0).sum(1) == 1)
+    zero_policy = lambda obs: jnp.zeros((obs.shape[0], env.action_size))  # noqa: E731
+    returns = envs.evaluate(env, zero_policy, key, 4, 1, pool=state.reset_pool)
+    expected = jax.vmap(env.step)(starts, jnp.zeros((4, env.action_size))).reward
+    np.testing.assert_array_equal(np.asarray(returns), np.asarray(expected))
