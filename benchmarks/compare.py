@@ -170,7 +170,7 @@ def summarize(curve, threshold):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="inverted_pendulum")
-    parser.add_argument("--budget-s", type=float, required=True, help="training wall time per trainer")
+    parser.add_argument("--budget-s", type=float, default=None, help="training wall time per trainer (required)")
     parser.add_argument("--threshold", type=float, default=None, help="return whose first crossing is timed")
     parser.add_argument("--trainers", nargs="+", default=["purempo", "ppo", "sac"], choices=["purempo", "ppo", "sac"])
     parser.add_argument("--seed", type=int, default=0)
@@ -182,8 +182,6 @@ def main():
     args = parser.parse_args()
     if args.env not in envs.available():
         raise SystemExit(f"error: unknown env {args.env!r}; valid names: {', '.join(envs.available())}")
-    if args.budget_s <= 0:
-        raise SystemExit(f"error: --budget-s must be > 0, got {args.budget_s:g}")
     name = args.name or f"compare_{args.env}"
     path = RESULTS / f"{name}.json"
     if args.replot:
@@ -191,6 +189,8 @@ def main():
         plot(summary, path.with_suffix(".png"))
         report(summary)
         return
+    if args.budget_s is None or args.budget_s <= 0:
+        raise SystemExit(f"error: --budget-s must be given and > 0, got {args.budget_s}")
     overrides, brax_overrides = parse_overrides(args.set), parse_overrides(args.brax_set)
     results, settings = [], {}
     for trainer in args.trainers:

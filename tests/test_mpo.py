@@ -160,6 +160,27 @@ def test_temperature_dual_descent_reaches_scipy_minimiser():
     np.testing.assert_allclose(eta, eta_star, rtol=1e-2)
 
 
+@pytest.mark.parametrize("scale", [1e-3, 1e3])
+def test_e_step_is_reward_scale_invariant(scale):
+    """Scaling Q by c scales the optimal temperature by c (scipy minimiser of the dual) and leaves the
+    E-step weights at the optimum unchanged: g_{cQ}(cη) = c·g_Q(η) and softmax(cQ/cη) = softmax(Q/η)."""
+    rng = np.random.default_rng(4)
+    eps = 0.1
+    q = (rng.normal(size=(16, 8)) * 2.0).astype(np.float64)
+
+    def solve(values):  # minimise over log η so one bracket serves every scale
+        lo = optimize.minimize_scalar(lambda log_e: _np_dual(np.exp(log_e), values, eps), bounds=(-25, 25),
+                                      method="bounded", options={"xatol": 1e-10}).x
+        return np.exp(lo)
+
+    eta, eta_scaled = solve(q), solve(q * scale)
+    np.testing.assert_allclose(eta_scaled, scale * eta, rtol=1e-4)
+    weights, loss = mpo.e_step(jnp.asarray(q, jnp.float32), jnp.float32(eta), eps)
+    weights_scaled, loss_scaled = mpo.e_step(jnp.asarray(q * scale, jnp.float32), jnp.float32(eta_scaled), eps)
+    np.testing.assert_allclose(np.asarray(weights_scaled), np.asarray(weights), rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(float(loss_scaled), scale * float(loss), rtol=1e-3)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Dual parametrisation
 # ---------------------------------------------------------------------------------------------------
