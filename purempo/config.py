@@ -52,20 +52,16 @@ class Config:
     episode_length: int = 1000
     """Time limit in env steps; reaching it truncates (bootstraps), it does not terminate."""
     reward_scale: float = 1.0
-    """Multiplies the training envs' rewards, as a reward-scaling env wrapper would (the replay stores scaled
-    rewards); evaluation runs the unscaled env and every reported return is unscaled."""
+    """Multiplies the training envs' rewards, as a reward-scaling env wrapper would (the replay stores scaled rewards); evaluation runs the unscaled env and every reported return is unscaled."""
     reward_normalization: bool = True
-    """Divide the learner's rewards by their root mean square over the prefill data (over the first iteration
-    if prefill_steps is 0), a constant for the rest of the run: critic, temperatures and learning rates then
-    see the same numbers whatever the reward scale."""
+    """Divide the learner's rewards by their root mean square over the prefill data (over the first iteration if prefill_steps is 0), a constant for the rest of the run: critic, temperatures and learning rates then see the same numbers whatever the reward scale."""
 
     total_steps: int = 100_000
     """Env steps in the whole run, prefill included (rounded down to a multiple of num_evals iterations)."""
     num_envs: int = 256
     """Parallel environments stepped in lockstep."""
     reset_pool_size: int = 4096
-    """Initial states drawn by env.reset at the start; finished envs and evaluation episodes restart from one
-    drawn uniformly from them. 0 calls env.reset at every restart instead (slower to compile and to run)."""
+    """Initial states drawn by env.reset at the start; finished envs and evaluation episodes restart from one drawn uniformly from them. 0 calls env.reset at every restart instead (slower to compile and to run)."""
     unroll_length: int = 2
     """Env steps per environment between learning phases (one iteration = num_envs * unroll_length steps)."""
     updates_per_iteration: int = 16
@@ -149,6 +145,8 @@ class Config:
         need(self.num_action_samples >= 2, "num_action_samples", ">= 2")
         need(len(self.policy_hidden) >= 1 and min(self.policy_hidden) >= 1, "policy_hidden", "non-empty positive sizes")
         need(len(self.critic_hidden) >= 1 and min(self.critic_hidden) >= 1, "critic_hidden", "non-empty positive sizes")
+        need(self.replay_size % self.num_envs == 0, "replay_size",
+             f"a multiple of num_envs ({self.num_envs}): every env keeps replay_size // num_envs steps")
         need(self.capacity_per_env >= self.sequence_length + self.unroll_length, "replay_size",
              f">= num_envs * (sequence_length + unroll_length) = {self.num_envs * (self.sequence_length + self.unroll_length)}")
         need(self.batch_size <= self.replay_size, "batch_size", f"<= replay_size ({self.replay_size})")

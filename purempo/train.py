@@ -268,6 +268,10 @@ def make_trainer(config: Config) -> Trainer:
         key, rollout_key, update_key = jax.random.split(state.key, 3)
         learning = state.env_steps >= config.prefill_iterations * config.steps_per_iteration
         state, episodes = collect(state._replace(key=key), state.learner.policy_params, rollout_key, hp)
+        # A run resumed from a checkpoint without replay refills as much as the prefill gave it (always true
+        # otherwise: the prefill leaves exactly this much).
+        learning = learning & (state.replay.size >= min((config.prefill_iterations + 1) * config.unroll_length,
+                                                         config.capacity_per_env))
         divisor = normalizer.reward_divisor(state.reward_stats) if config.reward_normalization else 1.0
 
         def update(learner, k):

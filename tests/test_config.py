@@ -31,6 +31,7 @@ def test_default_config_is_valid():
         (dict(num_envs=0), "num_envs"),
         # 256 envs need >= 256 * (sequence_length 8 + unroll_length 2) = 2560 slots.
         (dict(replay_size=2_559), "replay_size"),
+        (dict(replay_size=262_200), "replay_size"),  # not a multiple of num_envs=256 (262,144 + 56)
         # 10 evals need at least one iteration (256 * 2 = 512 steps) each: 5120.
         (dict(total_steps=5_119), "total_steps"),
         # prefill 2048 = 4 iterations of 512 must leave some of the 10 iterations to learn.

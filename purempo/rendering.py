@@ -1,0 +1,79 @@
+"""Watching a policy: one deterministic episode on the raw Brax env, rendered with Brax's HTML viewer.
+
+The episode uses the evaluation policy of `purempo.train` (the Gaussian's mean, normalised observations,
+clipped into the action box) on `envs.make(config.env, config.backend)` itself, without purempo's time
+limit or auto-reset: it runs `max_steps` (default `config.episode_length`) steps in one jitted `lax.scan`
+and is cut after the first step whose `done` is set.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, List, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from purempo import acting, envs, normalizer
+from purempo.config import Config
+
+
+@functools.lru_cache(maxsize=8)
+def _episode_fn(config: Config, num_steps: int):
+    """(env, jitted `(policy_params, obs_stats, key) -> (pipeline states [T+1, ...], rewards [T], dones [T])`)."""
+    from purempo.train import make_networks  # deferred: train imports the whole trainer
+
+    env = envs.make(config.env, config.backend)
+    policy = make_networks(config, env.action_size).policy
+
+    def episode(policy_params, obs_stats, key):
+        first = env.reset(key)
+
+        def body(state, _):
+            mean, _ = policy.apply(policy_params, normalizer.normalize(obs_stats, state.obs))
+            state = env.step(state, acting.env_action(mean))
+            return state, (state.pipeline_state, state.reward, state.done)
+
+        _, (pipeline_states, rewards, dones) = jax.lax.scan(body, first, None, length=num_steps)
+        pipeline_states = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first.pipeline_state,
+                                       pipeline_states)
+        return pipeline_states, rewards, dones
+
+    return env, jax.jit(episode)
+
+
+def _rollout(config: Config, policy_params, obs_stats, key, max_steps: Optional[int]):
+    num_steps = config.episode_length if max_steps is None else int(max_steps)
+    if num_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    env, episode = _episode_fn(config, num_steps)
+    stacked, rewards, dones = jax.device_get(episode(policy_params, obs_stats, key))
+    finished = np.flatnonzero(np.asarray(dones) > 0.5)
+    steps = int(finished[0]) + 1 if finished.size else num_steps  # steps kept, the first done included
+    episode_return = float(np.sum(np.asarray(rewards, np.float64)[:steps]))
+    states = [jax.tree.map(lambda x, i=i: np.asarray(x[i]), stacked) for i in range(steps + 1)]
+    return env, states, episode_return
+
+
+def rollout_states(config: Config, policy_params, obs_stats: normalizer.RunningStats, key,
+                   max_steps: Optional[int] = None) -> Tuple[List[Any], float]:
+    """One episode of the deterministic (mean-action) policy from `env.reset(key)`.
+
+    Returns `(states, episode_return)`: the `pipeline_state` after reset and after every step up to and
+    including the first `done` (at most `max_steps or config.episode_length` steps, so at most that many + 1
+    states), ready for `brax.io.html.render(env.sys, states)`, and the sum of the rewards of those steps.
+    The jitted episode is cached per `(config, max_steps)`, so later calls do not recompile.
+    """
+    _, states, episode_return = _rollout(config, policy_params, obs_stats, key, max_steps)
+    return states, episode_return
+
+
+def render_html(config: Config, policy_params, obs_stats: normalizer.RunningStats, key, height: int = 480,
+                max_steps: Optional[int] = None) -> Tuple[str, float]:
+    """`rollout_states` rendered by `brax.io.html.render` (a self-contained page that loads Brax's viewer
+    script from a CDN); returns `(html, episode_return)`. Show it with `IPython.display.HTML(html)`."""
+    from brax.io import html as brax_html
+
+    env, states, episode_return = _rollout(config, policy_params, obs_stats, key, max_steps)
+    return brax_html.render(env.sys, states, height=height), episode_return
