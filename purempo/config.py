@@ -46,7 +46,7 @@ class Config:
     """
 
     env: str = "inverted_pendulum"
-    """Brax environment name (see `brax.envs.get_environment`)."""
+    """Brax environment name (see `brax.envs.get_environment`). On the command line, --env NAME also makes NAME's preset (purempo.presets) the defaults of every other flag."""
     backend: Optional[str] = None
     """Brax physics backend (generalized, positional, spring, mjx); None uses the env's default."""
     episode_length: int = 1000

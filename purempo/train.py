@@ -3,7 +3,8 @@
 One iteration = an unroll of `unroll_length` lockstep steps of `num_envs` envs, written to replay, then
 `updates_per_iteration` SGD updates on sampled sequences. Iterations are grouped into `num_evals` chunks,
 each followed by a deterministic evaluation; `train` is a `lax.scan` over chunks, and `Trainer.run_chunk`
-runs one chunk so a driver can report progress between chunks with identical numerics.
+runs one chunk so a driver can report progress and save checkpoints between chunks (the same computation;
+compiled as a separate program, it may round differently from the fused scan in the last float bits).
 """
 
 from __future__ import annotations
