@@ -41,8 +41,10 @@ class Config:
 
     Defaults are tuned for the default env, `inverted_pendulum`, on a CPU, for wall time to a return of 950:
     256 lockstep envs (a Brax step of 256 envs costs ~3 ms there, an SGD update ~10 ms, so updates set the
-    pace), 8 updates per lockstep step on small (64, 64) networks, and target networks copied every 25
-    updates so the per-update KL bounds (ε_μ = 1e-2, ε_σ = 1e-4) still let the policy move quickly.
+    pace), 8 updates per lockstep step on small (64, 64) networks, a critic learning rate of 3e-3 (10× the
+    policy's: the critic has to climb to Q ≈ 100 before the E-step sees which actions keep the pole up), and
+    target networks copied every 25 updates so the per-update KL bounds (ε_μ = 1e-2, ε_σ = 1e-4) still let
+    the policy move quickly.
     """
 
     env: str = "inverted_pendulum"
@@ -116,8 +118,8 @@ class Config:
 
     policy_lr: float = 3e-4
     """Adam learning rate of the policy."""
-    critic_lr: float = 3e-4
-    """Adam learning rate of the critic."""
+    critic_lr: float = 3e-3
+    """Adam learning rate of the critic. Adam moves a critic's output by roughly a fixed amount per step, so a return of ~100 (rewards normalised to ~1, γ = 0.99) is reached 10× sooner at 3e-3 than at 3e-4; the locomotion presets keep 3e-4 for their wider networks."""
     dual_lr: float = 1e-2
     """Adam learning rate of the (log-space) dual variables η, α_μ, α_σ."""
     max_grad_norm: float = 40.0

@@ -28,6 +28,7 @@ _LOCOMOTION: Dict[str, Any] = dict(
     epsilon_mean=5e-3,
     epsilon_std=1e-5,
     target_update_period=50,
+    critic_lr=3e-4,
     total_steps=1_000_000,
     num_evals=20,
     eval_episodes=8,
