@@ -1,0 +1,101 @@
+"""Env steps and training time to a return threshold, seed after seed: the screen used to tune a preset.
+
+    python benchmarks/steps_to_threshold.py --env inverted_pendulum --seeds 0 1 2 3 18 --set critic_lr=3e-3
+
+Each seed runs on its own (not vmapped: on a CPU that is faster per seed) with the program compiled once, is
+evaluated every `--eval-every` env steps and stops at the first evaluation ≥ `--threshold` (or, with
+`--full`, runs on to `--max-steps` to show what happens after). Prints one line per seed and a summary, and
+writes `results/steps_to_threshold_<name>.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, jsonable, machine, parse_overrides, today, versions  # noqa: E402
+
+from purempo.presets import preset  # noqa: E402
+from purempo.train import compile_trainer, make_trainer  # noqa: E402
+
+
+def run_seed(compiled, seed, num_chunks, threshold, full):
+    """Evaluation returns after each chunk until the threshold (or all chunks with `full`)."""
+    state = compiled.init(jax.random.PRNGKey(seed))
+    train_s, curve, hit = 0.0, [], None
+    for _ in range(num_chunks):
+        tick = time.perf_counter()
+        state, _ = compiled.train_chunk(state)
+        jax.block_until_ready(state)
+        train_s += time.perf_counter() - tick
+        state, metrics = compiled.evaluate_state(state)
+        metrics = jax.device_get(metrics)
+        curve.append(dict(env_steps=int(metrics["eval_env_steps"]), eval_return=float(metrics["eval_return"])))
+        if hit is None and metrics["eval_return"] >= threshold:
+            hit = dict(env_steps=curve[-1]["env_steps"], train_time_s=round(train_s, 2),
+                       updates=int(state.learner.num_updates))
+            if not full:
+                break
+    return dict(seed=seed, hit=hit, curve=curve)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="inverted_pendulum")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--threshold", type=float, default=950.0)
+    parser.add_argument("--eval-every", type=int, default=5_120, help="env steps between evaluations")
+    parser.add_argument("--max-steps", type=int, default=100_000)
+    parser.add_argument("--full", action="store_true", help="run to --max-steps even after the threshold")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a field")
+    parser.add_argument("--name", default=None, help="output name (default: ENV plus the overrides)")
+    args = parser.parse_args()
+
+    overrides = parse_overrides(args.set)
+    base = preset(args.env, **overrides)
+    iterations = max(1, args.eval_every // base.steps_per_iteration)
+    num_chunks = max(1, args.max_steps // (iterations * base.steps_per_iteration))
+    config = base.replace(total_steps=iterations * base.steps_per_iteration * num_chunks, num_evals=num_chunks)
+
+    tick = time.perf_counter()
+    compiled = compile_trainer(make_trainer(config), jax.random.PRNGKey(args.seeds[0]))
+    compile_s = time.perf_counter() - tick
+    print(f"{args.env} {overrides or '(preset)'}: compiled in {compile_s:.1f} s", flush=True)
+    runs = []
+    for seed in args.seeds:
+        run = run_seed(compiled, seed, num_chunks, args.threshold, args.full)
+        runs.append(run)
+        hit = run["hit"]
+        returns = " ".join(f"{p['eval_return']:.0f}" for p in run["curve"])
+        print(f"  seed {seed:3d}: " + (f"{hit['env_steps']:>8,} steps, {hit['train_time_s']:6.1f} s, "
+                                       f"{hit['updates']:>6,} updates" if hit else "   not reached")
+              + f"  | {returns}", flush=True)
+    hits = [r["hit"] for r in runs if r["hit"]]
+    summary = dict(reached=len(hits), seeds=len(runs),
+                   mean_env_steps=float(np.mean([h["env_steps"] for h in hits])) if hits else None,
+                   max_env_steps=max((h["env_steps"] for h in hits), default=None),
+                   mean_train_time_s=float(np.mean([h["train_time_s"] for h in hits])) if hits else None)
+    print(f"reached {args.threshold:g}: {summary['reached']}/{summary['seeds']}; mean env steps "
+          f"{summary['mean_env_steps']}, slowest {summary['max_env_steps']}, mean training time "
+          f"{summary['mean_train_time_s']} s (compilation excluded)")
+
+    name = args.name or "_".join([args.env] + [f"{k}={v}" for k, v in overrides.items()]).replace(" ", "")
+    out = RESULTS / f"steps_to_threshold_{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(
+        env=args.env, overrides={k: str(v) for k, v in overrides.items()}, threshold=args.threshold,
+        summary=summary, runs=runs, compile_s=round(compile_s, 1), config=jsonable(config), machine=machine(),
+        versions=versions(), date=today(), command="python benchmarks/steps_to_threshold.py " + " ".join(sys.argv[1:]),
+    ), indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
