@@ -139,7 +139,9 @@ def evaluate(
     def body(carry, _):
         brax_state, alive, total = carry
         next_state = jax.vmap(env.step)(brax_state, policy_fn(brax_state.obs))
-        total = total + alive * next_state.reward
+        # Finished episodes keep stepping (lockstep) from their terminal state, where Brax's physics can
+        # produce NaN (e.g. a fallen walker2d): select, since 0 * NaN would still poison the return.
+        total = total + jnp.where(alive > 0.0, next_state.reward, 0.0)
         alive = alive * (1.0 - next_state.done)
         return (next_state, alive, total), None
 

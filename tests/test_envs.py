@@ -184,6 +184,35 @@ def test_evaluate_matches_naive_single_env_loop(env, raw_single, episode_length)
         assert np.any(returns < 30.0)  # at least one episode ends by termination inside the horizon
 
 
+def test_evaluate_ignores_nan_rewards_after_an_episode_has_ended(env, raw_single):
+    """Steps taken after termination (lockstep) may blow up to NaN; the returns must stay the finished sums."""
+    from brax.envs.base import Wrapper
+
+    class NanAfterDone(Wrapper):
+        def step(self, state, action):
+            next_state = self.env.step(state, action)
+            nan_if_done = jnp.where(state.done > 0.0, jnp.nan, 0.0)
+            return next_state.replace(reward=next_state.reward + nan_if_done, obs=next_state.obs + nan_if_done)
+
+    episode_length, num_episodes, action = 60, 2, 0.0  # the pole falls after ~20-30 steps with no force
+    key = jax.random.PRNGKey(7)
+    policy_fn = lambda obs: jnp.full((obs.shape[0], env.action_size), action)
+    returns = np.asarray(envs.evaluate(NanAfterDone(env), policy_fn, key, num_episodes, episode_length))
+
+    reset, step = raw_single
+    expected = []
+    for episode_key in jax.random.split(key, num_episodes):
+        state, total = reset(episode_key), 0.0
+        for _ in range(episode_length):
+            state = step(state, jnp.full((env.action_size,), action))
+            total += float(state.reward)
+            if float(state.done) == 1.0:
+                break
+        expected.append(total)
+    assert max(expected) < episode_length  # every episode did end before the horizon, so NaNs were produced
+    np.testing.assert_allclose(returns, expected, rtol=1e-6)
+
+
 def test_make_unknown_env_lists_valid_names():
     """An unknown name raises ValueError naming the valid environments."""
     with pytest.raises(ValueError) as info:
