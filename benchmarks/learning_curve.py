@@ -54,7 +54,7 @@ def main():
                    eval_return=float(metrics["eval_return"]), eval_return_std=float(metrics["eval_return_std"]),
                    updates=updates)
         learned = metrics["updates"] > 0
-        for key in ("critic_loss", "q_mean", "temperature", "kl_mean", "kl_std", "policy_std"):
+        for key in ("critic_loss", "q_mean", "temperature", "alpha_mean", "kl_mean", "kl_std", "policy_std"):
             row[key] = float(np.mean(metrics[key][learned])) if learned.any() else None
         rows.append(row)
         if index == 0:
