@@ -119,7 +119,7 @@ class Config:
     policy_lr: float = 3e-4
     """Adam learning rate of the policy."""
     critic_lr: float = 3e-3
-    """Adam learning rate of the critic. Adam moves a critic's output by roughly a fixed amount per step, so a return of ~100 (rewards normalised to ~1, γ = 0.99) is reached 10× sooner at 3e-3 than at 3e-4; the locomotion presets use 3e-4 (hopper and walker2d 1e-3) for their wider networks."""
+    """Adam learning rate of the critic. Adam moves a critic's output by roughly a fixed amount per step, so a return of ~100 (rewards normalised to ~1, γ = 0.99) is reached 10× sooner at 3e-3 than at 3e-4; the wider-network presets use 1e-3 (halfcheetah, hopper, walker2d) or 3e-4 (not yet measured)."""
     dual_lr: float = 1e-2
     """Adam learning rate of the (log-space) dual variables η, α_μ, α_σ."""
     max_grad_norm: float = 40.0
