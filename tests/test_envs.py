@@ -156,6 +156,21 @@ def raw_single(env):
     return jax.jit(env.reset), jax.jit(env.step)
 
 
+def _naive_returns(env, raw_single, key, num_episodes, episode_length, action):
+    """Independent oracle: a Python loop over the raw env, one episode at a time, stopping at done."""
+    reset, step = raw_single
+    returns = []
+    for episode_key in jax.random.split(key, num_episodes):
+        state, total = reset(episode_key), 0.0
+        for _ in range(episode_length):
+            state = step(state, jnp.full((env.action_size,), action))
+            total += float(state.reward)
+            if float(state.done) == 1.0:
+                break
+        returns.append(total)
+    return returns
+
+
 @pytest.mark.parametrize("episode_length", [15, 30])
 def test_evaluate_matches_naive_single_env_loop(env, raw_single, episode_length):
     """evaluate's returns equal a Python loop over the raw env, one episode at a time, stopping at done."""
@@ -165,17 +180,7 @@ def test_evaluate_matches_naive_single_env_loop(env, raw_single, episode_length)
     policy_fn = lambda obs: jnp.full((obs.shape[0], env.action_size), action)
     returns = np.asarray(jax.jit(lambda k: envs.evaluate(env, policy_fn, k, num_episodes, episode_length))(key))
 
-    reset, step = raw_single
-    expected = []
-    for episode_key in jax.random.split(key, num_episodes):
-        state = reset(episode_key)
-        total = 0.0
-        for _ in range(episode_length):
-            state = step(state, jnp.full((env.action_size,), action))
-            total += float(state.reward)
-            if float(state.done) == 1.0:
-                break
-        expected.append(total)
+    expected = _naive_returns(env, raw_single, key, num_episodes, episode_length, action)
     assert returns.shape == (num_episodes,)
     np.testing.assert_allclose(returns, expected, rtol=1e-6)
     if episode_length == 15:
@@ -199,16 +204,7 @@ def test_evaluate_ignores_nan_rewards_after_an_episode_has_ended(env, raw_single
     policy_fn = lambda obs: jnp.full((obs.shape[0], env.action_size), action)
     returns = np.asarray(envs.evaluate(NanAfterDone(env), policy_fn, key, num_episodes, episode_length))
 
-    reset, step = raw_single
-    expected = []
-    for episode_key in jax.random.split(key, num_episodes):
-        state, total = reset(episode_key), 0.0
-        for _ in range(episode_length):
-            state = step(state, jnp.full((env.action_size,), action))
-            total += float(state.reward)
-            if float(state.done) == 1.0:
-                break
-        expected.append(total)
+    expected = _naive_returns(env, raw_single, key, num_episodes, episode_length, action)
     assert max(expected) < episode_length  # every episode did end before the horizon, so NaNs were produced
     np.testing.assert_allclose(returns, expected, rtol=1e-6)
 
