@@ -230,7 +230,8 @@ def _replace_file(path: Path, text: str) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _metrics_row(metrics: Dict[str, Any], index: int, iterations_per_eval: int, wall_time_s: float):
+def _metrics_row(metrics: Dict[str, Any], index: int, iterations_per_eval: int, steps_per_iteration: int,
+                 wall_time_s: float):
     """One metrics.jsonl row from a chunk's metrics (leaves `[S, I]` per iteration, `[S]` per evaluation).
 
     Raises UsageError naming the first iteration (1-based, over the whole run) whose learner metrics are not
@@ -243,14 +244,15 @@ def _metrics_row(metrics: Dict[str, Any], index: int, iterations_per_eval: int, 
     per_seed = [float(x) for x in metrics["eval_return"]]
     row = dict(
         eval=index + 1,
-        env_steps=int(metrics["eval_env_steps"][0]),
+        env_steps=int(metrics["eval_iteration"][0]) * steps_per_iteration,
         wall_time_s=round(wall_time_s, 3),
         eval_return=float(np.mean(per_seed)),
         eval_return_per_seed=per_seed,
         train_episode_return=float(np.mean(episode_return)),
     )
     learned = np.asarray(metrics["updates"]) > 0  # [S, I]; prefill iterations report NaN learner metrics
-    skip = {"env_steps", "updates", "episode_return_sum", "episodes_finished", "eval_return", "eval_env_steps"}
+    skip = {"env_steps", "updates", "episode_return_sum", "episodes_finished", "eval_return", "eval_env_steps",
+            "eval_iteration", "eval_episodes"}
     per_iteration = {name: np.asarray(value) for name, value in metrics.items()
                      if name not in skip and np.shape(value) == learned.shape}
     bad = {name: learned & ~np.isfinite(value) for name, value in per_iteration.items()}
@@ -374,7 +376,8 @@ def run_training(args: TrainArgs) -> Path:
                     state, eval_metrics = compiled.evaluate_state(state)
                     metrics = jax.device_get({**metrics, **eval_metrics})
                     try:
-                        row = _metrics_row(metrics, index, config.iterations_per_eval, time.perf_counter() - start)
+                        row = _metrics_row(metrics, index, config.iterations_per_eval, config.steps_per_iteration,
+                                           time.perf_counter() - start)
                     except UsageError as error:
                         raise UsageError(f"{error}; metrics up to evaluation {index} are in {metrics_path}, "
                                          f"newest checkpoint kept: {run_dir / 'checkpoints' / str(last_saved)}") from None
@@ -433,8 +436,8 @@ def run_eval(args: EvalArgs) -> Dict[str, Any]:
     state = restored.state
     keys = jax.random.split(jax.random.PRNGKey(args.seed), record["num_seeds"])
     returns = np.asarray(jax.jit(jax.vmap(trainer.evaluate))(
-        state.learner.policy_params, state.obs_stats, keys, state.env_state.reset_pool))  # [S, K]
-    env_steps = int(np.asarray(state.env_steps).reshape(-1)[0])
+        state.learner.policy_params, state.obs_stats, keys).returns)  # [S, K]
+    env_steps = int(np.asarray(state.iteration).reshape(-1)[0]) * config.steps_per_iteration
     print(f"{config.env}, checkpoint {restored.step} ({env_steps:,} env steps per seed): "
           f"return {returns.mean():.2f} ± {returns.std():.2f} over {returns.size} episodes "
           f"({record['num_seeds']} seed(s) × {args.episodes})")

@@ -32,6 +32,7 @@ class HParams(NamedTuple):
     init_temperature: float
     init_alpha_mean: float
     init_alpha_std: float
+    min_alpha: float
     reward_scale: float
 
 
@@ -57,6 +58,8 @@ class Config:
     """Multiplies the training envs' rewards, as a reward-scaling env wrapper would (the replay stores scaled rewards); evaluation runs the unscaled env and every reported return is unscaled."""
     reward_normalization: bool = True
     """Divide the learner's rewards by their root mean square over the prefill data (over the first iteration if prefill_steps is 0), a constant for the rest of the run: critic, temperatures and learning rates then see the same numbers whatever the reward scale."""
+    obs_norm_preserves_outputs: bool = True
+    """When the running observation statistics move, re-parametrise the first layer of every network (online and target) so that it computes the same function of the raw observation: normalisation then conditions the inputs without moving the policy outside its trust region. Off: the statistics re-centre and re-scale a trained policy's inputs directly."""
 
     total_steps: int = 100_000
     """Env steps in the whole run, prefill included (rounded down to a multiple of num_evals iterations)."""
@@ -100,9 +103,9 @@ class Config:
     epsilon: float = 0.1
     """E-step KL bound ε."""
     epsilon_mean: float = 1e-2
-    """M-step KL bound on the mean (per action dimension when per_dim_constraining)."""
+    """M-step bound on KL(π'‖π) of the mean, summed over action dimensions (each gets epsilon_mean / action_dim when per_dim_constraining)."""
     epsilon_std: float = 1e-4
-    """M-step KL bound on the standard deviation."""
+    """M-step bound on KL(π'‖π) of the standard deviation, summed over action dimensions (split like epsilon_mean)."""
     epsilon_penalty: float = 1e-3
     """E-step KL bound of the action-penalty objective."""
     per_dim_constraining: bool = True
@@ -115,6 +118,8 @@ class Config:
     """Initial Lagrange multiplier(s) α_μ of the mean KL constraint."""
     init_alpha_std: float = 1000.0
     """Initial Lagrange multiplier(s) α_σ of the std KL constraint."""
+    min_alpha: float = 1e-8
+    """Floor of the M-step multipliers α_μ, α_σ: the trust region stays on while its constraint is slack."""
 
     policy_lr: float = 3e-4
     """Adam learning rate of the policy."""
@@ -162,7 +167,7 @@ class Config:
         need(0.0 <= self.discount < 1.0, "discount", "in [0, 1)")
         need(0.0 <= self.retrace_lambda <= 1.0, "retrace_lambda", "in [0, 1]")
         for field in ("epsilon", "epsilon_mean", "epsilon_std", "epsilon_penalty", "policy_lr", "critic_lr",
-                      "dual_lr", "init_temperature", "init_alpha_mean", "init_alpha_std", "min_std", "init_std",
+                      "dual_lr", "init_temperature", "init_alpha_mean", "init_alpha_std", "min_alpha", "min_std", "init_std",
                       "max_grad_norm", "reward_scale"):
             value = getattr(self, field)
             need(math.isfinite(value) and value > 0.0, field, "a finite number > 0")

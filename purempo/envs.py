@@ -125,26 +125,39 @@ def step(
     return next_state, result
 
 
+class Episodes(NamedTuple):
+    """Outcome of evaluation episodes run in parallel (leading axis E)."""
+
+    returns: chex.Array  # [E] undiscounted return
+    lengths: chex.Array  # int32 [E] steps until termination or the time limit
+    final_obs: chex.Array  # [E, O] observation at the episode's last step (the terminal one if it terminated)
+
+
 def evaluate(
     env: brax_envs.Env, policy_fn, key: chex.PRNGKey, num_episodes: int, episode_length: int, pool=None
-) -> chex.Array:
-    """Returns `[num_episodes]` undiscounted returns of full episodes run in parallel.
+) -> Episodes:
+    """Runs `num_episodes` full episodes in parallel and returns their `Episodes`.
 
-    `policy_fn(obs [E, O]) -> action [E, A]` must already be deterministic and inside the bounds.
-    Episodes start from `initial_states(env, key, num_episodes, pool)` and end at termination or after
-    `episode_length` steps; rewards after the end are ignored.
+    `policy_fn(obs [E, O], key) -> action [E, A]` must return actions inside the bounds; it gets a fresh key
+    every step (a deterministic policy ignores it). Episodes start from `initial_states(env, key, num_episodes,
+    pool)` and end at termination or after `episode_length` steps; rewards after the end are ignored.
     """
-    brax_state = initial_states(env, key, num_episodes, pool)
+    start_key, policy_key = jax.random.split(key)
+    brax_state = initial_states(env, start_key, num_episodes, pool)
 
-    def body(carry, _):
-        brax_state, alive, total = carry
-        next_state = jax.vmap(env.step)(brax_state, policy_fn(brax_state.obs))
+    def body(carry, step_key):
+        brax_state, alive, total, length, final_obs = carry
+        next_state = jax.vmap(env.step)(brax_state, policy_fn(brax_state.obs, step_key))
         # Finished episodes keep stepping (lockstep) from their terminal state, where Brax's physics can
         # produce NaN (e.g. a fallen walker2d): select, since 0 * NaN would still poison the return.
-        total = total + jnp.where(alive > 0.0, next_state.reward, 0.0)
-        alive = alive * (1.0 - next_state.done)
-        return (next_state, alive, total), None
+        total = total + jnp.where(alive, next_state.reward, 0.0)
+        length = length + alive.astype(jnp.int32)
+        final_obs = jnp.where(alive[:, None], next_state.obs, final_obs)
+        alive = alive & (next_state.done < 0.5)
+        return (next_state, alive, total, length, final_obs), None
 
-    init = (brax_state, jnp.ones((num_episodes,)), jnp.zeros((num_episodes,)))
-    (_, _, total), _ = jax.lax.scan(body, init, None, length=episode_length)
-    return total
+    init = (brax_state, jnp.ones((num_episodes,), bool), jnp.zeros((num_episodes,)),
+            jnp.zeros((num_episodes,), jnp.int32), brax_state.obs)
+    (_, _, total, length, final_obs), _ = jax.lax.scan(
+        body, init, jax.random.split(policy_key, episode_length))
+    return Episodes(returns=total, lengths=length, final_obs=final_obs)

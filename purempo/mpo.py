@@ -17,7 +17,7 @@ exp, so they are positive and finite whatever the gradients do.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import chex
 import jax
@@ -38,9 +38,14 @@ def inverse_positive(value: chex.Numeric) -> chex.Array:
     return jnp.log(jnp.asarray(value, jnp.float32))
 
 
-def project_dual_params(params: "DualParams") -> "DualParams":
-    """Projects raw duals back into [LOG_MIN, LOG_MAX] after an optimiser step."""
-    return jax.tree.map(lambda x: jnp.clip(x, LOG_MIN, LOG_MAX), params)
+def project_dual_params(params: "DualParams", min_alpha: chex.Numeric = 0.0) -> "DualParams":
+    """Projects raw duals back into [LOG_MIN, LOG_MAX] after an optimiser step, and the KL multipliers α_μ, α_σ
+    onto [min_alpha, ·]: a floor keeps the trust region on while its constraint is slack, so it does not have
+    to climb back from ~0 (thousands of updates at a bounded Adam step) when the policy starts to move."""
+    params = jax.tree.map(lambda x: jnp.clip(x, LOG_MIN, LOG_MAX), params)
+    log_floor = jnp.log(jnp.maximum(min_alpha, jnp.exp(LOG_MIN)))
+    return params._replace(alpha_mean=jnp.maximum(params.alpha_mean, log_floor),
+                           alpha_std=jnp.maximum(params.alpha_std, log_floor))
 
 
 class DualParams(NamedTuple):
@@ -68,13 +73,25 @@ def init_dual_params(
     )
 
 
-def e_step(q_values: chex.Array, temperature: chex.Numeric, epsilon: chex.Numeric):
+def masked_mean(x: chex.Array, mask: Optional[chex.Array], axis=None) -> chex.Array:
+    """Mean of x over `axis` counting only entries where `mask` (broadcast to x) is true; plain mean if None."""
+    if mask is None:
+        return jnp.mean(x, axis=axis)
+    mask = jnp.broadcast_to(mask, x.shape)
+    total = jnp.sum(jnp.where(mask, x, 0.0), axis=axis)
+    return total / jnp.maximum(jnp.sum(mask, axis=axis), 1)
+
+
+def e_step(q_values: chex.Array, temperature: chex.Numeric, epsilon: chex.Numeric,
+           mask: Optional[chex.Array] = None):
     """Non-parametric E-step and temperature dual.
 
     Args:
       q_values: `[N, B]` values of N sampled actions for each of B states.
       temperature: η > 0 (differentiable).
       epsilon: KL bound ε of the improved distribution against the sampling policy.
+      mask: optional bool `[B]`; states where it is false (e.g. terminal states, where the critic is never
+        trained) do not enter the dual. Their weights are still returned; the M-step masks them too.
 
     Returns:
       weights `[N, B]`: softmax over N of Q/η, gradient stopped; each column sums to 1.
@@ -82,11 +99,13 @@ def e_step(q_values: chex.Array, temperature: chex.Numeric, epsilon: chex.Numeri
     """
     chex.assert_rank(q_values, 2)
     q_values = jax.lax.stop_gradient(q_values)
+    if mask is not None:  # keep non-finite values of masked states out of every sum (and gradient)
+        q_values = jnp.where(mask[None, :], q_values, 0.0)
     tempered = q_values / temperature
     weights = jax.lax.stop_gradient(jax.nn.softmax(tempered, axis=0))
     log_num_actions = jnp.log(q_values.shape[0])
     log_mean_exp = jax.nn.logsumexp(tempered, axis=0) - log_num_actions
-    temperature_loss = temperature * epsilon + temperature * jnp.mean(log_mean_exp)
+    temperature_loss = temperature * epsilon + temperature * masked_mean(log_mean_exp, mask)
     return weights, temperature_loss
 
 
@@ -109,7 +128,7 @@ def gaussian_kl(mean_p, std_p, mean_q, std_q) -> chex.Array:
 
 
 class MStepStats(NamedTuple):
-    kl_mean: chex.Array  # [D] per-dimension KL(π'_μ ‖ π_μ), mean over states
+    kl_mean: chex.Array  # [D] per-dimension KL(π'_μ ‖ π_μ), mean over (unmasked) states
     kl_std: chex.Array  # [D]
 
 
@@ -125,6 +144,7 @@ def m_step(
     epsilon_mean: chex.Numeric,
     epsilon_std: chex.Numeric,
     per_dim_constraining: bool,
+    mask: Optional[chex.Array] = None,
 ):
     """Decoupled weighted maximum likelihood with KL trust regions on mean and std.
 
@@ -134,7 +154,10 @@ def m_step(
       actions: `[N, B, D]` actions sampled from π'.
       weights: `[N, B]` E-step weights (sum over objectives allowed: each objective's column sums to 1).
       alpha_mean, alpha_std: positive multipliers, `[D]` if per-dimension else `[1]` (differentiable).
-      epsilon_mean, epsilon_std: KL bounds (per dimension when `per_dim_constraining`).
+      epsilon_mean, epsilon_std: bounds on the KL summed over the D action dimensions. With
+        `per_dim_constraining` each dimension gets its own multiplier and the bound ε/D, so the total KL
+        allowed per update does not grow with the action dimension.
+      mask: optional bool `[B]`: states that enter the losses (default: all).
 
     Returns:
       policy_loss: scalar for θ (multipliers held fixed).
@@ -149,12 +172,15 @@ def m_step(
     # π_μ = N(μ_θ, σ') learns the mean; π_σ = N(μ', σ_θ) learns the std.
     log_prob_mean = jnp.sum(gaussian_log_prob(actions, online_mean, target_std), axis=-1)  # [N, B]
     log_prob_std = jnp.sum(gaussian_log_prob(actions, target_mean, online_std), axis=-1)
-    weighted_nll = -jnp.mean(jnp.sum(weights * (log_prob_mean + log_prob_std), axis=0))
+    weighted_nll = -masked_mean(jnp.sum(weights * (log_prob_mean + log_prob_std), axis=0), mask)
 
-    kl_mean = jnp.mean(gaussian_kl(target_mean, target_std, online_mean, target_std), axis=0)  # [D]
-    kl_std = jnp.mean(gaussian_kl(target_mean, target_std, target_mean, online_std), axis=0)
+    state_mask = None if mask is None else mask[:, None]
+    kl_mean = masked_mean(gaussian_kl(target_mean, target_std, online_mean, target_std), state_mask, axis=0)  # [D]
+    kl_std = masked_mean(gaussian_kl(target_mean, target_std, target_mean, online_std), state_mask, axis=0)
     if per_dim_constraining:
+        num_dims = online_mean.shape[-1]
         constrained_mean, constrained_std = kl_mean, kl_std
+        epsilon_mean, epsilon_std = epsilon_mean / num_dims, epsilon_std / num_dims
     else:
         constrained_mean, constrained_std = jnp.sum(kl_mean, keepdims=True), jnp.sum(kl_std, keepdims=True)
     chex.assert_equal_shape([constrained_mean, alpha_mean])

@@ -60,3 +60,16 @@ class Critic(nn.Module):
 def distribution(mean: chex.Array, std: chex.Array) -> distrax.MultivariateNormalDiag:
     """The policy's action distribution (batch over leading dims, event over the last)."""
     return distrax.MultivariateNormalDiag(mean, std)
+
+
+def preserve_outputs(params, old_stats, new_stats):
+    """Policy or critic `params` re-parametrised so that the network computes the same function of the raw
+    observation after the normaliser moved from `old_stats` to `new_stats` (see
+    `normalizer.preserve_first_layer`): updating the statistics then changes how inputs are conditioned,
+    never what a policy does or what a critic predicts, so it cannot move a policy outside its trust region."""
+    from purempo import normalizer
+
+    layer = params["params"]["LayerNormMLP_0"]["Dense_0"]
+    kernel, bias = normalizer.preserve_first_layer(layer["kernel"], layer["bias"], old_stats, new_stats)
+    trunk = {**params["params"]["LayerNormMLP_0"], "Dense_0": {**layer, "kernel": kernel, "bias": bias}}
+    return {**params, "params": {**params["params"], "LayerNormMLP_0": trunk}}

@@ -32,12 +32,31 @@ def update(stats: RunningStats, batch: chex.Array) -> RunningStats:
     return RunningStats(count, mean, sum_sq_dev)
 
 
+def std(stats: RunningStats) -> chex.Array:
+    """Standard deviation `[O]` used by `normalize`: floored at 1e-3, and 1 before any data."""
+    var = stats.sum_sq_dev / jnp.maximum(stats.count, 1.0)
+    return jnp.where(stats.count > 0, jnp.sqrt(jnp.maximum(var, 1e-6)), 1.0)
+
+
 def normalize(stats: RunningStats, obs: chex.Array, clip: float = 10.0) -> chex.Array:
     """(obs − mean) / std, clipped to ±clip; identity-like before any data (std floored at 1e-3)."""
-    var = stats.sum_sq_dev / jnp.maximum(stats.count, 1.0)
-    std = jnp.sqrt(jnp.maximum(var, 1e-6))
-    std = jnp.where(stats.count > 0, std, 1.0)
-    return jnp.clip((obs - stats.mean) / std, -clip, clip)
+    return jnp.clip((obs - stats.mean) / std(stats), -clip, clip)
+
+
+def preserve_first_layer(kernel: chex.Array, bias: chex.Array, old: RunningStats, new: RunningStats):
+    """Re-parametrises a first linear layer so that it computes the same function of the raw observation
+    under the `new` statistics as it did under the `old` ones (exact wherever `normalize` does not clip).
+
+    With z = (x − μ)/σ and z' = (x − μ')/σ': z·W + b = z'·W' + b' for W' = diag(σ'/σ)·W and
+    b' = b + ((μ' − μ)/σ)·W. Only the first O rows of `kernel` `[I, H]` (I ≥ O) see the observation; any
+    further inputs (the critic's action) are left alone. Returns (kernel, bias).
+    """
+    obs_dim = old.mean.shape[0]
+    old_std, new_std = std(old), std(new)
+    obs_rows = kernel[:obs_dim]
+    bias = bias + ((new.mean - old.mean) / old_std) @ obs_rows
+    kernel = kernel.at[:obs_dim].set(obs_rows * (new_std / old_std)[:, None])
+    return kernel, bias
 
 
 class RewardScale(NamedTuple):

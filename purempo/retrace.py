@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 
 def truncated_importance_weights(log_rhos: chex.Array, lambda_: chex.Numeric) -> chex.Array:
-    """c_t = λ·min(1, exp(log ρ_t)); a log-ratio of −inf gives c_t = 0 (a cut trace). Any shape."""
+    """c_t = λ·min(1, exp(log ρ_t)). Any shape."""
     return lambda_ * jnp.minimum(1.0, jnp.exp(log_rhos))
 
 
@@ -27,6 +27,7 @@ def retrace_targets(
     r_t: chex.Array,
     discount_t: chex.Array,
     log_rhos: chex.Array,
+    truncated_t: chex.Array,
     lambda_: chex.Numeric,
 ) -> chex.Array:
     """Retrace targets for ONE sequence. Every input is `[T]`; returns `G` `[T]`.
@@ -34,28 +35,32 @@ def retrace_targets(
     Args:
       q_t: `Q'(s_t, a_t)` for the actions actually taken.
       v_tp1: `E_{a~π} Q'(s_{t+1}, a)`, the value of the next state (the true final state at a time limit).
+        Ignored (may be NaN or inf) where `discount_t` is 0.
       r_t: reward of transition t.
       discount_t: `γ·(1 − terminated_{t+1})`; zero stops bootstrapping and cuts the trace.
-      log_rhos: `log π(a_t|s_t) − log b(a_t|s_t)`. Setting `log_rhos[t+1] = −inf` cuts the trace
-        after transition t while still bootstrapping from `v_tp1[t]` (used at time-limit truncations).
+      log_rhos: `log π(a_t|s_t) − log b(a_t|s_t)`.
+      truncated_t: bool, transition t ended its episode at a time limit: G_t still bootstraps from
+        `v_tp1[t]` (the true final state), but the trace is cut, since step t+1 belongs to a new episode.
       lambda_: trace coefficient λ ∈ [0, 1].
 
     No gradient flows through the result.
     """
-    chex.assert_rank([q_t, v_tp1, r_t, discount_t, log_rhos], 1)
-    chex.assert_equal_shape([q_t, v_tp1, r_t, discount_t, log_rhos])
+    chex.assert_rank([q_t, v_tp1, r_t, discount_t, log_rhos, truncated_t], 1)
+    chex.assert_equal_shape([q_t, v_tp1, r_t, discount_t, log_rhos, truncated_t])
     q_t, v_tp1, r_t, discount_t, log_rhos = jax.tree.map(
         jax.lax.stop_gradient, (q_t, v_tp1, r_t, discount_t, log_rhos)
     )
     c_t = truncated_importance_weights(log_rhos, lambda_)
     # Shift so that step t sees (c_{t+1}, Q(s_{t+1}, a_{t+1})); the last step has no successor.
     zero = jnp.zeros((1,), q_t.dtype)
-    c_tp1 = jnp.concatenate([c_t[1:], zero])
+    c_tp1 = jnp.where(truncated_t, 0.0, jnp.concatenate([c_t[1:], zero]))
     q_tp1 = jnp.concatenate([q_t[1:], zero])
 
     def backward(g_tp1, xs):
         r, d, v, c_next, q_next = xs
-        g = r + d * (v + c_next * (g_tp1 - q_next))
+        # Select rather than multiply: 0 · NaN (a terminal state's value, a cut trace) would still be NaN.
+        trace = jnp.where(c_next > 0.0, c_next * (g_tp1 - q_next), 0.0)
+        g = r + jnp.where(d > 0.0, d * (v + trace), 0.0)
         return g, g
 
     _, targets = jax.lax.scan(
@@ -64,8 +69,8 @@ def retrace_targets(
     return jax.lax.stop_gradient(targets)
 
 
-def batched_retrace_targets(q_t, v_tp1, r_t, discount_t, log_rhos, lambda_) -> chex.Array:
+def batched_retrace_targets(q_t, v_tp1, r_t, discount_t, log_rhos, truncated_t, lambda_) -> chex.Array:
     """`retrace_targets` over a batch of sequences: inputs `[B, T]`, output `[B, T]`."""
-    return jax.vmap(retrace_targets, in_axes=(0, 0, 0, 0, 0, None))(
-        q_t, v_tp1, r_t, discount_t, log_rhos, lambda_
+    return jax.vmap(retrace_targets, in_axes=(0, 0, 0, 0, 0, 0, None))(
+        q_t, v_tp1, r_t, discount_t, log_rhos, truncated_t, lambda_
     )

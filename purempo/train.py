@@ -16,10 +16,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from purempo import acting, envs, mpo, normalizer, replay
+from purempo import acting, envs, losses, mpo, networks, normalizer, replay
 from purempo.config import Config, HParams
 from purempo.networks import Critic, GaussianPolicy
-from purempo.retrace import batched_retrace_targets
 from purempo.types import Transition
 
 
@@ -47,7 +46,7 @@ class TrainState(NamedTuple):
     replay: replay.ReplayState
     env_state: envs.EnvState
     key: chex.PRNGKey
-    env_steps: chex.Array  # int32 []
+    iteration: chex.Array  # int32 []: iterations done; env steps = iteration · steps_per_iteration
 
 
 def make_networks(config: Config, action_dim: int) -> Networks:
@@ -70,16 +69,22 @@ def apply_updates(optimizer, grads, opt_state, params, learning_rate):
 
 def mpo_loss(params, learner: LearnerState, obs_stats, reward_divisor, batch: Transition, key, hp: HParams,
              config: Config, nets: Networks):
-    """Total loss (critic + policy + duals; their parameters do not interact) and metrics.
+    """Critic loss + policy loss (their parameters do not interact) and metrics, for a batch of sequences.
 
-    Shapes: batch leaves `[B, L, ...]`; N = num_action_samples; A = action dim. The learner's rewards are
-    `batch.reward / reward_divisor` (see `Config.reward_normalization`).
+    Applies the networks and hands their outputs to `losses.critic_loss` and `losses.policy_loss`. Shapes:
+    batch leaves `[B, L, ...]`; N = num_action_samples; A = action dim. The learner's rewards are
+    `batch.reward / reward_divisor` (see `Config.reward_normalization`). The policy is improved on the next
+    states s_{t+1}, reusing the target-Q of the actions sampled there for E_π' Q'(s_{t+1}, ·).
     """
     policy_params, critic_params, dual_params = params
     num_samples = config.num_action_samples
-    obs = normalizer.normalize(obs_stats, batch.obs)  # [B, L, O]
-    next_obs = normalizer.normalize(obs_stats, batch.next_obs)
     action_dim = batch.action.shape[-1]
+    # A terminal next state is never bootstrapped from (discount 0) and the policy is not improved there
+    # (masked below), but its observation can be non-finite (Brax physics after a fall): keep it away from
+    # every network, where even a masked NaN would poison the gradients.
+    next_obs = jnp.where(batch.terminated[..., None], batch.obs, batch.next_obs)
+    obs = normalizer.normalize(obs_stats, batch.obs)  # [B, L, O]
+    next_obs = normalizer.normalize(obs_stats, next_obs)
 
     # Target policy at s_t (for π'(a_t|s_t)) and at s_{t+1} (samples for E_π' Q' and the E-step).
     target_mean, target_std = nets.policy.apply(learner.target_policy_params, obs)
@@ -88,68 +93,34 @@ def mpo_loss(params, learner: LearnerState, obs_stats, reward_divisor, batch: Tr
     sampled_actions = next_target_mean + next_target_std * noise  # [N, B, L, A]
     sampled_q = nets.critic.apply(learner.target_critic_params, next_obs, acting.env_action(sampled_actions))
 
-    # Policy evaluation: Retrace targets with target networks.
-    v_tp1 = jnp.mean(sampled_q, axis=0)  # [B, L]
-    q_target_taken = nets.critic.apply(learner.target_critic_params, obs, acting.env_action(batch.action))
     log_pi = jnp.sum(mpo.gaussian_log_prob(batch.action, target_mean, target_std), axis=-1)
-    log_rhos = log_pi - batch.behaviour_log_prob
-    # After a time-limit truncation the next step belongs to a new episode: cut the trace there.
-    starts_new_episode = jnp.pad(batch.truncated[:, :-1], ((0, 0), (1, 0)))
-    log_rhos = jnp.where(starts_new_episode, -jnp.inf, log_rhos)
-    discount = hp.discount * (1.0 - batch.terminated.astype(jnp.float32))
-    targets = batched_retrace_targets(
-        q_target_taken, v_tp1, batch.reward / reward_divisor, discount, log_rhos, hp.retrace_lambda
-    )
     q_online = nets.critic.apply(critic_params, obs, acting.env_action(batch.action))
-    critic_loss = 0.5 * jnp.mean((q_online - targets) ** 2)
+    critic_loss, targets = losses.critic_loss(
+        q_online=q_online,
+        q_target_taken=nets.critic.apply(learner.target_critic_params, obs, acting.env_action(batch.action)),
+        v_tp1=jnp.mean(sampled_q, axis=0),
+        rewards=batch.reward / reward_divisor,
+        discounts=hp.discount * (1.0 - batch.terminated.astype(jnp.float32)),
+        log_rhos=log_pi - batch.behaviour_log_prob,
+        truncated=batch.truncated,
+        lambda_=hp.retrace_lambda,
+    )
 
-    # E-step on the next states, reusing the target-Q of the sampled actions.
-    temperature = mpo.positive(dual_params.temperature)
-    weights, temperature_loss = mpo.e_step(sampled_q.reshape(num_samples, -1), temperature, hp.epsilon)
-    e_step_kl = jnp.mean(mpo.kl_weights_vs_uniform(weights))
-    flat_actions = sampled_actions.reshape(num_samples, -1, action_dim)
-    penalty_temperature = mpo.positive(dual_params.penalty_temperature)
-    if config.action_penalization:
-        penalty_weights, penalty_loss = mpo.e_step(
-            mpo.action_penalty_cost(flat_actions), penalty_temperature, hp.epsilon_penalty
-        )
-        weights = weights + penalty_weights
-    else:
-        penalty_loss = 0.0
-
-    # M-step: decoupled weighted maximum likelihood under KL trust regions.
     online_mean, online_std = nets.policy.apply(policy_params, next_obs)
-    alpha_mean = mpo.positive(dual_params.alpha_mean)
-    alpha_std = mpo.positive(dual_params.alpha_std)
-    policy_loss, alpha_loss, kl = mpo.m_step(
-        online_mean.reshape(-1, action_dim),
-        online_std.reshape(-1, action_dim),
-        next_target_mean.reshape(-1, action_dim),
-        next_target_std.reshape(-1, action_dim),
-        flat_actions,
-        weights,
-        alpha_mean,
-        alpha_std,
-        hp.epsilon_mean,
-        hp.epsilon_std,
-        config.per_dim_constraining,
+    flat = lambda x: x.reshape(-1, action_dim)  # noqa: E731  [B, L, A] -> [B·L, A]
+    policy_loss, metrics = losses.policy_loss(
+        sampled_q=sampled_q.reshape(num_samples, -1),
+        sampled_actions=sampled_actions.reshape(num_samples, -1, action_dim),
+        online_mean=flat(online_mean), online_std=flat(online_std),
+        target_mean=flat(next_target_mean), target_std=flat(next_target_std),
+        mask=jnp.logical_not(batch.terminated).reshape(-1),
+        duals=dual_params,
+        epsilon=hp.epsilon, epsilon_penalty=hp.epsilon_penalty,
+        epsilon_mean=hp.epsilon_mean, epsilon_std=hp.epsilon_std,
+        static=losses.PolicyLossConfig(config.per_dim_constraining, config.action_penalization),
     )
-    total = critic_loss + policy_loss + temperature_loss + penalty_loss + alpha_loss
-    metrics = dict(
-        critic_loss=critic_loss,
-        policy_loss=policy_loss,
-        q_mean=jnp.mean(q_online),
-        target_mean=jnp.mean(targets),
-        temperature=temperature,
-        penalty_temperature=penalty_temperature,
-        alpha_mean=jnp.mean(alpha_mean),
-        alpha_std=jnp.mean(alpha_std),
-        kl_mean=jnp.mean(kl.kl_mean),
-        kl_std=jnp.mean(kl.kl_std),
-        e_step_kl=e_step_kl,
-        policy_std=jnp.mean(online_std),
-    )
-    return total, metrics
+    metrics.update(critic_loss=critic_loss, target_mean=jnp.mean(targets), q_mean=jnp.mean(q_online))
+    return critic_loss + policy_loss, metrics
 
 
 def learner_step(learner: LearnerState, obs_stats, reward_divisor, batch: Transition, key, hp: HParams,
@@ -165,7 +136,7 @@ def learner_step(learner: LearnerState, obs_stats, reward_divisor, batch: Transi
                                               learner.critic_params, hp.critic_lr)
     dual_params, dual_opt = apply_updates(optimizer, dual_grads, learner.dual_opt_state,
                                           learner.dual_params, hp.dual_lr)
-    dual_params = mpo.project_dual_params(dual_params)
+    dual_params = mpo.project_dual_params(dual_params, hp.min_alpha)
     num_updates = learner.num_updates + 1
     if config.target_update_period > 0:
         copy = num_updates % config.target_update_period == 0
@@ -186,6 +157,18 @@ def learner_step(learner: LearnerState, obs_stats, reward_divisor, batch: Transi
     return learner, metrics
 
 
+def preserve_outputs(learner: LearnerState, old_stats, new_stats) -> LearnerState:
+    """The learner with every network (online and target) re-parametrised so that it computes the same
+    function of raw observations under `new_stats` as under `old_stats` (`networks.preserve_outputs`)."""
+    keep = lambda params: networks.preserve_outputs(params, old_stats, new_stats)  # noqa: E731
+    return learner._replace(
+        policy_params=keep(learner.policy_params),
+        critic_params=keep(learner.critic_params),
+        target_policy_params=keep(learner.target_policy_params),
+        target_critic_params=keep(learner.target_critic_params),
+    )
+
+
 class Trainer(NamedTuple):
     """Pure functions of one run; all are `jit`/`vmap`-able."""
 
@@ -195,7 +178,7 @@ class Trainer(NamedTuple):
     evaluate_state: Callable  # (state) -> (state with a new key, evaluation metrics)
     run_chunk: Callable  # (state, hparams=None) -> train_chunk then evaluate_state, metrics merged
     train: Callable  # (key, hparams=None) -> (state, metrics stacked over num_evals chunks)
-    evaluate: Callable  # (policy_params, obs_stats, key, pool=None) -> returns [eval_episodes]
+    evaluate: Callable  # (policy_params, obs_stats, key, stochastic=False) -> envs.Episodes of eval_episodes
 
 
 def make_trainer(config: Config) -> Trainer:
@@ -204,25 +187,35 @@ def make_trainer(config: Config) -> Trainer:
     nets = make_networks(config, action_dim)
     optimizer = make_optimizer(config)
 
+    def env_steps(state: TrainState) -> chex.Array:
+        """Env steps taken, as float32 (exact below 2²⁴ ≈ 16.8M). `state.iteration` is the exact count: int32
+        iterations do not overflow in any realistic run, where an int32 step count would after 2³¹ steps."""
+        return state.iteration.astype(jnp.float32) * config.steps_per_iteration
+
     # Iterations whose rewards set the reward divisor: the prefill, or the first iteration without one.
-    reward_estimation_steps = max(config.prefill_iterations, 1) * config.steps_per_iteration
+    reward_estimation_iterations = max(config.prefill_iterations, 1)
 
     def collect(state: TrainState, policy_params, key, hp: HParams):
         env_state, transitions, episodes = acting.rollout(
             env, nets.policy, policy_params, state.obs_stats, state.env_state, key,
             config.unroll_length, config.episode_length, hp.reward_scale,
         )
-        estimating = state.env_steps < reward_estimation_steps
+        estimating = state.iteration < reward_estimation_iterations
         reward_stats = jax.tree.map(
             lambda new, old: jnp.where(estimating, new, old),
             normalizer.update_reward_scale(state.reward_stats, transitions.reward), state.reward_stats,
         )
+        obs_stats = normalizer.update(state.obs_stats, transitions.obs)
+        learner = state.learner
+        if config.obs_norm_preserves_outputs:
+            learner = preserve_outputs(learner, state.obs_stats, obs_stats)
         state = state._replace(
+            learner=learner,
             env_state=env_state,
             reward_stats=reward_stats,
-            obs_stats=normalizer.update(state.obs_stats, transitions.obs),
+            obs_stats=obs_stats,
             replay=replay.add(state.replay, transitions),
-            env_steps=state.env_steps + config.steps_per_iteration,
+            iteration=state.iteration + 1,
         )
         return state, episodes
 
@@ -262,12 +255,12 @@ def make_trainer(config: Config) -> Trainer:
             replay=replay.init(example, config.capacity_per_env),
             env_state=env_state,
             key=key,
-            env_steps=jnp.zeros((), jnp.int32),
+            iteration=jnp.zeros((), jnp.int32),
         )
 
     def iteration(state: TrainState, hp: HParams):
         key, rollout_key, update_key = jax.random.split(state.key, 3)
-        learning = state.env_steps >= config.prefill_iterations * config.steps_per_iteration
+        learning = state.iteration >= config.prefill_iterations
         state, episodes = collect(state._replace(key=key), state.learner.policy_params, rollout_key, hp)
         # A run resumed from a checkpoint without replay refills as much as the prefill gave it (always true
         # otherwise: the prefill leaves exactly this much).
@@ -282,7 +275,8 @@ def make_trainer(config: Config) -> Trainer:
 
         def learn(learner):
             learner, metrics = jax.lax.scan(update, learner, jax.random.split(update_key, config.updates_per_iteration))
-            return learner, jax.tree.map(jnp.mean, metrics)
+            peaks = dict(kl_mean_max=jnp.max(metrics["kl_mean"]), kl_std_max=jnp.max(metrics["kl_std"]))
+            return learner, {**jax.tree.map(jnp.mean, metrics), **peaks}
 
         def prefill(learner):  # no update yet: learner metrics are NaN
             shapes = jax.eval_shape(learn, learner)[1]
@@ -290,7 +284,7 @@ def make_trainer(config: Config) -> Trainer:
 
         learner, metrics = jax.lax.cond(learning, learn, prefill, state.learner)
         metrics.update(
-            env_steps=state.env_steps,
+            env_steps=env_steps(state),
             updates=learning.astype(jnp.float32) * config.updates_per_iteration,
             reward_divisor=jnp.asarray(divisor, jnp.float32),
             episode_return_sum=episodes.return_sum,
@@ -298,26 +292,39 @@ def make_trainer(config: Config) -> Trainer:
         )
         return state._replace(learner=learner), metrics
 
-    def deterministic_policy(policy_params, obs_stats):
-        def act(obs):
-            mean, _ = nets.policy.apply(policy_params, normalizer.normalize(obs_stats, obs))
-            return acting.env_action(mean)
+    def evaluate(policy_params, obs_stats, key, stochastic=False, num_episodes=None):
+        """Episodes of the mean action (`stochastic` false) or of samples from π_θ (true), per episode if an
+        array `[num_episodes]`. Starts come from `env.reset` with this key, independent of the training
+        reset pool (tasks such as reacher and pusher draw their goal at reset)."""
+        num_episodes = config.eval_episodes if num_episodes is None else num_episodes
+        stochastic = jnp.broadcast_to(jnp.asarray(stochastic, bool), (num_episodes,))
 
-        return act
+        def act(obs, step_key):
+            mean, std = nets.policy.apply(policy_params, normalizer.normalize(obs_stats, obs))
+            noise = jax.random.normal(step_key, mean.shape) * stochastic[:, None]
+            return acting.env_action(mean + std * noise)
 
-    def evaluate(policy_params, obs_stats, key, pool=None):
-        return envs.evaluate(env, deterministic_policy(policy_params, obs_stats), key, config.eval_episodes,
-                             config.episode_length, pool)
+        return envs.evaluate(env, act, key, num_episodes, config.episode_length)
 
     def train_chunk(state: TrainState, hparams: Optional[HParams] = None):
         hp = config.hparams if hparams is None else hparams
         return jax.lax.scan(lambda s, _: iteration(s, hp), state, None, length=config.iterations_per_eval)
 
     def evaluate_state(state: TrainState):
+        # eval_episodes of the mean action and as many of the stochastic policy, in one lockstep rollout.
         key, eval_key = jax.random.split(state.key)
-        returns = evaluate(state.learner.policy_params, state.obs_stats, eval_key, state.env_state.reset_pool)
-        metrics = dict(eval_return=jnp.mean(returns), eval_return_std=jnp.std(returns),
-                       eval_env_steps=state.env_steps)
+        num = config.eval_episodes
+        stochastic = jnp.arange(2 * num) >= num
+        episodes = evaluate(state.learner.policy_params, state.obs_stats, eval_key, stochastic, 2 * num)
+        deterministic, sampled = episodes.returns[:num], episodes.returns[num:]
+        metrics = dict(
+            eval_return=jnp.mean(deterministic), eval_return_std=jnp.std(deterministic),
+            eval_return_min=jnp.min(deterministic),
+            eval_stochastic_return=jnp.mean(sampled), eval_stochastic_return_std=jnp.std(sampled),
+            eval_episode_length=jnp.mean(episodes.lengths[:num].astype(jnp.float32)),
+            eval_env_steps=env_steps(state), eval_iteration=state.iteration,
+            eval_episodes=episodes,
+        )
         return state._replace(key=key), metrics
 
     def run_chunk(state: TrainState, hparams: Optional[HParams] = None):

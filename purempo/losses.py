@@ -1,0 +1,111 @@
+"""MPO's two losses on network outputs: policy evaluation (critic) and policy improvement (policy and duals).
+
+Both are pure functions of arrays, so they can be tested against closed forms without networks; `train.py`
+applies the networks and sums them (their parameters do not interact).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, NamedTuple, Optional
+
+import chex
+import jax.numpy as jnp
+
+from purempo import mpo
+from purempo.retrace import batched_retrace_targets
+
+
+def critic_loss(
+    q_online: chex.Array,
+    q_target_taken: chex.Array,
+    v_tp1: chex.Array,
+    rewards: chex.Array,
+    discounts: chex.Array,
+    log_rhos: chex.Array,
+    truncated: chex.Array,
+    lambda_: chex.Numeric,
+):
+    """Squared error of the online critic against Retrace targets built from the target networks.
+
+    Args (all `[B, L]`):
+      q_online: Q_φ(s_t, a_t), differentiable.
+      q_target_taken: Q_φ'(s_t, a_t).
+      v_tp1: E_{a~π'} Q_φ'(s_{t+1}, a) (at a time limit, of the true final state; ignored at a termination).
+      rewards: the learner's rewards r_t.
+      discounts: γ·(1 − terminated_t).
+      log_rhos: log π'(a_t|s_t) − log b(a_t|s_t).
+      truncated: bool, transition t hit the time limit (bootstrap, cut the trace).
+      lambda_: Retrace λ.
+
+    Returns: (loss `0.5·mean (Q_φ − G)²`, targets G `[B, L]`).
+    """
+    chex.assert_rank([q_online, q_target_taken, v_tp1, rewards, discounts, log_rhos, truncated], 2)
+    targets = batched_retrace_targets(q_target_taken, v_tp1, rewards, discounts, log_rhos, truncated, lambda_)
+    return 0.5 * jnp.mean((q_online - targets) ** 2), targets
+
+
+class PolicyLossConfig(NamedTuple):
+    """Static choices of the policy loss (floats come from `HParams`)."""
+
+    per_dim_constraining: bool
+    action_penalization: bool
+
+
+def policy_loss(
+    sampled_q: chex.Array,
+    sampled_actions: chex.Array,
+    online_mean: chex.Array,
+    online_std: chex.Array,
+    target_mean: chex.Array,
+    target_std: chex.Array,
+    mask: Optional[chex.Array],
+    duals: mpo.DualParams,
+    epsilon: chex.Numeric,
+    epsilon_penalty: chex.Numeric,
+    epsilon_mean: chex.Numeric,
+    epsilon_std: chex.Numeric,
+    static: PolicyLossConfig,
+):
+    """E-step (+ MO-MPO action penalty), decoupled M-step and the losses of every dual variable.
+
+    Args:
+      sampled_q: `[N, M]` Q_φ'(s_i, a_ij) of N actions a_ij ~ π'(·|s_i) for M states.
+      sampled_actions: `[N, M, A]` those actions (unclipped Gaussian samples).
+      online_mean, online_std: `[M, A]` π_θ at the states (differentiable).
+      target_mean, target_std: `[M, A]` π' at the states.
+      mask: bool `[M]` states that enter the losses, or None for all (terminal states are masked: the critic
+        is never trained on them).
+      duals: unconstrained dual parameters (differentiable).
+
+    Returns: (loss for θ and the duals, metrics dict of scalars).
+    """
+    chex.assert_rank([sampled_q, sampled_actions, online_mean], [2, 3, 2])
+    temperature = mpo.positive(duals.temperature)
+    weights, temperature_loss = mpo.e_step(sampled_q, temperature, epsilon, mask)
+    e_step_kl = mpo.masked_mean(mpo.kl_weights_vs_uniform(weights), mask)
+    penalty_temperature = mpo.positive(duals.penalty_temperature)
+    if static.action_penalization:
+        penalty_weights, penalty_loss = mpo.e_step(
+            mpo.action_penalty_cost(sampled_actions), penalty_temperature, epsilon_penalty, mask)
+        weights = weights + penalty_weights
+    else:
+        penalty_loss = 0.0
+
+    alpha_mean, alpha_std = mpo.positive(duals.alpha_mean), mpo.positive(duals.alpha_std)
+    m_loss, alpha_loss, kl = mpo.m_step(
+        online_mean, online_std, target_mean, target_std, sampled_actions, weights, alpha_mean, alpha_std,
+        epsilon_mean, epsilon_std, static.per_dim_constraining, mask)
+    metrics: Dict[str, chex.Array] = dict(
+        policy_loss=m_loss,
+        temperature=temperature,
+        penalty_temperature=penalty_temperature,
+        alpha_mean=jnp.mean(alpha_mean),
+        alpha_std=jnp.mean(alpha_std),
+        alpha_mean_min=jnp.min(alpha_mean),
+        # Summed over action dimensions: directly comparable with ε_μ and ε_σ (which bound the sum).
+        kl_mean=jnp.sum(kl.kl_mean),
+        kl_std=jnp.sum(kl.kl_std),
+        e_step_kl=e_step_kl,
+        policy_std=mpo.masked_mean(online_std, None if mask is None else mask[:, None]),
+    )
+    return m_loss + temperature_loss + penalty_loss + alpha_loss, metrics
