@@ -132,7 +132,9 @@ def main():
         from pathlib import Path
 
         path = Path(args.replot)
-        plot(json.loads(path.read_text()), path.with_suffix(".png"))
+        summary = json.loads(path.read_text())
+        plot(summary, path.with_suffix(".png"))
+        report(summary)
         return
     seeds = args.seeds or (list(range(5)) if args.env == "inverted_pendulum" else [0, 1])
     threshold = args.threshold if args.threshold is not None else THRESHOLDS.get(args.env)
@@ -159,8 +161,15 @@ def main():
         print(f"{record['env_steps']:>9,} steps {times[-1]:7.0f} s  det " + " ".join(f"{r:7.1f}" for r in record["eval_return"])
               + "  sto " + " ".join(f"{r:7.1f}" for r in record["eval_stochastic_return"])
               + "  α_μ " + " ".join(f"{a:.1e}" if a is not None else "-" for a in record["alpha_mean"]), flush=True)
-    wall = time.perf_counter() - start
+        # Written after every chunk, so that an interrupted long run still leaves its figures.
+        summary = summarise(args, config, seeds, threshold, chunks, times, complete=index + 1 == config.num_evals)
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    plot(summary, RESULTS / f"{name}.png")
+    report(summary)
 
+
+def summarise(args, config, seeds, threshold, chunks, times, complete):
     steps = [c["env_steps"] for c in chunks]
     runs = []
     for i, seed in enumerate(seeds):
@@ -168,18 +177,14 @@ def main():
         runs.append(dict(seed=seed, eval_return=det,
                          eval_stochastic_return=[c["eval_stochastic_return"][i] for c in chunks],
                          **seed_summary(steps, times, det, threshold, args.drop_after)))
-    summary = dict(
+    return dict(
         env=args.env, date=today(), machine=machine(), versions=versions(),
         command="python benchmarks/stability.py " + " ".join(
             [f"--env {args.env}", "--seeds " + " ".join(map(str, seeds))] + [f"--set {s}" for s in args.set]
             + ([f"--name {args.name}"] if args.name else [])),
-        config=jsonable(config), threshold=threshold, drop_after=args.drop_after, wall_time_s=round(wall, 1),
-        env_steps=steps, runs=runs, chunks=chunks, targets=targets(args.env, runs, threshold),
+        config=jsonable(config), threshold=threshold, drop_after=args.drop_after, wall_time_s=round(times[-1], 1),
+        complete=complete, env_steps=steps, runs=runs, chunks=chunks, targets=targets(args.env, runs, threshold),
     )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
-    plot(summary, RESULTS / f"{name}.png")
-    report(summary)
 
 
 def targets(env, runs, threshold):

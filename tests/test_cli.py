@@ -114,9 +114,58 @@ def test_tiny_run_writes_config_and_metrics(tiny_run):
         assert math.isclose(row["eval_return"], sum(per_seed) / 2, rel_tol=1e-9, abs_tol=1e-9)
         # Returns of inverted_pendulum are episode lengths: within [1, episode_length].
         assert all(1.0 <= r <= 50.0 for r in per_seed)
+        assert 1.0 <= row["eval_stochastic_return"] <= 50.0 and 1.0 <= row["eval_episode_length"] <= 50.0
+        assert row["eval_return_min"] <= row["eval_return"]
+        assert math.isclose(row["eval_episode_length"], row["eval_return"], rel_tol=1e-6)  # 1 per step alive
+        assert "eval_episodes" not in row and "eval_iteration" not in row
         for name, value in row.items():
             values = value if isinstance(value, list) else [value]
             assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in values), name
+
+
+def _chunk_metrics(critic_loss):
+    """A 2-seed, 3-iteration chunk's metrics as the trainer returns them (first iteration a prefill one)."""
+    import numpy as np
+
+    from purempo.envs import Episodes
+
+    updates = np.array([[0.0, 2.0, 2.0], [0.0, 2.0, 2.0]], np.float32)
+    return dict(
+        critic_loss=np.asarray(critic_loss, np.float32),
+        kl_mean_max=np.array([[np.nan, 0.3, 0.5], [np.nan, 0.1, 0.1]], np.float32),
+        env_steps=np.array([[1.0, 2.0, 3.0]] * 2, np.float32) * 256,
+        updates=updates,
+        episode_return_sum=np.array([[0.0, 10.0, 20.0], [5.0, 0.0, 0.0]], np.float32),
+        episodes_finished=np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]], np.float32),
+        eval_return=np.array([10.0, 20.0], np.float32),
+        eval_stochastic_return=np.array([4.0, 6.0], np.float32),
+        # 3,000,001 iterations of 256 steps: 768,000,256 env steps, not a float32 number.
+        eval_iteration=np.array([3_000_001, 3_000_001], np.int32),
+        eval_env_steps=np.array([768_000_256, 768_000_256], np.float32),
+        eval_episodes=Episodes(returns=np.zeros((2, 4), np.float32), lengths=np.ones((2, 4), np.int32),
+                               final_obs=np.zeros((2, 4, 3), np.float32)),
+    )
+
+
+def test_metrics_row_counts_env_steps_from_the_iteration_and_averages_learned_iterations():
+    metrics = _chunk_metrics([[float("nan"), 1.0, 3.0], [float("nan"), 5.0, 7.0]])
+    row = cli._metrics_row(metrics, index=6, iterations_per_eval=3, steps_per_iteration=256, wall_time_s=1.23456)
+    assert row["eval"] == 7 and row["wall_time_s"] == 1.235
+    assert row["env_steps"] == 3_000_001 * 256 and isinstance(row["env_steps"], int)
+    assert row["eval_return"] == 15.0 and row["eval_return_per_seed"] == [10.0, 20.0]
+    assert row["eval_stochastic_return"] == 5.0
+    assert row["critic_loss"] == 4.0  # mean over the iterations that learned (prefill NaNs left out)
+    assert math.isclose(row["kl_mean_max"], 0.25, rel_tol=1e-6)
+    assert row["train_episode_return"] == 10.0  # seeds 0 and 1: 30 / 2 = 15 and 5 / 1 = 5
+    for name in ("eval_episodes", "eval_iteration", "eval_env_steps", "updates", "episodes_finished"):
+        assert name not in row, name
+
+
+def test_metrics_row_names_the_first_non_finite_metric_and_its_iteration():
+    metrics = _chunk_metrics([[float("nan"), 1.0, float("inf")], [float("nan"), 5.0, 7.0]])
+    expected = r"non-finite critic_loss at iteration 9 \(evaluation period 3, seed 0\)"  # 2 · 3 + 3rd iteration
+    with pytest.raises(cli.UsageError, match=expected):
+        cli._metrics_row(metrics, index=2, iterations_per_eval=3, steps_per_iteration=256, wall_time_s=0.0)
 
 
 def test_train_help_lists_main_flags():

@@ -46,6 +46,9 @@ def test_default_config_is_valid():
         (dict(policy_lr=float("nan")), "policy_lr"),
         (dict(critic_lr=float("nan")), "critic_lr"),
         (dict(dual_lr=float("inf")), "dual_lr"),
+        (dict(min_alpha=0.0), "min_alpha"),
+        (dict(min_alpha=-1e-8), "min_alpha"),
+        (dict(min_alpha=float("nan")), "min_alpha"),
     ],
 )
 def test_invalid_field_raises_value_error_naming_it(changes, field):
@@ -70,6 +73,14 @@ def test_unknown_env_lists_valid_names():
     assert "nope" in message
     for name in ("inverted_pendulum", "ant", "hopper"):
         assert name in message
+
+
+def test_new_defaults():
+    """Output-preserving observation normalisation is on by default; the α floor is a tiny positive number."""
+    config = Config()
+    assert config.obs_norm_preserves_outputs is True
+    assert 0.0 < config.min_alpha <= 1e-6
+    assert config.hparams.min_alpha == config.min_alpha
 
 
 def test_config_is_frozen():
@@ -106,7 +117,9 @@ NON_DEFAULT = dict(
     init_temperature=2.0,
     init_alpha_mean=3.0,
     init_alpha_std=300.0,
+    min_alpha=1e-6,
     reward_scale=0.5,
+    obs_norm_preserves_outputs=False,
 )
 
 
@@ -117,9 +130,11 @@ def test_hparams_is_a_namedtuple_of_the_float_fields():
     assert isinstance(hparams, HParams) and isinstance(hparams, tuple)
     expected_fields = {
         "discount", "retrace_lambda", "epsilon", "epsilon_mean", "epsilon_std", "epsilon_penalty", "policy_lr",
-        "critic_lr", "dual_lr", "tau", "init_temperature", "init_alpha_mean", "init_alpha_std", "reward_scale",
+        "critic_lr", "dual_lr", "tau", "init_temperature", "init_alpha_mean", "init_alpha_std", "min_alpha",
+        "reward_scale",
     }
     assert set(hparams._fields) == expected_fields
+    assert "obs_norm_preserves_outputs" not in hparams._fields  # a static switch, not a float
     for name in hparams._fields:
         value = getattr(hparams, name)
         assert type(value) is float, name

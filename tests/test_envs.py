@@ -156,41 +156,102 @@ def raw_single(env):
     return jax.jit(env.reset), jax.jit(env.step)
 
 
-def _naive_returns(env, raw_single, key, num_episodes, episode_length, action):
-    """Independent oracle: a Python loop over the raw env, one episode at a time, stopping at done."""
+def _naive_episodes(env, raw_single, key, num_episodes, episode_length, action):
+    """Independent oracle: a Python loop over the raw env, one episode at a time, stopping at done.
+
+    Returns (returns, lengths, final observations). `evaluate` splits its key into (start key, policy key) and
+    draws the episodes' starts as `env.reset` of `split(start key, num_episodes)` (pool=None).
+    """
     reset, step = raw_single
-    returns = []
-    for episode_key in jax.random.split(key, num_episodes):
-        state, total = reset(episode_key), 0.0
+    start_key, _ = jax.random.split(key)
+    returns, lengths, final_obs = [], [], []
+    for episode_key in jax.random.split(start_key, num_episodes):
+        state, total, length = reset(episode_key), 0.0, 0
         for _ in range(episode_length):
             state = step(state, jnp.full((env.action_size,), action))
             total += float(state.reward)
+            length += 1
             if float(state.done) == 1.0:
                 break
         returns.append(total)
-    return returns
+        lengths.append(length)
+        final_obs.append(np.asarray(state.obs))  # after the last step: terminal, or at the time limit
+    return np.array(returns), np.array(lengths), np.stack(final_obs)
+
+
+def _constant_policy(env, action):
+    return lambda obs, key: jnp.full((obs.shape[0], env.action_size), action)  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def evaluate_constant(env):
+    """Jitted `envs.evaluate` of a constant action (a traced argument: one compilation per shape)."""
+
+    def run(key, action, num_episodes, episode_length):
+        return envs.evaluate(env, _constant_policy(env, action), key, num_episodes, episode_length)
+
+    return jax.jit(run, static_argnums=(2, 3))
+
+
+def _check_against_naive(episodes, expected, num_episodes, obs_size):
+    returns, lengths, final_obs = expected
+    assert isinstance(episodes, envs.Episodes)
+    assert episodes.returns.shape == (num_episodes,)
+    assert episodes.lengths.shape == (num_episodes,) and episodes.lengths.dtype == jnp.int32
+    assert episodes.final_obs.shape == (num_episodes, obs_size)
+    np.testing.assert_allclose(np.asarray(episodes.returns), returns, rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(episodes.lengths), lengths)
+    np.testing.assert_allclose(np.asarray(episodes.final_obs), final_obs, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("episode_length", [15, 30])
-def test_evaluate_matches_naive_single_env_loop(env, raw_single, episode_length):
-    """evaluate's returns equal a Python loop over the raw env, one episode at a time, stopping at done."""
-    action = 0.0  # the pole falls after ~20-30 steps: truncated at 15, usually terminated before 30
-    num_episodes = 2
+def test_evaluate_matches_naive_single_env_loop(env, raw_single, evaluate_constant, episode_length):
+    """evaluate's returns, lengths and final observations equal a Python loop over the raw env, one episode at
+    a time, stopping at done. At 30 steps the lockstep episodes end at different steps, some by termination
+    and some at the time limit: each keeps its own return, length and final observation."""
+    action = 0.0  # the pole falls after ~20-30 steps: truncated at 15, mostly terminated before 30
+    num_episodes = 6
     key = jax.random.PRNGKey(7)
-    policy_fn = lambda obs: jnp.full((obs.shape[0], env.action_size), action)
-    returns = np.asarray(jax.jit(lambda k: envs.evaluate(env, policy_fn, k, num_episodes, episode_length))(key))
+    episodes = evaluate_constant(key, action, num_episodes, episode_length)
 
-    expected = _naive_returns(env, raw_single, key, num_episodes, episode_length, action)
-    assert returns.shape == (num_episodes,)
-    np.testing.assert_allclose(returns, expected, rtol=1e-6)
+    expected = _naive_episodes(env, raw_single, key, num_episodes, episode_length, action)
+    _check_against_naive(episodes, expected, num_episodes, env.observation_size)
+    lengths = expected[1]
     if episode_length == 15:
-        np.testing.assert_array_equal(returns, 15.0)
+        np.testing.assert_array_equal(np.asarray(episodes.returns), 15.0)
+        np.testing.assert_array_equal(lengths, 15)
     else:
-        assert np.any(returns < 30.0)  # at least one episode ends by termination inside the horizon
+        assert np.any(lengths < 30) and np.any(lengths == 30)  # both endings inside one lockstep rollout
+        assert len(set(lengths.tolist())) >= 3
+
+
+def test_evaluate_gives_the_policy_a_fresh_key_every_step(env):
+    """policy_fn(obs, key) gets a different key at every step: a key-driven policy acts differently at every
+    step and in every episode, and the same evaluation key reproduces the episodes exactly."""
+    episode_length, num_episodes = 6, 4
+    seen = []
+
+    def policy_fn(obs, key):
+        jax.debug.callback(lambda k: seen.append(np.asarray(k)), jax.random.key_data(key)
+                           if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key, ordered=True)
+        return 0.05 * jax.random.uniform(key, (obs.shape[0], env.action_size), minval=-1.0, maxval=1.0)
+
+    evaluate = jax.jit(lambda k: envs.evaluate(env, policy_fn, k, num_episodes, episode_length))
+    key = jax.random.PRNGKey(11)
+    first = evaluate(key)
+    jax.effects_barrier()
+    keys = np.stack(seen)
+    assert keys.shape[0] == episode_length  # one call per lockstep step
+    assert len({k.tobytes() for k in keys}) == episode_length
+    again = evaluate(key)
+    jax.tree.map(np.testing.assert_array_equal, first, again)
+    other = evaluate(jax.random.PRNGKey(12))
+    assert not np.array_equal(np.asarray(other.final_obs), np.asarray(first.final_obs))
 
 
 def test_evaluate_ignores_nan_rewards_after_an_episode_has_ended(env, raw_single):
-    """Steps taken after termination (lockstep) may blow up to NaN; the returns must stay the finished sums."""
+    """Steps taken after termination (lockstep) may blow up to NaN; returns, lengths and final observations
+    must stay those of the finished episodes."""
     from brax.envs.base import Wrapper
 
     class NanAfterDone(Wrapper):
@@ -201,12 +262,12 @@ def test_evaluate_ignores_nan_rewards_after_an_episode_has_ended(env, raw_single
 
     episode_length, num_episodes, action = 60, 2, 0.0  # the pole falls after ~20-30 steps with no force
     key = jax.random.PRNGKey(7)
-    policy_fn = lambda obs: jnp.full((obs.shape[0], env.action_size), action)
-    returns = np.asarray(envs.evaluate(NanAfterDone(env), policy_fn, key, num_episodes, episode_length))
+    episodes = envs.evaluate(NanAfterDone(env), _constant_policy(env, action), key, num_episodes, episode_length)
 
-    expected = _naive_returns(env, raw_single, key, num_episodes, episode_length, action)
-    assert max(expected) < episode_length  # every episode did end before the horizon, so NaNs were produced
-    np.testing.assert_allclose(returns, expected, rtol=1e-6)
+    expected = _naive_episodes(env, raw_single, key, num_episodes, episode_length, action)
+    assert max(expected[1]) < episode_length  # every episode did end before the horizon, so NaNs were produced
+    _check_against_naive(episodes, expected, num_episodes, env.observation_size)
+    assert np.all(np.isfinite(np.asarray(episodes.final_obs)))
 
 
 def test_make_unknown_env_lists_valid_names():
@@ -245,7 +306,12 @@ def test_restarts_and_evaluation_starts_are_uniform_draws_from_the_reset_pool(en
     key = jax.random.PRNGKey(8)
     starts = envs.initial_states(env, key, 4, state.reset_pool)
     assert np.all((np.abs(np.asarray(starts.obs)[:, None, :] - pool_obs[None]).max(-1) == 0).sum(1) == 1)
-    zero_policy = lambda obs: jnp.zeros((obs.shape[0], env.action_size))  # noqa: E731
-    returns = envs.evaluate(env, zero_policy, key, 4, 1, pool=state.reset_pool)
-    expected = jax.vmap(env.step)(starts, jnp.zeros((4, env.action_size))).reward
-    np.testing.assert_array_equal(np.asarray(returns), np.asarray(expected))
+    # One zero-action evaluation step from each pool state: every evaluation episode's final observation and
+    # return are those of exactly one pool state stepped once.
+    zero_policy = lambda obs, key: jnp.zeros((obs.shape[0], env.action_size))  # noqa: E731
+    episodes = jax.jit(lambda k, pool: envs.evaluate(env, zero_policy, k, 4, 1, pool=pool))(key, state.reset_pool)
+    from_pool = jax.jit(jax.vmap(env.step))(state.reset_pool, jnp.zeros((pool_size, env.action_size)))
+    same = np.abs(np.asarray(episodes.final_obs)[:, None, :] - np.asarray(from_pool.obs)[None]).max(-1) == 0
+    assert np.all(same.sum(1) == 1)
+    np.testing.assert_array_equal(np.asarray(episodes.returns), np.asarray(from_pool.reward)[same.argmax(1)])
+    np.testing.assert_array_equal(np.asarray(episodes.lengths), 1)

@@ -1,4 +1,4 @@
-"""Tests for purempo.mpo: E-step, temperature dual, Gaussian helpers, decoupled M-step, duals, toy MPO."""
+"""Tests for purempo.mpo: E-step, temperature dual, masks, Gaussian helpers, decoupled M-step, duals, toy MPO."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from scipy import integrate, optimize, special, stats
 
 from purempo import mpo
 
-# Projection of raw duals after an optimiser step, where the library provides one (log-space duals).
-_project = getattr(mpo, "project_dual_params", lambda params: params)
+# Projection of raw duals after an optimiser step (log-space duals, no α floor).
+_project = mpo.project_dual_params
 
 # Jitted entry points shared by the tests (one compile per shape instead of one per eager primitive).
 _e_step = jax.jit(mpo.e_step)
@@ -36,12 +36,13 @@ def _positive_and_grad(raw):
 
 
 @functools.partial(jax.jit, static_argnums=(10,))
-def _m_step_grads(om, os_, tm, ts, actions, w, am, as_, eps_mean, eps_std, per_dim):
+def _m_step_grads(om, os_, tm, ts, actions, w, am, as_, eps_mean, eps_std, per_dim, mask=None):
     """m_step outputs plus gradients of policy_loss and alpha_loss w.r.t. (online mean, online std, α_μ, α_σ)."""
     def f(i):
-        return lambda om, os_, am, as_: mpo.m_step(om, os_, tm, ts, actions, w, am, as_, eps_mean, eps_std, per_dim)[i]
+        return lambda om, os_, am, as_: mpo.m_step(om, os_, tm, ts, actions, w, am, as_, eps_mean, eps_std, per_dim,
+                                                   mask)[i]
 
-    pl, al, st = mpo.m_step(om, os_, tm, ts, actions, w, am, as_, eps_mean, eps_std, per_dim)
+    pl, al, st = mpo.m_step(om, os_, tm, ts, actions, w, am, as_, eps_mean, eps_std, per_dim, mask)
     g_pl = jax.grad(f(0), argnums=(0, 1, 2, 3))(om, os_, am, as_)
     g_al = jax.grad(f(1), argnums=(0, 1, 2, 3))(om, os_, am, as_)
     return pl, al, st, g_pl, g_al
@@ -182,6 +183,103 @@ def test_e_step_is_reward_scale_invariant(scale):
 
 
 # ---------------------------------------------------------------------------------------------------
+# Masks: masked_mean and the masked E-step
+# ---------------------------------------------------------------------------------------------------
+
+
+def _random_mask(rng, shape, p=0.6):
+    mask = rng.uniform(size=shape) < p
+    mask.flat[0] = True  # at least one unmasked entry
+    return mask
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1])
+def test_masked_mean_matches_numpy_loop(axis):
+    """masked_mean over axis None/0/1 equals a numpy loop averaging the selected entries (0 where none is);
+    NaN/inf at masked entries change nothing; mask None is the plain mean."""
+    rng = np.random.default_rng(20)
+    x = rng.normal(size=(6, 5)).astype(np.float32)
+    mask = _random_mask(rng, x.shape)
+    mask[:, 2] = False  # a column with no selected entry
+    mask[3, :] = False  # a row with no selected entry
+    x64 = x.astype(np.float64)
+
+    def np_masked(x, m):
+        return x[m].mean() if m.any() else 0.0
+
+    if axis is None:
+        expected = np_masked(x64, mask)
+    elif axis == 0:
+        expected = np.array([np_masked(x64[:, j], mask[:, j]) for j in range(x.shape[1])])
+    else:
+        expected = np.array([np_masked(x64[i], mask[i]) for i in range(x.shape[0])])
+    poisoned = x.copy()
+    poisoned[~mask] = np.where(rng.uniform(size=(~mask).sum()) < 0.5, np.nan, np.inf)
+    for data in (x, poisoned):
+        out = np.asarray(mpo.masked_mean(jnp.asarray(data), jnp.asarray(mask), axis=axis))
+        np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(mpo.masked_mean(jnp.asarray(x), None, axis=axis)), x64.mean(axis=axis),
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_masked_mean_broadcasts_state_mask_and_has_masked_gradient():
+    """A state mask [B, 1] over x [B, D] averages the unmasked rows per column (numpy), and d/dx is
+    mask/count: exactly 0 (not NaN) at masked entries even where x is NaN."""
+    rng = np.random.default_rng(21)
+    x = rng.normal(size=(7, 3)).astype(np.float32)
+    mask = np.array([True, False, True, True, False, False, True])
+    x[~mask] = np.nan
+    f = jax.jit(lambda x, m: mpo.masked_mean(x, m[:, None], axis=0))
+    out = np.asarray(f(jnp.asarray(x), jnp.asarray(mask)))
+    np.testing.assert_allclose(out, x[mask].astype(np.float64).mean(0), rtol=1e-6)
+    grad = np.asarray(jax.grad(lambda x: jnp.sum(f(x, jnp.asarray(mask))))(jnp.asarray(x)))
+    expected = np.where(mask[:, None], 1.0 / mask.sum(), 0.0) * np.ones((1, 3))
+    np.testing.assert_allclose(grad, expected, rtol=1e-6)
+
+
+@jax.jit
+def _masked_e_step_and_grad(q, eta, eps, mask):
+    weights, loss = mpo.e_step(q, eta, eps, mask)
+    grad = jax.grad(lambda e: mpo.e_step(q, e, eps, mask)[1])(eta)
+    return weights, loss, grad
+
+
+@pytest.mark.parametrize("eta", [0.2, 3.0])
+def test_masked_e_step_dual_uses_unmasked_states_only(eta):
+    """With a state mask, the temperature loss equals the float64 numpy dual over the unmasked columns only,
+    its η-gradient equals ε − mean over unmasked states of KL(weights ‖ uniform) (scipy), unmasked weights
+    equal the numpy softmax, and NaN/±inf Q at masked states leave all of these finite and unchanged."""
+    rng = np.random.default_rng(22)
+    eps = 0.07
+    q = rng.normal(scale=2.0, size=(16, 6)).astype(np.float32)
+    mask = np.array([True, False, True, True, False, True])
+    poisoned = q.copy()
+    poisoned[:, 1] = np.nan
+    poisoned[:3, 4], poisoned[3:, 4] = np.inf, -np.inf
+    expected_loss = _np_dual(eta, q[:, mask], eps)
+    expected_grad = eps - _np_kl_vs_uniform(_np_softmax(q[:, mask] / eta)).mean()
+    for data in (q, poisoned):
+        w, loss, grad = _masked_e_step_and_grad(jnp.asarray(data), jnp.float32(eta), eps, jnp.asarray(mask))
+        w = np.asarray(w)
+        np.testing.assert_allclose(float(loss), expected_loss, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(float(grad), expected_grad, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(w[:, mask], _np_softmax(q[:, mask] / eta), rtol=1e-4, atol=1e-7)
+        assert np.all(np.isfinite(w)), "masked columns' weights must stay finite (the M-step multiplies them)"
+    # The mask matters: unmasked, the same data gives the dual over all states.
+    _, loss_all, _ = _masked_e_step_and_grad(jnp.asarray(q), jnp.float32(eta), eps, jnp.ones(6, bool))
+    np.testing.assert_allclose(float(loss_all), _np_dual(eta, q, eps), rtol=1e-5, atol=1e-6)
+    assert abs(float(loss_all) - expected_loss) > 1e-3
+
+
+def test_masked_e_step_with_nothing_unmasked_is_finite():
+    """An all-false mask (a batch of terminal states) gives the loss η·ε and gradient ε, finite, whatever Q."""
+    q = jnp.full((8, 3), jnp.nan)
+    _, loss, grad = _masked_e_step_and_grad(q, jnp.float32(2.0), 0.1, jnp.zeros(3, bool))
+    np.testing.assert_allclose(float(loss), 0.2, rtol=1e-6)
+    np.testing.assert_allclose(float(grad), 0.1, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Dual parametrisation
 # ---------------------------------------------------------------------------------------------------
 
@@ -196,14 +294,19 @@ def test_positive_inverse_roundtrip():
         np.testing.assert_allclose(float(mpo.positive(mpo.inverse_positive(v))), v, rtol=1e-5)
 
 
-def test_positive_is_positive_finite_and_monotone():
-    """positive(raw) > 0, finite, non-decreasing on [-1e4, 1e4], and has a finite gradient there."""
-    raw = jnp.concatenate([jnp.linspace(-1e4, 1e4, 2001), jnp.linspace(-50.0, 50.0, 1001)])
-    raw = jnp.sort(raw)
-    val, grads = (np.asarray(x) for x in _positive_and_grad(raw))
-    assert np.all(np.isfinite(val)) and np.all(val > 0)
-    assert np.all(np.diff(val) >= 0)
-    assert np.all(np.isfinite(grads)) and np.all(grads >= 0)
+def test_positive_is_exp_of_clipped_raw():
+    """positive(raw) equals float64 exp(clip(raw, LOG_MIN, LOG_MAX)) on [-1e4, 1e4] (saturating at
+    exp(±18)), and its gradient equals exp(raw) strictly inside the interval and 0 outside."""
+    raw = np.sort(np.concatenate([np.linspace(-1e4, 1e4, 2001), np.linspace(-50.0, 50.0, 1001) + 0.013]))
+    raw = raw.astype(np.float32)
+    val, grads = (np.asarray(x, np.float64) for x in _positive_and_grad(jnp.asarray(raw)))
+    clipped = np.clip(raw.astype(np.float64), mpo.LOG_MIN, mpo.LOG_MAX)
+    np.testing.assert_allclose(val, np.exp(clipped), rtol=1e-6)
+    assert val.min() == pytest.approx(np.exp(-18.0), rel=1e-6) and val.max() == pytest.approx(np.exp(18.0), rel=1e-6)
+    inside = (raw > mpo.LOG_MIN) & (raw < mpo.LOG_MAX)
+    assert inside.sum() > 300 and (~inside).sum() > 300
+    np.testing.assert_allclose(grads[inside], np.exp(raw[inside].astype(np.float64)), rtol=1e-6)
+    np.testing.assert_array_equal(grads[~inside], 0.0)
 
 
 def test_init_dual_params_shapes_and_values():
@@ -215,6 +318,41 @@ def test_init_dual_params_shapes_and_values():
         np.testing.assert_allclose(float(mpo.positive(d.penalty_temperature)), 2.0, rtol=1e-5)
         np.testing.assert_allclose(np.asarray(mpo.positive(d.alpha_mean)), 0.5, rtol=1e-5)
         np.testing.assert_allclose(np.asarray(mpo.positive(d.alpha_std)), 7.0, rtol=1e-5)
+
+
+RAW_VALUES = np.array([-1e4, -100.0, -18.5, -17.0, -9.0, -5.0, -1.0, 0.0, 3.0, 17.9, 18.5, 40.0], np.float32)
+
+
+def _raw_duals():
+    """Raw (log) duals spanning both sides of [LOG_MIN, LOG_MAX]; alphas [D] with D = len(RAW_VALUES)."""
+    return mpo.DualParams(temperature=jnp.float32(-17.0), penalty_temperature=jnp.float32(25.0),
+                          alpha_mean=jnp.asarray(RAW_VALUES), alpha_std=jnp.asarray(RAW_VALUES[::-1]))
+
+
+@pytest.mark.parametrize("min_alpha", [None, 0.0, 1e-9, 1e-8, 1e-3, 0.5, 30.0])
+def test_project_dual_params_clips_and_floors_alphas(min_alpha):
+    """Every raw dual is clipped into [LOG_MIN, LOG_MAX] (numpy clip) and the α_μ, α_σ raws are further floored
+    at log(min_alpha) (numpy maximum), temperatures never; so positive(α) ≥ min_alpha. None: the default."""
+    raw = _raw_duals()
+    out = mpo.project_dual_params(raw) if min_alpha is None else mpo.project_dual_params(raw, min_alpha)
+    floor = -np.inf if not min_alpha else np.log(min_alpha)
+
+    def clip(x):
+        return np.clip(np.asarray(x, np.float64), -18.0, 18.0)
+
+    np.testing.assert_allclose(float(out.temperature), -17.0, rtol=1e-7)  # below log(min_alpha): untouched
+    np.testing.assert_allclose(float(out.penalty_temperature), 18.0, rtol=1e-7)
+    np.testing.assert_allclose(np.asarray(out.alpha_mean), np.maximum(clip(raw.alpha_mean), floor), rtol=1e-6,
+                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out.alpha_std), np.maximum(clip(raw.alpha_std), floor), rtol=1e-6,
+                               atol=1e-5)
+    for alpha in (out.alpha_mean, out.alpha_std):
+        value = np.asarray(mpo.positive(alpha), np.float64)
+        assert np.all(value >= (min_alpha or 0.0) * (1 - 1e-5))
+        assert np.all(value <= np.exp(18.0) * (1 + 1e-6))
+    # Raws already inside the interval and above the floor are returned unchanged.
+    keep = (RAW_VALUES >= max(floor, -18.0)) & (RAW_VALUES <= 18.0)
+    np.testing.assert_array_equal(np.asarray(out.alpha_mean)[keep], RAW_VALUES[keep])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -278,7 +416,8 @@ def _random_m_step_inputs(rng, n=N_, b=B_, d=D_, scale=1.0):
 
 @pytest.mark.parametrize("per_dim", [True, False])
 def test_m_step_zero_kl_and_alpha_gradient_is_epsilon_when_online_equals_target(per_dim):
-    """online == target ⇒ KLs are exactly zero and d(alpha_loss)/dα = ε for both multipliers."""
+    """online == target ⇒ KLs are exactly zero and d(alpha_loss)/dα is the bound: ε/D per dimension with
+    per_dim_constraining, ε for the single multiplier of the summed KL otherwise."""
     rng = np.random.default_rng(6)
     _, _, tm, ts, actions, w = _random_m_step_inputs(rng)
     shape = (D_,) if per_dim else (1,)
@@ -287,14 +426,15 @@ def test_m_step_zero_kl_and_alpha_gradient_is_epsilon_when_online_equals_target(
                                                       jnp.full(shape, 5.0), eps_mean, eps_std, per_dim)
     np.testing.assert_array_equal(np.asarray(st.kl_mean), 0.0)
     np.testing.assert_array_equal(np.asarray(st.kl_std), 0.0)
-    np.testing.assert_allclose(np.asarray(g_am), np.full(shape, eps_mean), rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(g_as), np.full(shape, eps_std), rtol=1e-6)
+    split = D_ if per_dim else 1
+    np.testing.assert_allclose(np.asarray(g_am), np.full(shape, eps_mean / split), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(g_as), np.full(shape, eps_std / split), rtol=1e-6)
 
 
 @pytest.mark.parametrize("per_dim", [True, False])
 def test_m_step_alpha_gradient_is_epsilon_minus_kl(per_dim):
-    """Random online/target: stats KLs match numpy (mean over B, per dim) and d(alpha_loss)/dα = ε − KL
-    (KL summed over dims when not per-dimension); alpha_loss carries no gradient into the policy."""
+    """Random online/target: stats KLs match numpy (mean over B, per dim); d(alpha_loss)/dα_d = ε/D − KL_d
+    per dimension, or ε − Σ_d KL_d for one multiplier; alpha_loss carries no gradient into the policy."""
     rng = np.random.default_rng(7)
     om, os_, tm, ts, actions, w = _random_m_step_inputs(rng)
     shape = (D_,) if per_dim else (1,)
@@ -305,7 +445,9 @@ def test_m_step_alpha_gradient_is_epsilon_minus_kl(per_dim):
                                                             jnp.full(shape, 5.0), eps_mean, eps_std, per_dim)
     np.testing.assert_allclose(np.asarray(st.kl_mean), kl_mean_np, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(np.asarray(st.kl_std), kl_std_np, rtol=1e-4, atol=1e-7)
-    if not per_dim:
+    if per_dim:
+        eps_mean, eps_std = eps_mean / D_, eps_std / D_
+    else:
         kl_mean_np, kl_std_np = kl_mean_np.sum(keepdims=True), kl_std_np.sum(keepdims=True)
     np.testing.assert_allclose(np.asarray(g_am), eps_mean - kl_mean_np, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(np.asarray(g_as), eps_std - kl_std_np, rtol=1e-4, atol=1e-7)
@@ -382,6 +524,72 @@ def test_m_step_unconstrained_optimum_is_weighted_mle():
     assert np.all(g_m2 > 0) and np.all(g_s2 > 0)
 
 
+def _np_masked_m_step(om, os_, tm, ts, a, w, am, as_, eps_mean, eps_std, per_dim, mask):
+    """Reference M-step in float64 by a Python loop over the unmasked states: (policy_loss, alpha grads,
+    per-dim KLs, d policy_loss / d online mean, d policy_loss / d online std)."""
+    om, os_, tm, ts, a, w = (np.asarray(x, np.float64) for x in (om, os_, tm, ts, a, w))
+    states = [b for b in range(om.shape[0]) if mask[b]]
+    d = om.shape[1]
+    nll, kl_m, kl_s = 0.0, np.zeros(d), np.zeros(d)
+    for b in states:
+        for j in range(a.shape[0]):
+            log_prob = stats.norm.logpdf(a[j, b], om[b], ts[b]).sum() + stats.norm.logpdf(a[j, b], tm[b], os_[b]).sum()
+            nll -= w[j, b] * log_prob
+        kl_m += _np_gauss_kl(tm[b], ts[b], om[b], ts[b])
+        kl_s += _np_gauss_kl(tm[b], ts[b], tm[b], os_[b])
+    nll, kl_m, kl_s = nll / len(states), kl_m / len(states), kl_s / len(states)
+    if per_dim:
+        c_m, c_s, e_m, e_s = kl_m, kl_s, eps_mean / d, eps_std / d
+    else:
+        c_m, c_s, e_m, e_s = kl_m.sum(keepdims=True), kl_s.sum(keepdims=True), eps_mean, eps_std
+    am_d, as_d = np.broadcast_to(am, (d,)), np.broadcast_to(as_, (d,))
+    g_mean, g_std = np.zeros_like(om), np.zeros_like(os_)
+    for b in states:
+        g_mean[b] = (-np.sum(w[:, b, None] * (a[:, b] - om[b]), 0) / ts[b] ** 2 + am_d * (om[b] - tm[b]) / ts[b] ** 2)
+        g_std[b] = (np.sum(w[:, b, None] * (1.0 / os_[b] - (a[:, b] - tm[b]) ** 2 / os_[b] ** 3), 0)
+                    + as_d * (1.0 / os_[b] - ts[b] ** 2 / os_[b] ** 3))
+    loss = nll + np.sum(am * c_m) + np.sum(as_ * c_s)
+    return loss, (e_m - c_m, e_s - c_s), (kl_m, kl_s), g_mean / len(states), g_std / len(states)
+
+
+@pytest.mark.parametrize("per_dim", [True, False])
+def test_masked_m_step_matches_loop_over_unmasked_states(per_dim):
+    """With a state mask, policy loss, per-dim KLs, α-gradients (ε/D − KL_d or ε − Σ KL) and policy gradients
+    equal a float64 loop over the unmasked states only; masked states get exactly zero policy gradient."""
+    rng = np.random.default_rng(23)
+    b = 5
+    om, os_, tm, ts, a, w = _random_m_step_inputs(rng, b=b)
+    mask = np.array([True, False, True, True, False])
+    am = np.array([0.7, 3.0, 0.1], np.float32) if per_dim else np.array([1.3], np.float32)
+    as_ = np.array([20.0, 4.0, 60.0], np.float32) if per_dim else np.array([9.0], np.float32)
+    eps_mean, eps_std = 0.05, 2e-3
+    loss_np, (g_am_np, g_as_np), (kl_m_np, kl_s_np), g_om_np, g_os_np = _np_masked_m_step(
+        om, os_, tm, ts, a, w, am, as_, eps_mean, eps_std, per_dim, mask)
+    pl, _, st, (g_om, g_os, _, _), (_, _, g_am, g_as) = _m_step_grads(
+        om, os_, tm, ts, a, w, am, as_, eps_mean, eps_std, per_dim, jnp.asarray(mask))
+    np.testing.assert_allclose(float(pl), loss_np, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(st.kl_mean), kl_m_np, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(st.kl_std), kl_s_np, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(g_am), g_am_np, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(g_as), g_as_np, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(g_om), g_om_np, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(g_os), g_os_np, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(g_om)[~mask], 0.0)
+    np.testing.assert_array_equal(np.asarray(g_os)[~mask], 0.0)
+    # Arbitrary (finite) values at the masked states change nothing.
+    om2, os2, tm2, ts2, a2, w2 = (x.copy() for x in (om, os_, tm, ts, a, w))
+    om2[~mask], os2[~mask], tm2[~mask], ts2[~mask] = 1e3, 1e-3, -50.0, 20.0
+    a2[:, ~mask] = 1e4
+    w2[:, ~mask] = 7.0
+    pl2, _, st2, (g_om2, g_os2, _, _), (_, _, g_am2, g_as2) = _m_step_grads(
+        om2, os2, tm2, ts2, a2, w2, am, as_, eps_mean, eps_std, per_dim, jnp.asarray(mask))
+    for x, y in ((pl, pl2), (st.kl_mean, st2.kl_mean), (st.kl_std, st2.kl_std), (g_am, g_am2), (g_as, g_as2)):
+        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(g_om2)[mask], np.asarray(g_om)[mask], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(g_os2)[mask], np.asarray(g_os)[mask], rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(np.asarray(g_om2)[~mask], 0.0)
+
+
 def _kkt_problem():
     """A fixed M-step problem (B=1, D=2) whose weights pull dim 0's mean far (active mean constraint) and
     leave dim 1's mean almost still (inactive), while both stds want to move far (active std constraints)."""
@@ -427,7 +635,8 @@ def _lagrangian_descent_ascent(tm, ts, a, w, eps_mean, eps_std, per_dim, steps):
 def test_m_step_lagrangian_saddle_point_matches_kkt(per_dim):
     """Gradient descent on policy_loss / ascent via alpha_loss converges to the KKT solution of the
     decoupled trust-region problem, derived in closed form (mean) and with scipy.brentq (std):
-      μ(α) = (Σ w a + α μ')/(1+α),  σ(α)² = (Σ w (a−μ')² + α σ'²)/(1+α),  KL(α) = ε where active, α = 0 else."""
+      μ(α) = (Σ w a + α μ')/(1+α),  σ(α)² = (Σ w (a−μ')² + α σ'²)/(1+α),  KL(α) = bound where active, α = 0
+    else; the bound is ε/D per dimension with per_dim_constraining and ε on the KL summed over dims otherwise."""
     tm, ts, a, w = _kkt_problem()
     eps_mean, eps_std = 1e-2, 1e-3
     mu, sig, alpha_mean, alpha_std = (np.asarray(x, np.float64) for x in
@@ -448,10 +657,11 @@ def test_m_step_lagrangian_saddle_point_matches_kkt(per_dim):
         return 0.5 * (r - 1 - np.log(r))
 
     if per_dim:
+        bound_mean, bound_std = eps_mean / 2, eps_std / 2  # D = 2
         kl_unconstrained = (wm - t_mean) ** 2 / (2 * t_std**2)
-        assert kl_unconstrained[0] > 10 * eps_mean and kl_unconstrained[1] < 0.1 * eps_mean  # active / inactive
-        am_star = np.array([np.sqrt(kl_unconstrained[0] / eps_mean) - 1, 0.0])
-        as_star = np.array([optimize.brentq(lambda al: kl_std(std_of(al))[i] - eps_std, 0.0, 1e6) for i in range(2)])
+        assert kl_unconstrained[0] > 10 * bound_mean and kl_unconstrained[1] < 0.1 * bound_mean  # active / inactive
+        am_star = np.array([np.sqrt(kl_unconstrained[0] / bound_mean) - 1, 0.0])
+        as_star = np.array([optimize.brentq(lambda al: kl_std(std_of(al))[i] - bound_std, 0.0, 1e6) for i in range(2)])
         np.testing.assert_allclose(alpha_mean[0], am_star[0], rtol=1e-3)
         assert alpha_mean[1] < 0.05
     else:
@@ -487,7 +697,7 @@ def _full_mpo_loss_and_grads(per_dim, with_penalty, policy, duals, tm, ts, actio
 def test_full_mpo_loss_finite_for_all_configurations(per_dim, with_penalty, q_scale):
     """E-step (+ optional action-penalty E-step, weights summed) + M-step: finite losses and finite
     gradients w.r.t. policy and all duals, for [D]/[1] alphas and extreme Q scales; alpha gradient
-    still equals ε − KL (chain rule through `positive`)."""
+    still equals (ε/D − KL_d) or (ε − Σ KL) times positive'(raw) (chain rule through `positive`)."""
     rng = np.random.default_rng(10)
     om, os_, tm, ts, _, _ = _random_m_step_inputs(rng)
     raw_actions = rng.normal(size=(N_, B_, D_)) * 2.0
@@ -510,7 +720,9 @@ def test_full_mpo_loss_finite_for_all_configurations(per_dim, with_penalty, q_sc
     assert (float(g_dual.penalty_temperature) != 0.0) == with_penalty
     # d alpha_loss / d raw = (ε − KL) · positive'(raw).
     kl_m, kl_s = np.asarray(st.kl_mean, np.float64), np.asarray(st.kl_std, np.float64)
-    if not per_dim:
+    if per_dim:
+        eps_mean, eps_std = eps_mean / D_, eps_std / D_
+    else:
         kl_m, kl_s = kl_m.sum(keepdims=True), kl_s.sum(keepdims=True)
     dpos_m = np.asarray(_positive_and_grad(duals.alpha_mean)[1])
     dpos_s = np.asarray(_positive_and_grad(duals.alpha_std)[1])
@@ -540,7 +752,8 @@ def test_action_penalty_cost():
 # ---------------------------------------------------------------------------------------------------
 
 A_STAR = np.array([0.5, -0.3], np.float32)
-TOY = dict(iters=300, n=64, m_steps=20, t_steps=10, eps_eta=0.1, eps_mean=1e-2, eps_std=1e-4)
+# ε_μ, ε_σ bound the KL summed over the D = 2 dims (each dimension's multiplier gets ε/2).
+TOY = dict(iters=300, n=64, m_steps=20, t_steps=10, eps_eta=0.1, eps_mean=2e-2, eps_std=2e-4)
 
 
 def _make_toy_mpo():
@@ -619,9 +832,10 @@ def _make_toy_mpo():
 @pytest.mark.slow
 def test_toy_mpo_converges_within_trust_region():
     """MPO moves a Gaussian policy (σ₀ = 1, μ₀ = 0) onto a* of Q(a) = −‖a − a*‖² (atol 0.05) while the
-    KL between successive targets respects the trust regions: KL_σ ≤ 3 ε_σ at every iteration, KL_μ ≤ ε_μ
-    on average and ≤ 3 ε_μ in 95% of iterations. With the multipliers disabled the same loop violates
-    the std trust region by orders of magnitude, so the bound is the multipliers' doing.
+    KL between successive targets, summed over action dims, respects the trust regions: Σ_d KL_σ ≤ 3 ε_σ at
+    every iteration, Σ_d KL_μ ≤ ε_μ on average and ≤ 3 ε_μ in 95% of iterations. With the multipliers
+    disabled the same loop violates the std trust region by orders of magnitude, so the bound is the
+    multipliers' doing.
 
     (KL_μ is not bounded by 3 ε_μ at *every* iteration: with ε_η = 0.1 the mean constraint is rarely active,
     α_μ decays towards its floor, and an occasional noisy E-step moves the mean by up to ~6–15 ε_μ before
@@ -629,6 +843,7 @@ def test_toy_mpo_converges_within_trust_region():
     test_m_step_lagrangian_saddle_point_matches_kkt.)"""
     run = _make_toy_mpo()
     kl_mean, kl_std, means, stds = (np.asarray(x) for x in run(jax.random.key(0), 1.0))
+    kl_mean, kl_std = kl_mean.sum(-1), kl_std.sum(-1)  # [iters, D] -> [iters]
     eps_mean, eps_std = TOY["eps_mean"], TOY["eps_std"]
 
     np.testing.assert_allclose(means[-1], A_STAR, atol=0.05)
@@ -638,6 +853,6 @@ def test_toy_mpo_converges_within_trust_region():
     assert kl_mean.mean() <= eps_mean, kl_mean.mean() / eps_mean
     assert np.quantile(kl_mean, 0.95) <= 3 * eps_mean, np.quantile(kl_mean, 0.95) / eps_mean
 
-    kl_mean0, kl_std0, _, _ = (np.asarray(x) for x in run(jax.random.key(0), 0.0))
+    kl_mean0, kl_std0, _, _ = (np.asarray(x).sum(-1) for x in run(jax.random.key(0), 0.0))
     assert kl_std0.max() > 100 * eps_std
     assert kl_mean0.max() > 3 * eps_mean

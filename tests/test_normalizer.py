@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from purempo import normalizer
+from purempo import networks, normalizer
+from purempo.networks import Critic, GaussianPolicy
 
 SIZE = 5
 # Batches of different sizes, some with extra leading dims ([T, E, O]); offset mean, varied scales.
@@ -83,3 +84,149 @@ def test_normalize_constant_feature_is_finite():
     var = batch.var(0)
     expected = np.clip((obs - batch.mean(0)) / np.sqrt(np.maximum(var, 1e-6)), -10, 10)
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-3)
+
+
+def test_std_matches_numpy(stats_and_data):
+    """std is numpy's population std of all rows seen, 1 before any data, and floored at 1e-3."""
+    stats, data = stats_and_data
+    np.testing.assert_allclose(np.asarray(normalizer.std(stats)), data.std(0), rtol=1e-4)
+    np.testing.assert_array_equal(np.asarray(normalizer.std(normalizer.init(SIZE))), 1.0)
+    constant = normalizer.update(normalizer.init(SIZE), jnp.full((4, SIZE), 3.0))
+    np.testing.assert_allclose(np.asarray(normalizer.std(constant)), 1e-3, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Output-preserving re-parametrisation of the first layer
+# ---------------------------------------------------------------------------------------------------
+
+_update = jax.jit(normalizer.update)
+
+
+def _moved_stats(seed=0):
+    """(old, new) statistics: `old` from the module's batches, `new` after merging batches drawn from a
+    shifted, rescaled distribution (the statistics move by a lot in every dimension)."""
+    old = normalizer.init(SIZE)
+    for batch in _batches(seed):
+        old = _update(old, jnp.asarray(batch))
+    rng = np.random.default_rng(seed + 100)
+    new = old
+    for n in (9, 4, 20):
+        shifted = np.array([3.0, 1.0, -4.0, 110.0, 0.0]) + np.array([0.3, 2.0, 1.0, 25.0, 0.05]) * rng.standard_normal(
+            (n, SIZE))
+        new = _update(new, jnp.asarray(shifted, jnp.float32))
+    return old, new
+
+
+def _unclipped_obs(rng, stats_list, n):
+    """n raw observations inside the ±10 clip range of every statistics in `stats_list` (checked)."""
+    old = stats_list[0]
+    x = np.asarray(old.mean) + np.asarray(normalizer.std(old)) * rng.uniform(-2.5, 2.5, size=(n, SIZE))
+    x = x.astype(np.float32)
+    for s in stats_list:
+        z = (x - np.asarray(s.mean)) / np.asarray(normalizer.std(s))
+        assert np.abs(z).max() < 9.9
+    return x
+
+
+@pytest.mark.parametrize("extra_inputs", [0, 3])
+def test_preserve_first_layer_keeps_the_function_of_raw_obs(extra_inputs):
+    """normalize(new, x)·W'[:O] + e·W'[O:] + b' equals normalize(old, x)·W[:O] + e·W[O:] + b (float64 numpy
+    of the float32 results) for unclipped x and any extra inputs e; rows beyond O are returned unchanged, and
+    the naive layer without re-parametrisation does change (the statistics really moved)."""
+    old, new = _moved_stats()
+    rng = np.random.default_rng(5)
+    hidden = 7
+    kernel = rng.normal(size=(SIZE + extra_inputs, hidden)).astype(np.float32)
+    bias = rng.normal(size=(hidden,)).astype(np.float32)
+    kernel2, bias2 = jax.jit(normalizer.preserve_first_layer)(jnp.asarray(kernel), jnp.asarray(bias), old, new)
+    kernel2, bias2 = np.asarray(kernel2), np.asarray(bias2)
+    assert kernel2.shape == kernel.shape and bias2.shape == bias.shape
+    np.testing.assert_array_equal(kernel2[SIZE:], kernel[SIZE:])
+
+    x = _unclipped_obs(rng, [old, new], 40)
+    extra = rng.normal(size=(40, extra_inputs))
+    z_old = np.asarray(normalizer.normalize(old, jnp.asarray(x)), np.float64)
+    z_new = np.asarray(normalizer.normalize(new, jnp.asarray(x)), np.float64)
+    before = z_old @ kernel[:SIZE] + extra @ kernel[SIZE:] + bias
+    after = z_new @ kernel2[:SIZE].astype(np.float64) + extra @ kernel2[SIZE:] + bias2
+    np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-4 * np.abs(before).max())
+    naive = z_new @ kernel[:SIZE] + extra @ kernel[SIZE:] + bias
+    assert np.abs(naive - before).max() > 1.0
+
+
+def test_preserve_first_layer_is_identity_for_unchanged_stats():
+    """old == new returns the kernel and bias unchanged (ratio 1, zero shift), also from empty statistics."""
+    old, _ = _moved_stats()
+    rng = np.random.default_rng(6)
+    kernel = jnp.asarray(rng.normal(size=(SIZE + 2, 4)), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=(4,)), jnp.float32)
+    for stats in (old, normalizer.init(SIZE)):
+        k2, b2 = normalizer.preserve_first_layer(kernel, bias, stats, stats)
+        np.testing.assert_allclose(np.asarray(k2), np.asarray(kernel), rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(b2), np.asarray(bias), rtol=1e-6, atol=1e-6)
+
+
+def test_preserve_first_layer_from_empty_statistics():
+    """From empty statistics (identity normalisation) to the first data's statistics, the layer still
+    computes the same function of raw x within ±10 (where the empty normaliser does not clip)."""
+    rng = np.random.default_rng(7)
+    empty = normalizer.init(SIZE)
+    first = np.array([1.0, -2.0, 0.5, 3.0, 0.0]) + np.array([2.0, 2.5, 4.0, 3.0, 3.0]) * rng.standard_normal((64, SIZE))
+    new = normalizer.update(empty, jnp.asarray(first, jnp.float32))
+    kernel = rng.normal(size=(SIZE, 3)).astype(np.float32)
+    bias = rng.normal(size=(3,)).astype(np.float32)
+    k2, b2 = (np.asarray(x, np.float64)
+              for x in normalizer.preserve_first_layer(jnp.asarray(kernel), jnp.asarray(bias), empty, new))
+    x = rng.uniform(-9.0, 9.0, size=(30, SIZE)).astype(np.float32)
+    z_new = np.asarray(normalizer.normalize(new, jnp.asarray(x)), np.float64)
+    assert np.abs(z_new).max() < 9.9
+    np.testing.assert_allclose(z_new @ k2 + b2, x.astype(np.float64) @ kernel + bias, rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def nets_and_params():
+    policy = GaussianPolicy(hidden=(8, 6), action_dim=2, init_std=0.7)
+    critic = Critic(hidden=(8, 6))
+    k1, k2 = jax.random.split(jax.random.key(0))
+    policy_params = jax.jit(policy.init)(k1, jnp.zeros((1, SIZE)))
+    critic_params = jax.jit(critic.init)(k2, jnp.zeros((1, SIZE)), jnp.zeros((1, 2)))
+    # Make the output heads large enough that a moved normaliser visibly changes mean, std and Q.
+    def scale(path, x):  # the heads' Dense layers sit directly under "params"
+        return x * 300.0 if path[-3].key == "params" and path[-2].key.startswith("Dense_") else x
+
+    policy_params = jax.tree_util.tree_map_with_path(scale, policy_params)
+    return policy, critic, policy_params, critic_params
+
+
+def test_preserve_outputs_keeps_policy_and_critic_functions_of_raw_obs(nets_and_params):
+    """networks.preserve_outputs makes policy (mean, std) and critic Q, as functions of raw observations under
+    the new statistics, allclose (rtol 1e-5) to the originals under the old statistics; without it they
+    differ; only the first Dense layer's leaves change."""
+    policy, critic, policy_params, critic_params = nets_and_params
+    old, new = _moved_stats(seed=1)
+    rng = np.random.default_rng(8)
+    x = jnp.asarray(_unclipped_obs(rng, [old, new], 32))
+    actions = jnp.asarray(rng.uniform(-1, 1, size=(32, 2)), jnp.float32)
+
+    @jax.jit
+    def outputs(policy_params, critic_params, stats):
+        obs = normalizer.normalize(stats, x)
+        mean, std = policy.apply(policy_params, obs)
+        return mean, std, critic.apply(critic_params, obs, actions)
+
+    keep = jax.jit(networks.preserve_outputs)
+    policy2, critic2 = keep(policy_params, old, new), keep(critic_params, old, new)
+    before = outputs(policy_params, critic_params, old)
+    after = outputs(policy2, critic2, new)
+    naive = outputs(policy_params, critic_params, new)
+    for b, a, n in zip(before, after, naive):
+        b, a, n = (np.asarray(v, np.float64) for v in (b, a, n))
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+        assert np.abs(n - b).max() > 100 * 1e-5 * np.abs(b).max()  # the statistics really moved the outputs
+
+    for original, kept in ((policy_params, policy2), (critic_params, critic2)):
+        flat, flat_kept = (dict(jax.tree_util.tree_flatten_with_path(p)[0]) for p in (original, kept))
+        assert flat.keys() == flat_kept.keys()
+        changed = {jax.tree_util.keystr(k) for k in flat if not np.array_equal(flat[k], flat_kept[k])}
+        assert changed == {"['params']['LayerNormMLP_0']['Dense_0']['kernel']",
+                           "['params']['LayerNormMLP_0']['Dense_0']['bias']"}

@@ -58,6 +58,8 @@ def test_reported_returns_are_possible_inverted_pendulum_returns(executed):
     text = _stdout(executed)
     final = _number(r"final eval return: (\S+)", text)
     assert math.isfinite(final) and 0.0 <= final <= TINY_EPISODE_LENGTH
+    stochastic = _number(r"final stochastic eval return: (\S+)", text)
+    assert math.isfinite(stochastic) and 0.0 <= stochastic <= TINY_EPISODE_LENGTH
     per_seed = re.search(r"2 seeds in \S+ s; final returns per seed: \[([^\]]*)\]", text)
     assert per_seed, text
     seeds = [float(x) for x in per_seed.group(1).split()]

@@ -43,13 +43,25 @@ def test_vmap_over_seeds_gives_finite_metrics_of_the_documented_shapes(two_seed_
     learned = metrics["updates"] > 0
     assert learned.shape == per_iteration and learned.sum() > 0
     for name in ("critic_loss", "policy_loss", "temperature", "alpha_mean", "alpha_std", "kl_mean", "kl_std",
-                 "q_mean"):
+                 "q_mean", "kl_mean_max", "kl_std_max", "alpha_mean_min"):
         assert metrics[name].shape == per_iteration, name
         assert np.all(np.isfinite(metrics[name][learned])), name
         assert np.all(np.isnan(metrics[name][~learned])), name  # prefill iterations do not learn
-    assert metrics["eval_return"].shape == (2, TINY.num_evals)
+    per_eval = (2, TINY.num_evals)
+    for name in ("eval_return", "eval_return_std", "eval_return_min", "eval_stochastic_return",
+                 "eval_stochastic_return_std", "eval_episode_length", "eval_env_steps", "eval_iteration"):
+        assert metrics[name].shape == per_eval, name
+        assert np.all(np.isfinite(metrics[name])), name
+    assert metrics["eval_episodes"].returns.shape == per_eval + (2 * TINY.eval_episodes,)
     assert np.all(metrics["temperature"][learned] > 0) and np.all(metrics["alpha_std"][learned] > 0)
-    assert int(state.env_steps[0]) == TINY.env_steps
+    assert np.all(metrics["alpha_mean_min"][learned] <= metrics["alpha_mean"][learned] * (1 + 1e-6))
+    assert np.all(metrics["alpha_mean_min"][learned] >= TINY.min_alpha)
+    assert np.all(metrics["kl_mean_max"][learned] >= metrics["kl_mean"][learned] * (1 - 1e-6))
+    assert np.all(metrics["kl_std_max"][learned] >= metrics["kl_std"][learned] * (1 - 1e-6))
+    assert state.iteration.dtype == np.int32 and np.all(state.iteration == TINY.num_iterations)
+    assert TINY.num_iterations * TINY.steps_per_iteration == TINY.env_steps
+    np.testing.assert_array_equal(metrics["eval_iteration"][0], TINY.iterations_per_eval * np.arange(1, 3))
+    assert metrics["eval_env_steps"].dtype == np.float32
     np.testing.assert_array_equal(metrics["eval_env_steps"][0],
                                   TINY.iterations_per_eval * np.arange(1, 3) * TINY.steps_per_iteration)
     learning_iterations = TINY.num_iterations - TINY.prefill_iterations
@@ -61,8 +73,8 @@ def test_seeds_differ_and_same_seed_is_identical(vmapped_train, two_seed_run):
     _, metrics = two_seed_run
     assert not np.array_equal(metrics["critic_loss"][0], metrics["critic_loss"][1])
     again = jax.device_get(vmapped_train(jax.random.split(jax.random.PRNGKey(0), 2)))
-    for name, value in metrics.items():
-        np.testing.assert_array_equal(value, again[1][name], err_msg=name)
+    for name, value in metrics.items():  # eval_episodes is an Episodes pytree
+        jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y, err_msg=name), value, again[1][name])
     jax.tree.map(np.testing.assert_array_equal, two_seed_run[0].learner.policy_params,
                  again[0].learner.policy_params)
     assert vmapped_train._cache_size() == 1  # the second call reused the compiled program
@@ -73,7 +85,7 @@ def test_vmapped_seed_equals_single_run(two_seed_run):
     key = jax.random.split(jax.random.PRNGKey(0), 2)[1]
     _, single = jax.device_get(jax.jit(make_train(TINY))(key))
     _, batched = two_seed_run
-    for name in ("eval_return", "episodes_finished", "env_steps"):
+    for name in ("eval_return", "eval_stochastic_return", "episodes_finished", "env_steps", "eval_iteration"):
         np.testing.assert_array_equal(single[name], batched[name][1], err_msg=name)
     learned = single["updates"] > 0
     np.testing.assert_allclose(single["critic_loss"][learned], batched["critic_loss"][1][learned], rtol=1e-3,
@@ -160,3 +172,326 @@ def test_without_reward_normalization_the_critic_sees_the_scale():
     assert np.all(metrics["reward_divisor"][:, 0, learned] == 1.0)
     target = metrics["target_mean"][:, 0, learned]
     assert np.all(np.abs(target[1]) > 100 * np.abs(target[0]))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Glue: the learner step's target networks, terminal masking, output-preserving normalisation, counters
+# ------------------------------------------------------------------------------------------------------------
+
+from purempo import envs, normalizer, replay, train  # noqa: E402
+
+# 4 envs × 2 steps = 8 steps per iteration; 2 prefill iterations; 10 iterations, 2 per evaluation.
+GLUE = Config(
+    env="inverted_pendulum",
+    episode_length=10,
+    total_steps=80,
+    num_envs=4,
+    unroll_length=2,
+    updates_per_iteration=1,
+    prefill_steps=16,
+    num_evals=5,
+    eval_episodes=2,
+    replay_size=64,
+    reset_pool_size=16,
+    batch_size=4,
+    sequence_length=3,
+    num_action_samples=3,
+    policy_hidden=(8,),
+    critic_hidden=(8,),
+)
+
+
+def _leaves(tree):
+    return [np.asarray(x, np.float64) for x in jax.tree.leaves(tree)]
+
+
+def _assert_trees_identical(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _trees_differ(a, b):
+    return any(not np.array_equal(x, y) for x, y in zip(_leaves(a), _leaves(b)))
+
+
+@pytest.fixture(scope="module")
+def glue_run():
+    """The GLUE trainer's jitted run_chunk and the states after 0, 1 and 2 chunks (2 prefill + 2 learning
+    iterations), with their metrics."""
+    trainer = make_trainer(GLUE)
+    run_chunk = jax.jit(trainer.run_chunk)
+    states = [jax.jit(trainer.init)(jax.random.PRNGKey(0))]
+    metrics = []
+    for _ in range(2):
+        state, chunk_metrics = run_chunk(states[-1])
+        states.append(state)
+        metrics.append(chunk_metrics)
+    return trainer, run_chunk, jax.device_get(states), jax.device_get(metrics)
+
+
+@pytest.fixture(scope="module")
+def learner_pieces(glue_run):
+    """A replay batch, the reward divisor and a jitted learner_step per (target_update_period, tau)."""
+    _, _, states, _ = glue_run
+    state = states[-1]
+    action_dim = envs.make(GLUE.env).action_size
+    nets = train.make_networks(GLUE, action_dim)
+    optimizer = train.make_optimizer(GLUE)
+    divisor = normalizer.reward_divisor(state.reward_stats)
+    batches = [replay.sample(state.replay, k, GLUE.batch_size, GLUE.sequence_length)
+               for k in jax.random.split(jax.random.PRNGKey(5), 4)]
+
+    def step_fn(period, tau=GLUE.tau):
+        config = GLUE.replace(target_update_period=period, tau=tau)
+
+        @jax.jit
+        def step(learner, batch, key):
+            return train.learner_step(learner, state.obs_stats, divisor, batch, key, config.hparams, config, nets,
+                                      optimizer)
+
+        return step
+
+    @jax.jit
+    def loss_and_grads(learner, batch, key):
+        params = (learner.policy_params, learner.critic_params, learner.dual_params)
+        return jax.value_and_grad(train.mpo_loss, has_aux=True)(
+            params, learner, state.obs_stats, divisor, batch, key, GLUE.hparams, GLUE, nets)
+
+    # A learner whose targets differ from its online networks (4 learning updates, no copy yet) and which has
+    # made no update yet by its own count.
+    learner = state.learner._replace(num_updates=jnp.zeros((), jnp.int32))
+    assert _trees_differ(learner.target_policy_params, learner.policy_params)
+    assert _trees_differ(learner.target_critic_params, learner.critic_params)
+    return dict(learner=learner, batches=batches, step_fn=step_fn, loss_and_grads=loss_and_grads)
+
+
+def test_targets_are_not_changed_by_the_sgd_step(learner_pieces):
+    """Between copies the SGD step moves the online networks, optimiser states and duals, never the targets."""
+    learner = learner_pieces["learner"]
+    step = learner_pieces["step_fn"](period=5)
+    new, metrics = step(learner, learner_pieces["batches"][0], jax.random.PRNGKey(1))
+    assert np.isfinite(float(metrics["critic_loss"])) and np.isfinite(float(metrics["policy_loss"]))
+    assert int(new.num_updates) == 1
+    _assert_trees_identical(new.target_policy_params, learner.target_policy_params)
+    _assert_trees_identical(new.target_critic_params, learner.target_critic_params)
+    for name in ("policy_params", "critic_params", "dual_params", "policy_opt_state", "critic_opt_state"):
+        assert _trees_differ(getattr(new, name), getattr(learner, name)), name
+    # mpo_loss differentiates the online parameters and duals only: its gradient has exactly their structure.
+    (_, _), grads = learner_pieces["loss_and_grads"](learner, learner_pieces["batches"][0], jax.random.PRNGKey(1))
+    assert jax.tree.structure(grads) == jax.tree.structure(
+        (learner.policy_params, learner.critic_params, learner.dual_params))
+
+
+def test_targets_are_copied_exactly_every_period_updates(learner_pieces):
+    """With target_update_period P: after P − 1 updates the targets are still the initial ones; after exactly P
+    they equal the online networks bit for bit; after P + 1 they still hold that copy."""
+    period = 3
+    step = learner_pieces["step_fn"](period=period)
+    learner = initial = learner_pieces["learner"]
+    history = []
+    for k, key in enumerate(jax.random.split(jax.random.PRNGKey(2), period + 1)):
+        learner, _ = step(learner, learner_pieces["batches"][k % 4], key)
+        history.append(jax.device_get(learner))
+    before_copy, at_copy, after_copy = history[period - 2], history[period - 1], history[period]
+    assert int(at_copy.num_updates) == period
+    _assert_trees_identical(before_copy.target_policy_params, initial.target_policy_params)
+    _assert_trees_identical(before_copy.target_critic_params, initial.target_critic_params)
+    _assert_trees_identical(at_copy.target_policy_params, at_copy.policy_params)
+    _assert_trees_identical(at_copy.target_critic_params, at_copy.critic_params)
+    _assert_trees_identical(after_copy.target_policy_params, at_copy.policy_params)
+    _assert_trees_identical(after_copy.target_critic_params, at_copy.critic_params)
+    assert _trees_differ(after_copy.policy_params, at_copy.policy_params)
+
+
+def test_polyak_targets_follow_the_online_networks_by_tau(learner_pieces):
+    """target_update_period 0: target' = target + τ·(online' − target), leaf by leaf (numpy, float64)."""
+    tau = 0.3
+    step = learner_pieces["step_fn"](period=0, tau=tau)
+    learner = learner_pieces["learner"]
+    new, _ = jax.device_get(step(learner, learner_pieces["batches"][1], jax.random.PRNGKey(3)))
+    for target, online, name in ((learner.target_policy_params, new.policy_params, "policy"),
+                                 (learner.target_critic_params, new.critic_params, "critic")):
+        expected = [t + tau * (o - t) for t, o in zip(_leaves(target), _leaves(online))]
+        got = new.target_policy_params if name == "policy" else new.target_critic_params
+        for e, g in zip(expected, _leaves(got)):
+            np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-7, err_msg=name)
+    assert _trees_differ(new.target_policy_params, learner.target_policy_params)
+
+
+def test_terminal_next_observations_never_reach_the_networks(learner_pieces):
+    """Transitions that terminated carry NaN next observations: loss, metrics and gradients stay finite and
+    are exactly those with any other values there (terminal next states are masked, not bootstrapped)."""
+    learner, batch = learner_pieces["learner"], learner_pieces["batches"][2]
+    terminated = np.zeros(batch.terminated.shape, bool)
+    terminated[:, 1] = True  # the middle step of every sequence
+    terminated[0, -1] = True
+    base = batch._replace(terminated=jnp.asarray(terminated),
+                          truncated=jnp.asarray(np.asarray(batch.truncated) & ~terminated))
+    nan_obs = np.asarray(base.next_obs).copy()
+    nan_obs[terminated] = np.nan
+    other_obs = np.asarray(base.next_obs).copy()
+    other_obs[terminated] = 1e3
+    key = jax.random.PRNGKey(4)
+    (loss, metrics), grads = learner_pieces["loss_and_grads"](learner, base._replace(next_obs=jnp.asarray(nan_obs)),
+                                                              key)
+    assert np.isfinite(float(loss))
+    for name, value in metrics.items():
+        assert np.all(np.isfinite(np.asarray(value))), name
+    for leaf in _leaves(grads):
+        assert np.all(np.isfinite(leaf))
+    (other_loss, _), other_grads = learner_pieces["loss_and_grads"](
+        learner, base._replace(next_obs=jnp.asarray(other_obs)), key)
+    assert float(other_loss) == float(loss)
+    _assert_trees_identical(grads, other_grads)
+    # The same NaNs on transitions that did not terminate do reach the loss (the check above is not vacuous).
+    (unmasked_loss, _), _ = learner_pieces["loss_and_grads"](
+        learner, batch._replace(next_obs=jnp.asarray(nan_obs)), key)
+    assert not np.isfinite(float(unmasked_loss))
+    new, _ = learner_pieces["step_fn"](period=GLUE.target_update_period)(
+        learner, base._replace(next_obs=jnp.asarray(nan_obs)), key)
+    for leaf in _leaves(new):
+        assert np.all(np.isfinite(leaf))
+
+
+def _outputs(params_source, obs_stats, obs, actions):
+    """Policy (mean, std) and critic values of every network of a learner for raw observations."""
+    action_dim = actions.shape[-1]
+    nets = train.make_networks(GLUE, action_dim)
+    z = normalizer.normalize(obs_stats, obs)
+    learner = params_source
+    return dict(
+        policy=nets.policy.apply(learner.policy_params, z),
+        target_policy=nets.policy.apply(learner.target_policy_params, z),
+        critic=nets.critic.apply(learner.critic_params, z, actions),
+        target_critic=nets.critic.apply(learner.target_critic_params, z, actions),
+    )
+
+
+def _scaled_mean_head(learner):
+    """The learner with a mean head of unit-scale weights (the initial one outputs ≈ 0 for every input)."""
+    def scale(params):
+        head = params["params"]["Dense_0"]
+        kernel = jax.random.normal(jax.random.PRNGKey(9), head["kernel"].shape)
+        return {**params, "params": {**params["params"], "Dense_0": {**head, "kernel": kernel}}}
+
+    return learner._replace(policy_params=scale(learner.policy_params),
+                            target_policy_params=scale(learner.target_policy_params))
+
+
+@pytest.mark.parametrize("preserve", [True, False])
+def test_observation_statistics_updates_preserve_every_networks_outputs(glue_run, preserve):
+    """One chunk of two prefill iterations moves the observation statistics (no SGD update yet). With
+    obs_norm_preserves_outputs the policy (mean and std), the critic and both targets compute the same function
+    of the raw observation with the new statistics and parameters as with the old ones; without it they do not."""
+    config = GLUE.replace(obs_norm_preserves_outputs=preserve)
+    _, glue_chunk, glue_states, _ = glue_run
+    state = glue_states[0]
+    state = state._replace(learner=_scaled_mean_head(state.learner))
+    # GLUE itself preserves outputs (the default): reuse its compiled chunk.
+    chunk = glue_chunk if preserve else jax.jit(make_trainer(config).train_chunk)
+    assert GLUE.obs_norm_preserves_outputs
+    new_state, metrics = jax.device_get(chunk(state))
+    assert np.all(metrics["updates"] == 0)  # prefill only: parameters change by re-parametrisation alone
+    assert not np.array_equal(new_state.obs_stats.mean, state.obs_stats.mean)
+
+    obs = new_state.replay.data.obs[: config.unroll_length].reshape(-1, new_state.obs_stats.mean.shape[0])
+    actions = new_state.replay.data.action[: config.unroll_length].reshape(obs.shape[0], -1)
+    z_new = np.asarray(normalizer.normalize(new_state.obs_stats, obs))
+    assert np.abs(z_new).max() < 10.0  # no clipping, where the re-parametrisation is exact
+    before = _outputs(state.learner, state.obs_stats, obs, actions)
+    after = _outputs(new_state.learner, new_state.obs_stats, obs, actions)
+    assert np.abs(np.asarray(before["policy"][0])).max() > 0.1  # the mean action is not trivially 0
+    for name in before:
+        for b, a in zip(jax.tree.leaves(before[name]), jax.tree.leaves(after[name])):
+            if preserve:
+                np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5, err_msg=name)
+            else:
+                assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-3, name
+    if not preserve:  # without re-parametrisation the prefill leaves the parameters exactly as they were
+        _assert_trees_identical(new_state.learner.policy_params, state.learner.policy_params)
+
+
+def test_iteration_counter_and_env_steps(glue_run):
+    """state.iteration counts iterations (int32); env steps are iteration · steps_per_iteration (float32)."""
+    _, _, states, metrics = glue_run
+    per_eval = GLUE.iterations_per_eval
+    assert per_eval == 2 and GLUE.steps_per_iteration == 8
+    for chunk, (state, chunk_metrics) in enumerate(zip(states[1:], metrics), start=1):
+        assert state.iteration.dtype == np.int32 and int(state.iteration) == chunk * per_eval
+        assert chunk_metrics["eval_iteration"].dtype == np.int32
+        assert int(chunk_metrics["eval_iteration"]) == chunk * per_eval
+        assert chunk_metrics["eval_env_steps"].dtype == np.float32
+        assert float(chunk_metrics["eval_env_steps"]) == chunk * per_eval * GLUE.steps_per_iteration
+        # Per iteration: the env steps taken once that iteration's unroll is collected.
+        assert chunk_metrics["env_steps"].dtype == np.float32
+        np.testing.assert_array_equal(chunk_metrics["env_steps"],
+                                      ((chunk - 1) * per_eval + np.arange(1, per_eval + 1)) * GLUE.steps_per_iteration)
+    assert int(states[0].iteration) == 0
+
+
+def test_evaluate_state_metrics_summarise_its_episodes(glue_run):
+    """eval_* metrics are the statistics of eval_episodes: the first half deterministic, the second sampled.
+    inverted_pendulum pays 1 per step alive, so each return equals its episode's length."""
+    _, _, _, metrics = glue_run
+    for m in metrics:
+        episodes = m["eval_episodes"]
+        num = GLUE.eval_episodes
+        assert episodes.returns.shape == episodes.lengths.shape == (2 * num,)
+        np.testing.assert_array_equal(episodes.returns, episodes.lengths.astype(np.float32))
+        assert np.all((episodes.lengths >= 1) & (episodes.lengths <= GLUE.episode_length))
+        det, sampled = np.asarray(episodes.returns[:num], np.float64), np.asarray(episodes.returns[num:], np.float64)
+        np.testing.assert_allclose(m["eval_return"], det.mean(), rtol=1e-6)
+        np.testing.assert_allclose(m["eval_return_std"], det.std(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(m["eval_return_min"], det.min(), rtol=1e-6)
+        np.testing.assert_allclose(m["eval_stochastic_return"], sampled.mean(), rtol=1e-6)
+        np.testing.assert_allclose(m["eval_stochastic_return_std"], sampled.std(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(m["eval_episode_length"], episodes.lengths[:num].mean(), rtol=1e-6)
+        for name in ("kl_mean_max", "kl_std_max", "alpha_mean_min"):
+            assert m[name].shape == (GLUE.iterations_per_eval,), name
+
+
+def test_evaluation_does_not_depend_on_the_training_reset_pool(glue_run):
+    """evaluate_state starts its episodes from fresh env.reset draws: replacing the training reset pool by
+    other states changes none of its numbers."""
+    trainer, _, states, _ = glue_run
+    state = states[-1]
+    evaluate_state = jax.jit(trainer.evaluate_state)
+    _, expected = jax.device_get(evaluate_state(state))
+    pool = state.env_state.reset_pool
+    shifted = jax.tree.map(lambda x: x[::-1] + 0.05 if np.issubdtype(np.asarray(x).dtype, np.floating) else x, pool)
+    _, got = jax.device_get(evaluate_state(state._replace(env_state=state.env_state._replace(reset_pool=shifted))))
+    _assert_trees_identical(got, expected)
+
+
+def test_trainer_evaluate_deterministic_and_sampled_episodes(glue_run):
+    """Trainer.evaluate with stochastic=False follows the mean action: a naive loop over the raw env from the
+    same env.reset draws gives its returns, lengths and final observations. A per-episode mask samples only
+    where it is set, leaving the other episodes identical to the deterministic ones."""
+    trainer, _, states, _ = glue_run
+    state = states[-1]
+    env = envs.make(GLUE.env)
+    nets = train.make_networks(GLUE, env.action_size)
+    key = jax.random.PRNGKey(6)
+    params, obs_stats = state.learner.policy_params, state.obs_stats
+    det = jax.device_get(jax.jit(lambda p, s, k: trainer.evaluate(p, s, k, num_episodes=3))(params, obs_stats, key))
+    mixed = jax.device_get(jax.jit(trainer.evaluate, static_argnums=(4,))(
+        params, obs_stats, key, jnp.array([False, True, True]), 3))
+    assert isinstance(det, envs.Episodes) and det.returns.shape == (3,)
+
+    reset, step = jax.jit(env.reset), jax.jit(env.step)
+    mean_fn = jax.jit(lambda x: nets.policy.apply(params, normalizer.normalize(obs_stats, x))[0])
+    start_key, _ = jax.random.split(key)
+    for i, episode_key in enumerate(jax.random.split(start_key, 3)):
+        brax_state, total, length = reset(episode_key), 0.0, 0
+        for _ in range(GLUE.episode_length):
+            brax_state = step(brax_state, np.clip(np.asarray(mean_fn(brax_state.obs)), -1.0, 1.0))
+            total, length = total + float(brax_state.reward), length + 1
+            if float(brax_state.done) > 0.5:
+                break
+        np.testing.assert_allclose(det.returns[i], total, rtol=1e-6)
+        assert det.lengths[i] == length
+        np.testing.assert_allclose(det.final_obs[i], np.asarray(brax_state.obs), rtol=1e-5, atol=1e-5)
+    for field in ("returns", "lengths", "final_obs"):
+        np.testing.assert_array_equal(getattr(mixed, field)[0], getattr(det, field)[0], err_msg=field)
+    assert not np.array_equal(mixed.final_obs[1:], det.final_obs[1:])
