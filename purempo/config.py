@@ -66,7 +66,7 @@ class Config:
     num_envs: int = 256
     """Parallel environments stepped in lockstep."""
     reset_pool_size: int = 4096
-    """Initial states drawn by env.reset at the start; finished envs and evaluation episodes restart from one drawn uniformly from them. 0 calls env.reset at every restart instead (slower to compile and to run)."""
+    """Initial states drawn by env.reset at the start; finished training envs restart from one drawn uniformly from them (evaluation episodes start from fresh env.reset draws). 0 calls env.reset at every restart instead (slower to compile and to run)."""
     unroll_length: int = 2
     """Env steps per environment between learning phases (one iteration = num_envs * unroll_length steps)."""
     updates_per_iteration: int = 16
@@ -76,7 +76,7 @@ class Config:
     num_evals: int = 10
     """Evaluations (and metric reports) during the run, evenly spaced."""
     eval_episodes: int = 16
-    """Deterministic (mean-action) episodes per evaluation, run in parallel."""
+    """Episodes per evaluation of the mean action (eval_return), and as many again of the sampled policy (eval_stochastic_return), run in parallel from fresh env.reset starts."""
 
     replay_size: int = 262_144
     """Replay capacity in transitions over all envs (each env keeps replay_size // num_envs steps)."""

@@ -139,8 +139,8 @@ def evaluate(
     """Runs `num_episodes` full episodes in parallel and returns their `Episodes`.
 
     `policy_fn(obs [E, O], key) -> action [E, A]` must return actions inside the bounds; it gets a fresh key
-    every step (a deterministic policy ignores it). Episodes start from `initial_states(env, key, num_episodes,
-    pool)` and end at termination or after `episode_length` steps; rewards after the end are ignored.
+    every step (a deterministic policy ignores it). Episodes start from `initial_states(env, k, num_episodes,
+    pool)` with `k` the first half of `jax.random.split(key)`, and end at termination or after `episode_length` steps; rewards after the end are ignored.
     """
     start_key, policy_key = jax.random.split(key)
     brax_state = initial_states(env, start_key, num_episodes, pool)

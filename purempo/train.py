@@ -2,7 +2,7 @@
 
 One iteration = an unroll of `unroll_length` lockstep steps of `num_envs` envs, written to replay, then
 `updates_per_iteration` SGD updates on sampled sequences. Iterations are grouped into `num_evals` chunks,
-each followed by a deterministic evaluation; `train` is a `lax.scan` over chunks, and `Trainer.run_chunk`
+each followed by an evaluation (mean-action and sampled-action episodes from fresh resets); `train` is a `lax.scan` over chunks, and `Trainer.run_chunk`
 runs one chunk so a driver can report progress and save checkpoints between chunks (the same computation;
 compiled as a separate program, it may round differently from the fused scan in the last float bits).
 """
@@ -178,7 +178,7 @@ class Trainer(NamedTuple):
     evaluate_state: Callable  # (state) -> (state with a new key, evaluation metrics)
     run_chunk: Callable  # (state, hparams=None) -> train_chunk then evaluate_state, metrics merged
     train: Callable  # (key, hparams=None) -> (state, metrics stacked over num_evals chunks)
-    evaluate: Callable  # (policy_params, obs_stats, key, stochastic=False) -> envs.Episodes of eval_episodes
+    evaluate: Callable  # (policy_params, obs_stats, key, stochastic=False, num_episodes=None) -> envs.Episodes
 
 
 def make_trainer(config: Config) -> Trainer:
@@ -345,7 +345,9 @@ def make_train(config: Config) -> Callable:
     """Returns `train(key, hparams=None) -> (final TrainState, metrics)`; pure, so jit/vmap it.
 
     `metrics` holds per-iteration values shaped `[num_evals, iterations_per_eval]` and per-evaluation
-    values (`eval_return`, `eval_return_std`, `eval_env_steps`) shaped `[num_evals]`. The first
+    values shaped `[num_evals]`: `eval_return` (mean-action episodes; `_std`, `_min`), `eval_stochastic_return`
+    (`_std`), `eval_episode_length`, `eval_env_steps` (float32), `eval_iteration` (int32, exact) and the
+    `eval_episodes` themselves (`envs.Episodes`, first half mean-action, second half sampled). The first
     `config.prefill_iterations` iterations only collect data: their learner metrics are NaN and `updates` is 0.
     """
     return make_trainer(config).train
