@@ -19,7 +19,7 @@ def test_default_config_is_valid():
     "changes, field",
     [
         (dict(sequence_length=1), "sequence_length"),
-        (dict(batch_size=300_000), "batch_size"),  # > default replay_size 262,144
+        (dict(batch_size=1_100_000), "batch_size"),  # > default replay_size 1,048,576
         (dict(num_envs=1, replay_size=100, batch_size=128), "batch_size"),
         (dict(epsilon=-0.1), "epsilon"),
         (dict(epsilon_mean=-1e-2), "epsilon_mean"),
@@ -75,12 +75,16 @@ def test_unknown_env_lists_valid_names():
         assert name in message
 
 
-def test_new_defaults():
-    """Output-preserving observation normalisation is on by default; the α floor is a tiny positive number."""
+def test_defaults_are_the_pendulum_preset_and_locomotion_presets_preserve_outputs():
+    """Config() is the inverted_pendulum preset; the locomotion presets switch output preservation on; the α
+    floor travels in HParams (vmappable)."""
+    from purempo.presets import preset
+
     config = Config()
-    assert config.obs_norm_preserves_outputs is True
-    assert 0.0 < config.min_alpha <= 1e-6
-    assert config.hparams.min_alpha == config.min_alpha
+    assert config == preset("inverted_pendulum")
+    for env in ("halfcheetah", "hopper", "walker2d", "ant", "humanoid"):
+        assert preset(env).obs_norm_preserves_outputs and not config.obs_norm_preserves_outputs
+    assert config.hparams.min_alpha == config.min_alpha > 0.0
 
 
 def test_config_is_frozen():
