@@ -58,8 +58,8 @@ class Config:
     """Multiplies the training envs' rewards, as a reward-scaling env wrapper would (the replay stores scaled rewards); evaluation runs the unscaled env and every reported return is unscaled."""
     reward_normalization: bool = True
     """Divide the learner's rewards by their root mean square over the prefill data (over the first iteration if prefill_steps is 0), a constant for the rest of the run: critic, temperatures and learning rates then see the same numbers whatever the reward scale."""
-    obs_norm_preserves_outputs: bool = False
-    """When the running observation statistics move, re-parametrise the first layer of every network (online and target) so that it computes the same function of the raw observation: normalisation then conditions the inputs without moving the policy outside its trust region. Off: the statistics re-centre and re-scale a trained policy's inputs directly (inverted_pendulum solves faster so, RESULTS.md); the locomotion presets turn it on."""
+    obs_norm_preserves_outputs: bool = True
+    """When the running observation statistics move, re-parametrise the first layer of every network (online and target) so that it computes the same function of the raw observation: normalisation then conditions the inputs without moving the policy outside its trust region. Off: the statistics re-centre and re-scale a trained policy's inputs directly (inverted_pendulum then solves sooner but falls over again and again, RESULTS.md)."""
 
     total_steps: int = 100_000
     """Env steps in the whole run, prefill included (rounded down to a multiple of num_evals iterations)."""

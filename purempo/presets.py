@@ -31,7 +31,6 @@ _LOCOMOTION: Dict[str, Any] = dict(
     epsilon_std=6e-5,
     target_update_period=50,
     critic_lr=3e-4,
-    obs_norm_preserves_outputs=True,
     total_steps=1_000_000,
     num_evals=20,
     eval_episodes=8,

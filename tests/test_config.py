@@ -75,15 +75,14 @@ def test_unknown_env_lists_valid_names():
         assert name in message
 
 
-def test_defaults_are_the_pendulum_preset_and_locomotion_presets_preserve_outputs():
-    """Config() is the inverted_pendulum preset; the locomotion presets switch output preservation on; the α
+def test_defaults_are_the_pendulum_preset_and_every_preset_preserves_outputs():
+    """Config() is the inverted_pendulum preset; every preset keeps output-preserving normalisation on; the α
     floor travels in HParams (vmappable)."""
-    from purempo.presets import preset
+    from purempo.presets import PRESETS, preset
 
     config = Config()
     assert config == preset("inverted_pendulum")
-    for env in ("halfcheetah", "hopper", "walker2d", "ant", "humanoid"):
-        assert preset(env).obs_norm_preserves_outputs and not config.obs_norm_preserves_outputs
+    assert all(preset(env).obs_norm_preserves_outputs for env in PRESETS)
     assert config.hparams.min_alpha == config.min_alpha > 0.0
 
 
