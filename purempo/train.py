@@ -2,8 +2,8 @@
 
 One iteration = an unroll of `unroll_length` lockstep steps of `num_envs` envs, written to replay, then
 `updates_per_iteration` SGD updates on sampled sequences. Iterations are grouped into `num_evals` chunks,
-each followed by an evaluation (mean-action and sampled-action episodes from fresh resets); `train` is a `lax.scan` over chunks, and `Trainer.run_chunk`
-runs one chunk so a driver can report progress and save checkpoints between chunks (the same computation;
+each followed by an evaluation (mean-action and sampled-action episodes from fresh resets); `train` is a
+`lax.scan` over chunks, and `Trainer.run_chunk` runs one chunk so a driver can report progress and save checkpoints between chunks (the same computation;
 compiled as a separate program, it may round differently from the fused scan in the last float bits).
 """
 
