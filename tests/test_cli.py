@@ -190,7 +190,7 @@ def _snapshot(directory):
 
 
 @pytest.mark.parametrize("flags, expected", [
-    (["--batch-size", "300000"], "batch_size"),  # more sequences per batch than replay slots
+    (["--batch-size", "2000000"], "batch_size"),  # more sequences per batch than replay slots
     (["--sequence-length", "1"], "sequence_length"),
     (["--epsilon", "-0.1"], "epsilon"),
     (["--epsilon-mean", "-0.01"], "epsilon_mean"),
