@@ -12,7 +12,7 @@ def test_default_config_solves_inverted_pendulum_and_stays_solved():
     # preset in one vmapped program, 150k env steps, 15 evaluations of 16 mean-action episodes from fresh
     # resets. Every seed must reach 950 and, from 50k steps on, never evaluate below it: on this CPU all five
     # seeds of the stability run held 1000 from 58k to 165k steps (before output-preserving normalisation,
-    # three of them had fallen below 950 by 185k), while two still dipped once at 48.6k, 10k steps after first
+    # two of them had fallen below 950 by 185k), while two still dipped once at 48.6k, 10k steps after first
     # reaching 1000, and rarer dips remain later on (RESULTS.md §6). A different CPU can round differently
     # and follow another trajectory.
     config = Config(total_steps=150_000, num_evals=15)
