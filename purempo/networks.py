@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from purempo import normalizer
+
 
 class LayerNormMLP(nn.Module):
     hidden: Sequence[int]
@@ -67,8 +69,6 @@ def preserve_outputs(params, old_stats, new_stats):
     observation after the normaliser moved from `old_stats` to `new_stats` (see
     `normalizer.preserve_first_layer`): updating the statistics then changes how inputs are conditioned,
     never what a policy does or what a critic predicts, so it cannot move a policy outside its trust region."""
-    from purempo import normalizer
-
     layer = params["params"]["LayerNormMLP_0"]["Dense_0"]
     kernel, bias = normalizer.preserve_first_layer(layer["kernel"], layer["bias"], old_stats, new_stats)
     trunk = {**params["params"]["LayerNormMLP_0"], "Dense_0": {**layer, "kernel": kernel, "bias": bias}}

@@ -159,7 +159,8 @@ def learner_step(learner: LearnerState, obs_stats, reward_divisor, batch: Transi
 
 def preserve_outputs(learner: LearnerState, old_stats, new_stats) -> LearnerState:
     """The learner with every network (online and target) re-parametrised so that it computes the same
-    function of raw observations under `new_stats` as under `old_stats` (`networks.preserve_outputs`)."""
+    function of raw observations under `new_stats` as under `old_stats` (`networks.preserve_outputs`). Adam's
+    moment estimates are kept: the statistics move little per iteration, and the moments re-adapt quickly."""
     keep = lambda params: networks.preserve_outputs(params, old_stats, new_stats)  # noqa: E731
     return learner._replace(
         policy_params=keep(learner.policy_params),
