@@ -45,7 +45,10 @@ def main():
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.env}_seeds.json").write_text(json.dumps(dict(
         env=args.env, seeds=seeds, overrides=overrides, env_steps=steps, eval_return=np.asarray(returns).tolist(),
-        first_step_at_threshold=reached, threshold=args.threshold, wall_time_s=round(wall, 1),
+        first_step_at_threshold=reached,
+        # Per-chunk mean and max over iterations of every learner metric, per seed (NaN prefill iterations skipped).
+        chunk_means={k: np.nanmean(np.asarray(v, np.float64), axis=-1).tolist() for k, v in metrics.items() if np.ndim(v) == 3},
+        chunk_max={k: np.nanmax(np.asarray(v, np.float64), axis=-1).tolist() for k, v in metrics.items() if np.ndim(v) == 3}, threshold=args.threshold, wall_time_s=round(wall, 1),
         jax=jax.__version__, device=jax.devices()[0].device_kind), indent=1) + "\n")
 
 
