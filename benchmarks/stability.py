@@ -3,6 +3,7 @@
     python benchmarks/stability.py --env inverted_pendulum                 # 5 seeds x 500k steps, 50 evaluations
     python benchmarks/stability.py --env halfcheetah --seeds 0 1           # 1.5M steps, 30 evaluations
     python benchmarks/stability.py --env inverted_pendulum --set min_alpha=1e-8 --name ablation_no_floor
+    python benchmarks/stability.py --env inverted_pendulum --sweep alpha_gain=0,0.05 --sweep discount=0.99,0.995
 
 The env's preset (purempo/presets.py, what `purempo train --env ENV` uses) with the run length below unless
 `--set` overrides it. After every chunk (evaluation period) the script records, per seed:
@@ -17,14 +18,20 @@ The env's preset (purempo/presets.py, what `purempo train --env ENV` uses) with 
 Summary per seed: with `--threshold` (inverted_pendulum: 950), env steps and wall time to it, the fraction of
 later evaluations at or above it, the lowest later evaluation and the final one; for every run the best,
 the final, and the largest drop below the running best after `--drop-after` env steps. Targets are checked
-and printed. Writes benchmarks/results/stability_<name>.json and .png.
+and printed. Writes benchmarks/results/stability_<name>.json and .png (`--out` elsewhere).
+
+`--sweep FIELD=V1,V2,...` (float hyper-parameters only, repeatable: the grid of all combinations) runs every
+setting × seed as one member of the same vmapped program, and writes one JSON/PNG per setting, named
+stability_<name>_<field><value>[-<field><value>...].
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +39,7 @@ import numpy as np
 
 from common import RESULTS, jsonable, machine, parse_overrides, today, versions
 from purempo import normalizer
+from purempo.config import HParams
 from purempo.presets import preset
 from purempo.train import compile_trainer, make_trainer
 
@@ -126,11 +134,12 @@ def main():
                         help="env steps after which drops below the running best count")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
     parser.add_argument("--name", default=None, help="output file stem after stability_ (default: ENV)")
+    parser.add_argument("--sweep", action="append", default=[], metavar="FIELD=V1,V2",
+                        help="sweep a float hyper-parameter within the same vmapped program (repeat for a grid)")
+    parser.add_argument("--out", default=str(RESULTS), help="directory for the JSON and PNG files")
     parser.add_argument("--replot", default=None, help="only redraw the PNG of a saved results JSON")
     args = parser.parse_args()
     if args.replot:
-        from pathlib import Path
-
         path = Path(args.replot)
         summary = json.loads(path.read_text())
         plot(summary, path.with_suffix(".png"))
@@ -140,11 +149,19 @@ def main():
     threshold = args.threshold if args.threshold is not None else THRESHOLDS.get(args.env)
     overrides = {**DEFAULT_RUNS.get(args.env, {}), **parse_overrides(args.set)}
     config = preset(args.env, **overrides)
-    name = f"stability_{args.name or args.env}"
-    keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
+    settings = parse_sweep(args.sweep)
+    configs = [config.replace(**setting) for setting in settings]  # validates every swept value
+    members = [(j, seed) for j in range(len(settings)) for seed in seeds]
+    keys = jnp.stack([jax.random.PRNGKey(seed) for _, seed in members])
+    hparams = None
+    if args.sweep:  # one HParams with a leading member axis
+        hparams = HParams(*[jnp.asarray([getattr(configs[j].hparams, f) for j, _ in members], jnp.float32)
+                            for f in HParams._fields])
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
-    compiled = compile_trainer(make_trainer(config), keys, batched=True)
+    compiled = compile_trainer(make_trainer(config), keys, hparams, batched=True)
     state = compiled.init(keys)
     chunks, times = [], []
     for index in range(config.num_evals):
@@ -162,14 +179,41 @@ def main():
               + "  sto " + " ".join(f"{r:7.1f}" for r in record["eval_stochastic_return"])
               + "  α_μ " + " ".join(f"{a:.1e}" if a is not None else "-" for a in record["alpha_mean"]), flush=True)
         # Written after every chunk, so that an interrupted long run still leaves its figures.
-        summary = summarise(args, config, seeds, threshold, chunks, times, complete=index + 1 == config.num_evals)
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
-    plot(summary, RESULTS / f"{name}.png")
-    report(summary)
+        for j, setting in enumerate(settings):
+            rows = [i for i, (k, _) in enumerate(members) if k == j]
+            own = [{key: ([value[i] for i in rows] if isinstance(value, list) else value) for key, value in c.items()}
+                   for c in chunks]
+            summary = summarise(args, configs[j], seeds, threshold, own, times, complete=index + 1 == config.num_evals,
+                                setting=setting)
+            (out_dir / f"{file_stem(args, setting)}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    for setting in settings:
+        path = out_dir / f"{file_stem(args, setting)}.json"
+        summary = json.loads(path.read_text())
+        plot(summary, path.with_suffix(".png"))
+        report(summary)
 
 
-def summarise(args, config, seeds, threshold, chunks, times, complete):
+def parse_sweep(items):
+    """`["alpha_gain=0,0.05", "discount=0.99,0.995"]` -> the grid of settings, as a list of dicts ([{}] if none)."""
+    axes = []
+    for item in items:
+        field, sep, values = item.partition("=")
+        if not sep or field not in HParams._fields:
+            raise SystemExit(f"error: --sweep expects FIELD=V1,V2 with FIELD a float hyper-parameter "
+                             f"({', '.join(HParams._fields)}), got {item!r}")
+        try:
+            axes.append([(field, float(v)) for v in values.split(",")])
+        except ValueError:
+            raise SystemExit(f"error: --sweep {field}: values must be numbers, got {values!r}")
+    return [dict(combo) for combo in itertools.product(*axes)]
+
+
+def file_stem(args, setting):
+    label = "-".join(f"{field}{value:g}" for field, value in setting.items())
+    return f"stability_{args.name or args.env}" + (f"_{label}" if label else "")
+
+
+def summarise(args, config, seeds, threshold, chunks, times, complete, setting=None):
     steps = [c["env_steps"] for c in chunks]
     runs = []
     for i, seed in enumerate(seeds):
@@ -181,7 +225,8 @@ def summarise(args, config, seeds, threshold, chunks, times, complete):
         env=args.env, date=today(), machine=machine(), versions=versions(),
         command="python benchmarks/stability.py " + " ".join(
             [f"--env {args.env}", "--seeds " + " ".join(map(str, seeds))] + [f"--set {s}" for s in args.set]
-            + ([f"--name {args.name}"] if args.name else [])),
+            + [f"--set {k}={v:g}" for k, v in (setting or {}).items()] + ([f"--name {args.name}"] if args.name else [])),
+        sweep=args.sweep or None,
         config=jsonable(config), threshold=threshold, drop_after=args.drop_after, wall_time_s=round(times[-1], 1),
         complete=complete, env_steps=steps, runs=runs, chunks=chunks, targets=targets(args.env, runs, threshold),
     )

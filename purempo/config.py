@@ -33,6 +33,7 @@ class HParams(NamedTuple):
     init_alpha_mean: float
     init_alpha_std: float
     min_alpha: float
+    alpha_gain: float
     reward_scale: float
 
 
@@ -121,6 +122,9 @@ class Config:
     min_alpha: float = 1e-2
     """Floor of the M-step multipliers α_μ, α_σ, so that they do not decay to nothing while their constraint is slack (a floor of 1 made inverted_pendulum dip more, RESULTS.md)."""
 
+    alpha_gain: float = 0.0
+    """Proportional part of the α_μ, α_σ update: after each Adam step, log α += alpha_gain · clip(KL/ε − 1, 0, 10), so a violated trust region tightens within a few updates rather than the hundreds Adam's bounded steps take (0: Adam alone)."""
+
     policy_lr: float = 3e-4
     """Adam learning rate of the policy."""
     critic_lr: float = 3e-3
@@ -173,6 +177,7 @@ class Config:
             need(math.isfinite(value) and value > 0.0, field, "a finite number > 0")
         need(self.init_std > self.min_std, "init_std", f"> min_std ({self.min_std})")
         need(0.0 < self.tau <= 1.0, "tau", "in (0, 1]")
+        need(math.isfinite(self.alpha_gain) and self.alpha_gain >= 0.0, "alpha_gain", "a finite number >= 0")
         need(self.target_update_period >= 0, "target_update_period", ">= 0 (0 selects Polyak averaging)")
 
     @property

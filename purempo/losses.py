@@ -77,7 +77,7 @@ def policy_loss(
         is never trained on them).
       duals: unconstrained dual parameters (differentiable).
 
-    Returns: (loss for θ and the duals, metrics dict of scalars).
+    Returns: (loss for θ and the duals, metrics dict of scalars, `mpo.MStepStats` of the M-step's KLs).
     """
     chex.assert_rank([sampled_q, sampled_actions, online_mean], [2, 3, 2])
     temperature = mpo.positive(duals.temperature)
@@ -108,4 +108,4 @@ def policy_loss(
         e_step_kl=e_step_kl,
         policy_std=mpo.masked_mean(online_std, None if mask is None else mask[:, None]),
     )
-    return m_loss + temperature_loss + penalty_loss + alpha_loss, metrics
+    return m_loss + temperature_loss + penalty_loss + alpha_loss, metrics, kl

@@ -130,6 +130,8 @@ def gaussian_kl(mean_p, std_p, mean_q, std_q) -> chex.Array:
 class MStepStats(NamedTuple):
     kl_mean: chex.Array  # [D] per-dimension KL(π'_μ ‖ π_μ), mean over (unmasked) states
     kl_std: chex.Array  # [D]
+    violation_mean: chex.Array  # shape of α_μ: constrained KL / its bound (> 1: the constraint is violated)
+    violation_std: chex.Array  # shape of α_σ
 
 
 def m_step(
@@ -193,7 +195,33 @@ def m_step(
     alpha_loss = jnp.sum(alpha_mean * (epsilon_mean - sg(constrained_mean))) + jnp.sum(
         alpha_std * (epsilon_std - sg(constrained_std))
     )
-    return policy_loss, alpha_loss, MStepStats(kl_mean=kl_mean, kl_std=kl_std)
+    stats = MStepStats(kl_mean=kl_mean, kl_std=kl_std, violation_mean=sg(constrained_mean) / epsilon_mean,
+                       violation_std=sg(constrained_std) / epsilon_std)
+    return policy_loss, alpha_loss, stats
+
+
+MAX_VIOLATION_STEP = 10.0
+
+
+def tighten_alphas(params: "DualParams", violation_mean: chex.Array, violation_std: chex.Array,
+                   gain: chex.Numeric) -> "DualParams":
+    """Proportional part of the multipliers' update: log α ← log α + gain · clip(KL/ε − 1, 0, 10).
+
+    Adam on log α moves it by about `dual_lr` per update whatever the violation, so a multiplier resting at its
+    floor needs log(α*/α)/dual_lr updates (hundreds) to reach the value α* that holds a suddenly violated bound,
+    and the policy moves unconstrained meanwhile. This term grows α in proportion to how far the bound is
+    exceeded (a 10× violation multiplies α by e^{9·gain} in one update) and does nothing while it holds; Adam
+    still lowers α again when the constraint is slack. gain = 0 leaves the Adam update alone.
+
+    Args:
+      params: dual parameters after the optimiser step (α's stored as logs).
+      violation_mean, violation_std: constrained KL / bound, shaped like `params.alpha_mean`/`alpha_std`
+        (`MStepStats.violation_*`).
+      gain: ≥ 0.
+    """
+    step = lambda v: gain * jnp.clip(v - 1.0, 0.0, MAX_VIOLATION_STEP)  # noqa: E731
+    return params._replace(alpha_mean=params.alpha_mean + step(violation_mean),
+                           alpha_std=params.alpha_std + step(violation_std))
 
 
 def action_penalty_cost(actions: chex.Array, low: float = -1.0, high: float = 1.0) -> chex.Array:

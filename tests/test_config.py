@@ -49,6 +49,8 @@ def test_default_config_is_valid():
         (dict(min_alpha=0.0), "min_alpha"),
         (dict(min_alpha=-1e-8), "min_alpha"),
         (dict(min_alpha=float("nan")), "min_alpha"),
+        (dict(alpha_gain=-0.1), "alpha_gain"),
+        (dict(alpha_gain=float("inf")), "alpha_gain"),
     ],
 )
 def test_invalid_field_raises_value_error_naming_it(changes, field):
@@ -121,6 +123,7 @@ NON_DEFAULT = dict(
     init_alpha_mean=3.0,
     init_alpha_std=300.0,
     min_alpha=1e-6,
+    alpha_gain=0.3,
     reward_scale=0.5,
     obs_norm_preserves_outputs=False,
 )
@@ -134,7 +137,7 @@ def test_hparams_is_a_namedtuple_of_the_float_fields():
     expected_fields = {
         "discount", "retrace_lambda", "epsilon", "epsilon_mean", "epsilon_std", "epsilon_penalty", "policy_lr",
         "critic_lr", "dual_lr", "tau", "init_temperature", "init_alpha_mean", "init_alpha_std", "min_alpha",
-        "reward_scale",
+        "alpha_gain", "reward_scale",
     }
     assert set(hparams._fields) == expected_fields
     assert "obs_norm_preserves_outputs" not in hparams._fields  # a static switch, not a float

@@ -355,6 +355,50 @@ def test_project_dual_params_clips_and_floors_alphas(min_alpha):
     np.testing.assert_array_equal(np.asarray(out.alpha_mean)[keep], RAW_VALUES[keep])
 
 
+@pytest.mark.parametrize("gain", [0.0, 0.05, 1.0])
+def test_tighten_alphas_grows_log_alpha_in_proportion_to_the_violation(gain):
+    """log α += gain·clip(KL/ε − 1, 0, 10) per entry (numpy); satisfied constraints and temperatures untouched;
+    gain 0 is the identity."""
+    raw = mpo.DualParams(temperature=jnp.float32(0.3), penalty_temperature=jnp.float32(-2.0),
+                         alpha_mean=jnp.asarray([-4.6, 0.0, 2.0, 1.0], jnp.float32),
+                         alpha_std=jnp.asarray([3.0, -1.0, 0.5, 0.2], jnp.float32))
+    violation_mean = np.asarray([0.2, 1.0, 3.5, 40.0], np.float32)
+    violation_std = np.asarray([1.5, 0.0, 11.0, 0.99], np.float32)
+    out = mpo.tighten_alphas(raw, jnp.asarray(violation_mean), jnp.asarray(violation_std), gain)
+    expected_mean = np.asarray(raw.alpha_mean) + gain * np.asarray([0.0, 0.0, 2.5, 10.0])
+    expected_std = np.asarray(raw.alpha_std) + gain * np.asarray([0.5, 0.0, 10.0, 0.0])
+    np.testing.assert_allclose(np.asarray(out.alpha_mean), expected_mean, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(out.alpha_std), expected_std, rtol=1e-6)
+    assert float(out.temperature) == float(raw.temperature)
+    assert float(out.penalty_temperature) == float(raw.penalty_temperature)
+
+
+@pytest.mark.parametrize("per_dim", [True, False])
+def test_m_step_violation_is_constrained_kl_over_its_bound(per_dim):
+    """MStepStats.violation_* = per-dimension KL / (ε/D) with per-dimension multipliers, Σ KL / ε otherwise
+    (closed-form Gaussian KLs in numpy)."""
+    rng = np.random.default_rng(3)
+    B, D, N = 7, 3, 5
+    tm = rng.normal(size=(B, D)).astype(np.float32)
+    ts = rng.uniform(0.3, 1.0, size=(B, D)).astype(np.float32)
+    om = (tm + 0.2 * rng.normal(size=(B, D))).astype(np.float32)
+    os_ = (ts * np.exp(0.2 * rng.normal(size=(B, D)))).astype(np.float32)
+    actions = rng.normal(size=(N, B, D)).astype(np.float32)
+    weights = np.full((N, B), 1.0 / N, np.float32)
+    shape = (D,) if per_dim else (1,)
+    _, _, st = mpo.m_step(om, os_, tm, ts, actions, weights, jnp.ones(shape), jnp.ones(shape), 0.03, 6e-4,
+                          per_dim)
+    kl_mean = np.mean((tm - om) ** 2 / (2 * ts**2), axis=0)
+    ratio = ts**2 / os_**2
+    kl_std = np.mean(0.5 * (ratio - 1 - np.log(ratio)), axis=0)
+    if per_dim:
+        want_mean, want_std = kl_mean / (0.03 / D), kl_std / (6e-4 / D)
+    else:
+        want_mean, want_std = [kl_mean.sum() / 0.03], [kl_std.sum() / 6e-4]
+    np.testing.assert_allclose(np.asarray(st.violation_mean), want_mean, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(st.violation_std), want_std, rtol=1e-4)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Gaussian helpers
 # ---------------------------------------------------------------------------------------------------

@@ -242,21 +242,21 @@ def learner_pieces(glue_run):
     batches = [replay.sample(state.replay, k, GLUE.batch_size, GLUE.sequence_length)
                for k in jax.random.split(jax.random.PRNGKey(5), 4)]
 
-    def step_fn(period, tau=GLUE.tau):
-        config = GLUE.replace(target_update_period=period, tau=tau)
+    def step_fn(period, tau=GLUE.tau, hparams=None, config=GLUE):
+        config = config.replace(target_update_period=period, tau=tau)
+        hp = config.hparams if hparams is None else hparams
 
         @jax.jit
         def step(learner, batch, key):
-            return train.learner_step(learner, state.obs_stats, divisor, batch, key, config.hparams, config, nets,
-                                      optimizer)
+            return train.learner_step(learner, state.obs_stats, divisor, batch, key, hp, config, nets, optimizer)
 
         return step
 
-    @jax.jit
-    def loss_and_grads(learner, batch, key):
+    def loss_and_grads(learner, batch, key, hparams=None, config=GLUE):
         params = (learner.policy_params, learner.critic_params, learner.dual_params)
-        return jax.value_and_grad(train.mpo_loss, has_aux=True)(
-            params, learner, state.obs_stats, divisor, batch, key, GLUE.hparams, GLUE, nets)
+        hp = config.hparams if hparams is None else hparams
+        return jax.jit(jax.value_and_grad(train.mpo_loss, has_aux=True), static_argnums=(7, 8))(
+            params, learner, state.obs_stats, divisor, batch, key, hp, config, nets)
 
     # A learner whose targets differ from its online networks (4 learning updates, no copy yet) and which has
     # made no update yet by its own count.
@@ -278,7 +278,7 @@ def test_targets_are_not_changed_by_the_sgd_step(learner_pieces):
     for name in ("policy_params", "critic_params", "dual_params", "policy_opt_state", "critic_opt_state"):
         assert _trees_differ(getattr(new, name), getattr(learner, name)), name
     # mpo_loss differentiates the online parameters and duals only: its gradient has exactly their structure.
-    (_, _), grads = learner_pieces["loss_and_grads"](learner, learner_pieces["batches"][0], jax.random.PRNGKey(1))
+    (_, (_, _)), grads = learner_pieces["loss_and_grads"](learner, learner_pieces["batches"][0], jax.random.PRNGKey(1))
     assert jax.tree.structure(grads) == jax.tree.structure(
         (learner.policy_params, learner.critic_params, learner.dual_params))
 
@@ -319,6 +319,34 @@ def test_polyak_targets_follow_the_online_networks_by_tau(learner_pieces):
     assert _trees_differ(new.target_policy_params, learner.target_policy_params)
 
 
+def test_alpha_gain_tightens_violated_multipliers_after_the_adam_step(learner_pieces):
+    """learner_step with alpha_gain g: the α_μ, α_σ logs are those of the same step with g = 0 plus
+    g·clip(KL/ε − 1, 0, 10), the violation being that of this update's M-step (from mpo_loss's aux), before the
+    floor projection; everything else (networks, temperatures) is identical. Tight bounds make both KLs violated."""
+    learner, batch, key = learner_pieces["learner"], learner_pieces["batches"][2], jax.random.PRNGKey(4)
+    config = GLUE.replace(epsilon_mean=1e-7, epsilon_std=1e-9, min_alpha=1e-8)
+    step = learner_pieces["step_fn"]
+    results = {}
+    for gain in (0.0, 0.2):
+        hp = config.replace(alpha_gain=gain).hparams
+        results[gain] = jax.device_get(step(GLUE.target_update_period, hparams=hp, config=config)(learner, batch,
+                                                                                                    key)[0])
+    (_, (_, m_step)), _ = learner_pieces["loss_and_grads"](learner, batch, key, hparams=config.hparams,
+                                                           config=config)
+    violation_mean, violation_std = np.asarray(m_step.violation_mean), np.asarray(m_step.violation_std)
+    assert np.all(violation_mean > 1.0) and np.all(violation_std > 1.0)
+    base, tightened = results[0.0], results[0.2]
+    np.testing.assert_allclose(tightened.dual_params.alpha_mean,
+                               base.dual_params.alpha_mean + 0.2 * np.clip(violation_mean - 1.0, 0.0, 10.0),
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(tightened.dual_params.alpha_std,
+                               base.dual_params.alpha_std + 0.2 * np.clip(violation_std - 1.0, 0.0, 10.0),
+                               rtol=1e-6, atol=1e-6)
+    assert float(tightened.dual_params.temperature) == float(base.dual_params.temperature)
+    _assert_trees_identical(tightened.policy_params, base.policy_params)
+    _assert_trees_identical(tightened.critic_params, base.critic_params)
+
+
 def test_terminal_next_observations_never_reach_the_networks(learner_pieces):
     """Transitions that terminated carry NaN next observations: loss, metrics and gradients stay finite and
     are exactly those with any other values there (terminal next states are masked, not bootstrapped)."""
@@ -333,7 +361,7 @@ def test_terminal_next_observations_never_reach_the_networks(learner_pieces):
     other_obs = np.asarray(base.next_obs).copy()
     other_obs[terminated] = 1e3
     key = jax.random.PRNGKey(4)
-    (loss, metrics), grads = learner_pieces["loss_and_grads"](learner, base._replace(next_obs=jnp.asarray(nan_obs)),
+    (loss, (metrics, _)), grads = learner_pieces["loss_and_grads"](learner, base._replace(next_obs=jnp.asarray(nan_obs)),
                                                               key)
     assert np.isfinite(float(loss))
     for name, value in metrics.items():
