@@ -22,7 +22,7 @@ and printed. Writes benchmarks/results/stability_<name>.json and .png (`--out` e
 
 `--sweep FIELD=V1,V2,...` (float hyper-parameters only, repeatable: the grid of all combinations) runs every
 setting × seed as one member of the same vmapped program, and writes one JSON/PNG per setting, named
-stability_<name>_<field><value>[-<field><value>...].
+stability_<env>_<name>_<field><value>[-<field><value>...].
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def main():
     parser.add_argument("--drop-after", type=int, default=500_000,
                         help="env steps after which drops below the running best count")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
-    parser.add_argument("--name", default=None, help="output file stem after stability_ (default: ENV)")
+    parser.add_argument("--name", default=None, help="output file stem after stability_ (ENV_NAME, or NAME if it holds ENV; default: ENV)")
     parser.add_argument("--sweep", action="append", default=[], metavar="FIELD=V1,V2",
                         help="sweep a float hyper-parameter within the same vmapped program (repeat for a grid)")
     parser.add_argument("--out", default=str(RESULTS), help="directory for the JSON and PNG files")
@@ -210,7 +210,8 @@ def parse_sweep(items):
 
 def file_stem(args, setting):
     label = "-".join(f"{field}{value:g}" for field, value in setting.items())
-    return f"stability_{args.name or args.env}" + (f"_{label}" if label else "")
+    name = args.name if args.name and args.env in args.name else "_".join(filter(None, [args.env, args.name]))
+    return f"stability_{name}" + (f"_{label}" if label else "")
 
 
 def summarise(args, config, seeds, threshold, chunks, times, complete, setting=None):
