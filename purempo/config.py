@@ -123,7 +123,7 @@ class Config:
     """Floor of the M-step multipliers α_μ, α_σ, so that they do not decay to nothing while their constraint is slack (a floor of 1 made inverted_pendulum dip more, RESULTS.md)."""
 
     alpha_gain: float = 0.0
-    """Proportional part of the α_μ, α_σ update: after each Adam step, log α += alpha_gain · clip(KL/ε − 1, 0, 10), so a violated trust region tightens within a few updates rather than the hundreds Adam's bounded steps take (0: Adam alone)."""
+    """Proportional gain of the KL multipliers: the policy's penalty uses α + alpha_gain · clip(KL/ε − 1, 0, 10) per constraint, where α is the learned (integral) part, so a violated trust region tightens in the same update rather than after the hundreds of updates Adam's bounded steps on log α take; it adds nothing while the bound holds and nothing accumulates (0: α alone)."""
 
     policy_lr: float = 3e-4
     """Adam learning rate of the policy."""

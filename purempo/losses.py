@@ -65,6 +65,7 @@ def policy_loss(
     epsilon_mean: chex.Numeric,
     epsilon_std: chex.Numeric,
     static: PolicyLossConfig,
+    alpha_gain: chex.Numeric = 0.0,
 ):
     """E-step (+ MO-MPO action penalty), decoupled M-step and the losses of every dual variable.
 
@@ -76,8 +77,9 @@ def policy_loss(
       mask: bool `[M]` states that enter the losses, or None for all (terminal states are masked: the critic
         is never trained on them).
       duals: unconstrained dual parameters (differentiable).
+      alpha_gain: proportional gain of the KL multipliers (`mpo.proportional_alpha`).
 
-    Returns: (loss for θ and the duals, metrics dict of scalars, `mpo.MStepStats` of the M-step's KLs).
+    Returns: (loss for θ and the duals, metrics dict of scalars).
     """
     chex.assert_rank([sampled_q, sampled_actions, online_mean], [2, 3, 2])
     temperature = mpo.positive(duals.temperature)
@@ -94,7 +96,7 @@ def policy_loss(
     alpha_mean, alpha_std = mpo.positive(duals.alpha_mean), mpo.positive(duals.alpha_std)
     m_loss, alpha_loss, kl = mpo.m_step(
         online_mean, online_std, target_mean, target_std, sampled_actions, weights, alpha_mean, alpha_std,
-        epsilon_mean, epsilon_std, static.per_dim_constraining, mask)
+        epsilon_mean, epsilon_std, static.per_dim_constraining, mask, alpha_gain)
     metrics: Dict[str, chex.Array] = dict(
         policy_loss=m_loss,
         temperature=temperature,
@@ -102,10 +104,12 @@ def policy_loss(
         alpha_mean=jnp.mean(alpha_mean),
         alpha_std=jnp.mean(alpha_std),
         alpha_mean_min=jnp.min(alpha_mean),
+        # The multiplier the policy's penalty used this update (learned + proportional), averaged over dims.
+        alpha_mean_applied=jnp.mean(alpha_mean + mpo.proportional_alpha(kl.violation_mean, alpha_gain)),
         # Summed over action dimensions: directly comparable with ε_μ and ε_σ (which bound the sum).
         kl_mean=jnp.sum(kl.kl_mean),
         kl_std=jnp.sum(kl.kl_std),
         e_step_kl=e_step_kl,
         policy_std=mpo.masked_mean(online_std, None if mask is None else mask[:, None]),
     )
-    return m_loss + temperature_loss + penalty_loss + alpha_loss, metrics, kl
+    return m_loss + temperature_loss + penalty_loss + alpha_loss, metrics

@@ -9,7 +9,8 @@ E-step (non-parametric improvement), for N actions a_ij ~ π'(·|s_i) per state 
 M-step (weighted maximum likelihood, decoupled trust regions, Eq. 4 of the 2018 paper):
     max_θ Σ_ij q_ij [log N(a_ij; μ_θ, σ') + log N(a_ij; μ', σ_θ)]
     s.t.  KL(π'_μ ‖ π_μ) ≤ ε_μ and KL(π'_σ ‖ π_σ) ≤ ε_σ  (optionally per action dimension),
-enforced by Lagrange multipliers α_μ, α_σ with loss α·(ε − sg(KL)) and sg(α)·KL.
+enforced by Lagrange multipliers α_μ, α_σ with loss α·(ε − sg(KL)) and sg(α)·KL; optionally the policy's
+penalty adds a proportional term to each learned α for the current update (`proportional_alpha`).
 
 Dual variables are stored as logs, projected onto a fixed interval after every step and mapped through
 exp, so they are positive and finite whatever the gradients do.
@@ -147,6 +148,7 @@ def m_step(
     epsilon_std: chex.Numeric,
     per_dim_constraining: bool,
     mask: Optional[chex.Array] = None,
+    proportional_gain: chex.Numeric = 0.0,
 ):
     """Decoupled weighted maximum likelihood with KL trust regions on mean and std.
 
@@ -160,6 +162,8 @@ def m_step(
         `per_dim_constraining` each dimension gets its own multiplier and the bound ε/D, so the total KL
         allowed per update does not grow with the action dimension.
       mask: optional bool `[B]`: states that enter the losses (default: all).
+      proportional_gain: the policy's penalty uses α + `proportional_alpha(KL/ε, proportional_gain)` per
+        constraint (0: α alone); the multipliers' own loss is unchanged.
 
     Returns:
       policy_loss: scalar for θ (multipliers held fixed).
@@ -189,39 +193,31 @@ def m_step(
     chex.assert_equal_shape([constrained_std, alpha_std])
 
     sg = jax.lax.stop_gradient
-    policy_loss = weighted_nll + jnp.sum(sg(alpha_mean) * constrained_mean) + jnp.sum(
-        sg(alpha_std) * constrained_std
-    )
+    violation_mean, violation_std = sg(constrained_mean) / epsilon_mean, sg(constrained_std) / epsilon_std
+    penalty_mean = sg(alpha_mean) + proportional_alpha(violation_mean, proportional_gain)
+    penalty_std = sg(alpha_std) + proportional_alpha(violation_std, proportional_gain)
+    policy_loss = weighted_nll + jnp.sum(penalty_mean * constrained_mean) + jnp.sum(penalty_std * constrained_std)
     alpha_loss = jnp.sum(alpha_mean * (epsilon_mean - sg(constrained_mean))) + jnp.sum(
         alpha_std * (epsilon_std - sg(constrained_std))
     )
-    stats = MStepStats(kl_mean=kl_mean, kl_std=kl_std, violation_mean=sg(constrained_mean) / epsilon_mean,
-                       violation_std=sg(constrained_std) / epsilon_std)
+    stats = MStepStats(kl_mean=kl_mean, kl_std=kl_std, violation_mean=violation_mean, violation_std=violation_std)
     return policy_loss, alpha_loss, stats
 
 
-MAX_VIOLATION_STEP = 10.0
+MAX_VIOLATION = 10.0
 
 
-def tighten_alphas(params: "DualParams", violation_mean: chex.Array, violation_std: chex.Array,
-                   gain: chex.Numeric) -> "DualParams":
-    """Proportional part of the multipliers' update: log α ← log α + gain · clip(KL/ε − 1, 0, 10).
+def proportional_alpha(violation: chex.Array, gain: chex.Numeric) -> chex.Array:
+    """Proportional part of a KL multiplier: gain · clip(KL/ε − 1, 0, MAX_VIOLATION) (0 while the bound holds).
 
-    Adam on log α moves it by about `dual_lr` per update whatever the violation, so a multiplier resting at its
-    floor needs log(α*/α)/dual_lr updates (hundreds) to reach the value α* that holds a suddenly violated bound,
-    and the policy moves unconstrained meanwhile. This term grows α in proportion to how far the bound is
-    exceeded (a 10× violation multiplies α by e^{9·gain} in one update) and does nothing while it holds; Adam
-    still lowers α again when the constraint is slack. gain = 0 leaves the Adam update alone.
-
-    Args:
-      params: dual parameters after the optimiser step (α's stored as logs).
-      violation_mean, violation_std: constrained KL / bound, shaped like `params.alpha_mean`/`alpha_std`
-        (`MStepStats.violation_*`).
-      gain: ≥ 0.
+    The learned α (Adam on log α) is the integral part of the controller: it moves by about `dual_lr` per
+    update whatever the violation, so after a quiet period it needs hundreds of updates to reach a value that
+    holds a suddenly violated bound, and the policy moves unconstrained meanwhile. Added to it for the current
+    update only, this term answers a violation at once, in proportion to its size, and vanishes when the KL is
+    back within its bound, so nothing accumulates (a PI-controlled Lagrange multiplier: Stooke, Achiam and Abbeel
+    2020, "Responsive Safety in Reinforcement Learning by PID Lagrangian Methods"). Gradient stopped.
     """
-    step = lambda v: gain * jnp.clip(v - 1.0, 0.0, MAX_VIOLATION_STEP)  # noqa: E731
-    return params._replace(alpha_mean=params.alpha_mean + step(violation_mean),
-                           alpha_std=params.alpha_std + step(violation_std))
+    return gain * jnp.clip(jax.lax.stop_gradient(violation) - 1.0, 0.0, MAX_VIOLATION)
 
 
 def action_penalty_cost(actions: chex.Array, low: float = -1.0, high: float = 1.0) -> chex.Array:

@@ -69,7 +69,7 @@ def apply_updates(optimizer, grads, opt_state, params, learning_rate):
 
 def mpo_loss(params, learner: LearnerState, obs_stats, reward_divisor, batch: Transition, key, hp: HParams,
              config: Config, nets: Networks):
-    """Critic loss + policy loss (their parameters do not interact), with (metrics, `mpo.MStepStats`) as aux.
+    """Critic loss + policy loss (their parameters do not interact) and metrics, for a batch of sequences.
 
     Applies the networks and hands their outputs to `losses.critic_loss` and `losses.policy_loss`. Shapes:
     batch leaves `[B, L, ...]`; N = num_action_samples; A = action dim. The learner's rewards are
@@ -108,7 +108,7 @@ def mpo_loss(params, learner: LearnerState, obs_stats, reward_divisor, batch: Tr
 
     online_mean, online_std = nets.policy.apply(policy_params, next_obs)
     flat = lambda x: x.reshape(-1, action_dim)  # noqa: E731  [B, L, A] -> [B·L, A]
-    policy_loss, metrics, m_step = losses.policy_loss(
+    policy_loss, metrics = losses.policy_loss(
         sampled_q=sampled_q.reshape(num_samples, -1),
         sampled_actions=sampled_actions.reshape(num_samples, -1, action_dim),
         online_mean=flat(online_mean), online_std=flat(online_std),
@@ -118,17 +118,18 @@ def mpo_loss(params, learner: LearnerState, obs_stats, reward_divisor, batch: Tr
         epsilon=hp.epsilon, epsilon_penalty=hp.epsilon_penalty,
         epsilon_mean=hp.epsilon_mean, epsilon_std=hp.epsilon_std,
         static=losses.PolicyLossConfig(config.per_dim_constraining, config.action_penalization),
+        alpha_gain=hp.alpha_gain,
     )
     metrics.update(critic_loss=critic_loss, target_mean=jnp.mean(targets), q_mean=jnp.mean(q_online))
-    return critic_loss + policy_loss, (metrics, m_step)
+    return critic_loss + policy_loss, metrics
 
 
 def learner_step(learner: LearnerState, obs_stats, reward_divisor, batch: Transition, key, hp: HParams,
                  config: Config, nets: Networks, optimizer):
     """One SGD update of critic, policy and duals, then the target-network update."""
     params = (learner.policy_params, learner.critic_params, learner.dual_params)
-    grads, (metrics, m_step) = jax.grad(mpo_loss, has_aux=True)(params, learner, obs_stats, reward_divisor, batch,
-                                                                 key, hp, config, nets)
+    grads, metrics = jax.grad(mpo_loss, has_aux=True)(params, learner, obs_stats, reward_divisor, batch, key, hp,
+                                                       config, nets)
     policy_grads, critic_grads, dual_grads = grads
     policy_params, policy_opt = apply_updates(optimizer, policy_grads, learner.policy_opt_state,
                                               learner.policy_params, hp.policy_lr)
@@ -136,7 +137,6 @@ def learner_step(learner: LearnerState, obs_stats, reward_divisor, batch: Transi
                                               learner.critic_params, hp.critic_lr)
     dual_params, dual_opt = apply_updates(optimizer, dual_grads, learner.dual_opt_state,
                                           learner.dual_params, hp.dual_lr)
-    dual_params = mpo.tighten_alphas(dual_params, m_step.violation_mean, m_step.violation_std, hp.alpha_gain)
     dual_params = mpo.project_dual_params(dual_params, hp.min_alpha)
     num_updates = learner.num_updates + 1
     if config.target_update_period > 0:

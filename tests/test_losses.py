@@ -115,9 +115,8 @@ def _duals(per_dim):
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _policy_loss_and_grads(per_dim, penalise, q, actions, om, os_, tm, ts, mask, duals):
     def f(om, os_, duals):
-        loss, metrics, _ = losses.policy_loss(q, actions, om, os_, tm, ts, mask, duals, EPS, EPS_PENALTY, EPS_MEAN,
-                                              EPS_STD, losses.PolicyLossConfig(per_dim, penalise))
-        return loss, metrics
+        return losses.policy_loss(q, actions, om, os_, tm, ts, mask, duals, EPS, EPS_PENALTY, EPS_MEAN, EPS_STD,
+                                  losses.PolicyLossConfig(per_dim, penalise))
 
     return jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True)(om, os_, duals)
 

@@ -355,22 +355,47 @@ def test_project_dual_params_clips_and_floors_alphas(min_alpha):
     np.testing.assert_array_equal(np.asarray(out.alpha_mean)[keep], RAW_VALUES[keep])
 
 
-@pytest.mark.parametrize("gain", [0.0, 0.05, 1.0])
-def test_tighten_alphas_grows_log_alpha_in_proportion_to_the_violation(gain):
-    """log α += gain·clip(KL/ε − 1, 0, 10) per entry (numpy); satisfied constraints and temperatures untouched;
-    gain 0 is the identity."""
-    raw = mpo.DualParams(temperature=jnp.float32(0.3), penalty_temperature=jnp.float32(-2.0),
-                         alpha_mean=jnp.asarray([-4.6, 0.0, 2.0, 1.0], jnp.float32),
-                         alpha_std=jnp.asarray([3.0, -1.0, 0.5, 0.2], jnp.float32))
-    violation_mean = np.asarray([0.2, 1.0, 3.5, 40.0], np.float32)
-    violation_std = np.asarray([1.5, 0.0, 11.0, 0.99], np.float32)
-    out = mpo.tighten_alphas(raw, jnp.asarray(violation_mean), jnp.asarray(violation_std), gain)
-    expected_mean = np.asarray(raw.alpha_mean) + gain * np.asarray([0.0, 0.0, 2.5, 10.0])
-    expected_std = np.asarray(raw.alpha_std) + gain * np.asarray([0.5, 0.0, 10.0, 0.0])
-    np.testing.assert_allclose(np.asarray(out.alpha_mean), expected_mean, rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(out.alpha_std), expected_std, rtol=1e-6)
-    assert float(out.temperature) == float(raw.temperature)
-    assert float(out.penalty_temperature) == float(raw.penalty_temperature)
+def test_proportional_alpha_is_gain_times_the_clipped_excess_violation():
+    violation = jnp.asarray([0.0, 0.5, 1.0, 1.5, 4.0, 11.0, 50.0, 1e9])
+    np.testing.assert_allclose(np.asarray(mpo.proportional_alpha(violation, 0.3)),
+                               0.3 * np.asarray([0, 0, 0, 0.5, 3.0, 10.0, 10.0, 10.0]), rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(mpo.proportional_alpha(violation, 0.0)), 0.0)
+    # No gradient flows into the violation (it is a multiplier, not part of the objective).
+    assert float(jax.grad(lambda v: jnp.sum(mpo.proportional_alpha(v, 0.3)))(violation).sum()) == 0.0
+
+
+@pytest.mark.parametrize("per_dim", [True, False])
+def test_proportional_gain_acts_as_a_larger_multiplier_in_the_policy_loss(per_dim):
+    """m_step with proportional_gain k has the policy gradient of m_step with gain 0 and the multipliers
+    α + k·clip(KL/ε − 1, 0, 10) (violations from the stats); the multipliers' loss and the stats are unchanged."""
+    rng = np.random.default_rng(5)
+    B, D, N = 6, 3, 4
+    tm = rng.normal(size=(B, D)).astype(np.float32)
+    ts = rng.uniform(0.3, 1.0, size=(B, D)).astype(np.float32)
+    om = jnp.asarray(tm + 0.3 * rng.normal(size=(B, D)), jnp.float32)
+    os_ = jnp.asarray(ts * np.exp(0.3 * rng.normal(size=(B, D))), jnp.float32)
+    actions = rng.normal(size=(N, B, D)).astype(np.float32)
+    weights = np.full((N, B), 1.0 / N, np.float32)
+    shape = (D,) if per_dim else (1,)
+    alpha_mean, alpha_std = jnp.full(shape, 0.7), jnp.full(shape, 3.0)
+
+    def run(gain, a_mean, a_std):
+        def f(om, os_):
+            loss, alpha_loss, stats = mpo.m_step(om, os_, tm, ts, actions, weights, a_mean, a_std, 0.02, 2e-4,
+                                                 per_dim, proportional_gain=gain)
+            return loss, (alpha_loss, stats)
+        return jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(om, os_)
+
+    (_, (alpha_loss, stats)), grads = run(0.4, alpha_mean, alpha_std)
+    assert np.all(np.asarray(stats.violation_mean) > 1.0)  # the proportional term is active
+    applied_mean = alpha_mean + 0.4 * np.clip(np.asarray(stats.violation_mean) - 1.0, 0.0, 10.0)
+    applied_std = alpha_std + 0.4 * np.clip(np.asarray(stats.violation_std) - 1.0, 0.0, 10.0)
+    (_, (alpha_loss_0, stats_0)), grads_0 = run(0.0, jnp.asarray(applied_mean), jnp.asarray(applied_std))
+    for g, g0 in zip(grads, grads_0):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(g0), rtol=1e-5, atol=1e-7)
+    (_, (alpha_loss_plain, _)), grads_plain = run(0.0, alpha_mean, alpha_std)
+    np.testing.assert_allclose(float(alpha_loss), float(alpha_loss_plain), rtol=1e-6)
+    assert not np.allclose(np.asarray(grads[0]), np.asarray(grads_plain[0]))
 
 
 @pytest.mark.parametrize("per_dim", [True, False])
