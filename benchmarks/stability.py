@@ -11,7 +11,8 @@ The env's preset (purempo/presets.py, what `purempo train --env ENV` uses) with 
   from fresh `env.reset` starts; the deterministic episodes' mean length, and the mean |final observation|
   of the episodes that ended early (for inverted_pendulum: cart position, pole angle) and of all of them;
 - the largest per-update KL_μ and KL_σ of the chunk against ε_μ and ε_σ, the mean and smallest α_μ, α_σ, η
-  and the policy's σ;
+  and the policy's σ, and the largest iteration mean of the α_μ the policy's penalty applied (learned +
+  proportional, `alpha_gain`);
 - how far the observation normaliser moved during the chunk (largest |Δmean|/std and |Δlog std| over
   dimensions), and how many terminal transitions the replay still holds.
 
@@ -94,6 +95,7 @@ def chunk_record(metrics, evaluation, obs_move, replay_terminals, episode_length
         failed_final_abs_obs=failed,
         kl_mean_max=reduce("kl_mean_max", np.nanmax), kl_std_max=reduce("kl_std_max", np.nanmax),
         alpha_mean=reduce("alpha_mean", np.nanmean), alpha_mean_min=reduce("alpha_mean_min", np.nanmin),
+        alpha_mean_applied_max=reduce("alpha_mean_applied", np.nanmax),
         alpha_std=reduce("alpha_std", np.nanmean), temperature=reduce("temperature", np.nanmean),
         policy_std=reduce("policy_std", np.nanmean), q_mean=reduce("q_mean", np.nanmean),
         obs_mean_move=obs_move[0].tolist(), obs_log_std_move=obs_move[1].tolist(),
