@@ -157,8 +157,7 @@ def main():
     keys = jnp.stack([jax.random.PRNGKey(seed) for _, seed in members])
     hparams = None
     if args.sweep:  # one HParams with a leading member axis
-        hparams = HParams(*[jnp.asarray([getattr(configs[j].hparams, f) for j, _ in members], jnp.float32)
-                            for f in HParams._fields])
+        hparams = jax.tree.map(lambda *v: jnp.asarray(v, jnp.float32), *[configs[j].hparams for j, _ in members])
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 

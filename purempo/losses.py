@@ -105,7 +105,7 @@ def policy_loss(
         alpha_std=jnp.mean(alpha_std),
         alpha_mean_min=jnp.min(alpha_mean),
         # The multiplier the policy's penalty used this update (learned + proportional), averaged over dims.
-        alpha_mean_applied=jnp.mean(alpha_mean + mpo.proportional_alpha(kl.violation_mean, alpha_gain)),
+        alpha_mean_applied=jnp.mean(kl.applied_alpha_mean),
         # Summed over action dimensions: directly comparable with ε_μ and ε_σ (which bound the sum).
         kl_mean=jnp.sum(kl.kl_mean),
         kl_std=jnp.sum(kl.kl_std),

@@ -133,6 +133,7 @@ class MStepStats(NamedTuple):
     kl_std: chex.Array  # [D]
     violation_mean: chex.Array  # shape of α_μ: constrained KL / its bound (> 1: the constraint is violated)
     violation_std: chex.Array  # shape of α_σ
+    applied_alpha_mean: chex.Array  # shape of α_μ: the multiplier the policy's penalty used (learned + proportional)
 
 
 def m_step(
@@ -200,7 +201,8 @@ def m_step(
     alpha_loss = jnp.sum(alpha_mean * (epsilon_mean - sg(constrained_mean))) + jnp.sum(
         alpha_std * (epsilon_std - sg(constrained_std))
     )
-    stats = MStepStats(kl_mean=kl_mean, kl_std=kl_std, violation_mean=violation_mean, violation_std=violation_std)
+    stats = MStepStats(kl_mean=kl_mean, kl_std=kl_std, violation_mean=violation_mean, violation_std=violation_std,
+                       applied_alpha_mean=penalty_mean)
     return policy_loss, alpha_loss, stats
 
 

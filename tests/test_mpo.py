@@ -390,6 +390,7 @@ def test_proportional_gain_acts_as_a_larger_multiplier_in_the_policy_loss(per_di
     assert np.all(np.asarray(stats.violation_mean) > 1.0)  # the proportional term is active
     applied_mean = alpha_mean + 0.4 * np.clip(np.asarray(stats.violation_mean) - 1.0, 0.0, 10.0)
     applied_std = alpha_std + 0.4 * np.clip(np.asarray(stats.violation_std) - 1.0, 0.0, 10.0)
+    np.testing.assert_allclose(np.asarray(stats.applied_alpha_mean), applied_mean, rtol=1e-6)
     (_, (alpha_loss_0, stats_0)), grads_0 = run(0.0, jnp.asarray(applied_mean), jnp.asarray(applied_std))
     for g, g0 in zip(grads, grads_0):
         np.testing.assert_allclose(np.asarray(g), np.asarray(g0), rtol=1e-5, atol=1e-7)
