@@ -98,6 +98,7 @@ def chunk_record(metrics, evaluation, obs_move, replay_terminals, episode_length
         alpha_mean_applied_max=reduce("alpha_mean_applied", np.nanmax),
         alpha_std=reduce("alpha_std", np.nanmean), temperature=reduce("temperature", np.nanmean),
         policy_std=reduce("policy_std", np.nanmean), q_mean=reduce("q_mean", np.nanmean),
+        q_member_std=reduce("q_member_std", np.nanmean),
         obs_mean_move=obs_move[0].tolist(), obs_log_std_move=obs_move[1].tolist(),
         replay_terminals=replay_terminals.tolist(),
     )

@@ -34,6 +34,8 @@ class HParams(NamedTuple):
     init_alpha_std: float
     min_alpha: float
     alpha_gain: float
+    critic_pessimism: float
+    policy_lr_decay_updates: float
     reward_scale: float
 
 
@@ -93,6 +95,10 @@ class Config:
     """Hidden layer sizes of the policy network."""
     critic_hidden: Tuple[int, ...] = (64, 64)
     """Hidden layer sizes of the critic network."""
+    num_critics: int = 1
+    """Independently initialised critics trained on the same targets; with more than one, every target value (Retrace, E-step) is their mean − critic_pessimism × their standard deviation."""
+    critic_pessimism: float = 0.0
+    """β of the ensemble's pessimistic value mean − β·std (2 critics, β = 1: the minimum, TD3's clipped double-Q); needs num_critics > 1."""
     min_std: float = 1e-3
     """Lower bound of the policy's standard deviation."""
     init_std: float = 0.7
@@ -128,6 +134,8 @@ class Config:
 
     policy_lr: float = 6e-4
     """Adam learning rate of the policy (inverted_pendulum: 6e-4 solves it sooner than 3e-4, 33k against 39k steps on 5 seeds; the locomotion presets use 3e-4)."""
+    policy_lr_decay_updates: float = 0.0
+    """Policy learning rate after n updates: policy_lr / (1 + n / policy_lr_decay_updates), so that a solved policy's random walk on a flat critic stops growing (0: constant)."""
     critic_lr: float = 3e-3
     """Adam learning rate of the critic. Adam moves a critic's output by roughly a fixed amount per step, so a return of ~100–1000 (rewards normalised to ~1, γ = 0.99–0.999) is reached 10× sooner at 3e-3 than at 3e-4; the wider-network presets use 1e-3 (halfcheetah, hopper, walker2d) or 3e-4 (not yet measured)."""
     dual_lr: float = 1e-2
@@ -179,6 +187,13 @@ class Config:
         need(self.init_std > self.min_std, "init_std", f"> min_std ({self.min_std})")
         need(0.0 < self.tau <= 1.0, "tau", "in (0, 1]")
         need(math.isfinite(self.alpha_gain) and self.alpha_gain >= 0.0, "alpha_gain", "a finite number >= 0")
+        need(self.num_critics >= 1, "num_critics", ">= 1")
+        need(math.isfinite(self.critic_pessimism) and self.critic_pessimism >= 0.0, "critic_pessimism",
+             "a finite number >= 0")
+        need(self.critic_pessimism == 0.0 or self.num_critics > 1, "critic_pessimism",
+             "0 with num_critics=1 (an ensemble's spread needs num_critics > 1)")
+        need(math.isfinite(self.policy_lr_decay_updates) and self.policy_lr_decay_updates >= 0.0,
+             "policy_lr_decay_updates", "a finite number >= 0 (0: constant learning rate)")
         need(self.target_update_period >= 0, "target_update_period", ">= 0 (0 selects Polyak averaging)")
 
     @property

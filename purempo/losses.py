@@ -15,6 +15,27 @@ from purempo import mpo
 from purempo.retrace import batched_retrace_targets
 
 
+def pessimistic_value(q_members: chex.Array, pessimism: chex.Numeric) -> chex.Array:
+    """Ensemble estimate `mean_k Q_k − pessimism · std_k Q_k` (population std over the K members).
+
+    With K = 2 and pessimism 1 this is min(Q_1, Q_2), the clipped double-Q of TD3 (Fujimoto et al. 2018); larger
+    K gives the lower-confidence-bound form of ensemble methods (e.g. Lee et al. 2021, SUNRISE). Members agree
+    where the replay is dense and disagree where it is thin, so the E-step and the bootstrapped targets value
+    rarely visited states (a cart near its rail) below the well-known ones.
+
+    Args:
+      q_members: `[K, ...]` the members' values.
+      pessimism: β ≥ 0 (0: the ensemble mean).
+
+    Returns: `[...]`.
+    """
+    chex.assert_rank(pessimism, 0)
+    mean = jnp.mean(q_members, axis=0)
+    if q_members.shape[0] == 1:
+        return mean
+    return mean - pessimism * jnp.std(q_members, axis=0)
+
+
 def critic_loss(
     q_online: chex.Array,
     q_target_taken: chex.Array,
@@ -27,8 +48,9 @@ def critic_loss(
 ):
     """Squared error of the online critic against Retrace targets built from the target networks.
 
-    Args (all `[B, L]`):
-      q_online: Q_φ(s_t, a_t), differentiable.
+    Args (all `[B, L]`, except `q_online`):
+      q_online: Q_φ(s_t, a_t), differentiable: `[B, L]`, or `[K, B, L]` for an ensemble whose members all
+        regress on the same targets (the loss sums the members' losses, so each gets a single critic's gradient).
       q_target_taken: Q_φ'(s_t, a_t).
       v_tp1: E_{a~π'} Q_φ'(s_{t+1}, a) (at a time limit, of the true final state; ignored at a termination).
       rewards: the learner's rewards r_t.
@@ -37,11 +59,12 @@ def critic_loss(
       truncated: bool, transition t hit the time limit (bootstrap, cut the trace).
       lambda_: Retrace λ.
 
-    Returns: (loss `0.5·mean (Q_φ − G)²`, targets G `[B, L]`).
+    Returns: (loss `0.5·mean (Q_φ − G)²` summed over members, targets G `[B, L]`).
     """
-    chex.assert_rank([q_online, q_target_taken, v_tp1, rewards, discounts, log_rhos, truncated], 2)
+    chex.assert_rank([q_target_taken, v_tp1, rewards, discounts, log_rhos, truncated], 2)
+    chex.assert_rank(q_online, {2, 3})
     targets = batched_retrace_targets(q_target_taken, v_tp1, rewards, discounts, log_rhos, truncated, lambda_)
-    return 0.5 * jnp.mean((q_online - targets) ** 2), targets
+    return 0.5 * jnp.sum(jnp.mean((q_online - targets) ** 2, axis=(-2, -1))), targets
 
 
 class PolicyLossConfig(NamedTuple):

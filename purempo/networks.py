@@ -47,16 +47,36 @@ class GaussianPolicy(nn.Module):
         return mean, std
 
 
-class Critic(nn.Module):
-    """Q_φ(s, a) → scalar per (state, action) pair; leading dims broadcast."""
+class QHead(nn.Module):
+    """One Q network on the concatenated (observation, action) input."""
 
     hidden: Sequence[int]
 
     @nn.compact
+    def __call__(self, x: chex.Array) -> chex.Array:
+        return nn.Dense(1)(LayerNormMLP(self.hidden)(x))[..., 0]
+
+
+class Critic(nn.Module):
+    """Q_φ(s, a) → scalar per (state, action) pair; leading dims broadcast.
+
+    `num_members` > 1 makes an ensemble of independently initialised Q networks (parameters stacked on a leading
+    axis under "members") and the output gains a leading `[K]` axis; 1 keeps a single network and no such axis.
+    """
+
+    hidden: Sequence[int]
+    num_members: int = 1
+
+    @nn.compact
     def __call__(self, obs: chex.Array, action: chex.Array) -> chex.Array:
         obs = jnp.broadcast_to(obs, action.shape[:-1] + obs.shape[-1:])
-        h = LayerNormMLP(self.hidden)(jnp.concatenate([obs, action], axis=-1))
-        return nn.Dense(1)(h)[..., 0]
+        x = jnp.concatenate([obs, action], axis=-1)
+        if self.num_members == 1:
+            h = LayerNormMLP(self.hidden)(x)
+            return nn.Dense(1)(h)[..., 0]
+        members = nn.vmap(QHead, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=None,
+                          out_axes=0, axis_size=self.num_members)
+        return members(self.hidden, name="members")(x)
 
 
 def distribution(mean: chex.Array, std: chex.Array) -> distrax.MultivariateNormalDiag:
@@ -69,7 +89,13 @@ def preserve_outputs(params, old_stats, new_stats):
     observation after the normaliser moved from `old_stats` to `new_stats` (see
     `normalizer.preserve_first_layer`): updating the statistics then changes how inputs are conditioned,
     never what a policy does or what a critic predicts, so it cannot move a policy outside its trust region."""
+    if "members" in params["params"]:  # an ensemble critic: first layers stacked on a leading member axis
+        members = preserve_outputs({"params": params["params"]["members"]}, old_stats, new_stats)
+        return {**params, "params": {**params["params"], "members": members["params"]}}
     layer = params["params"]["LayerNormMLP_0"]["Dense_0"]
-    kernel, bias = normalizer.preserve_first_layer(layer["kernel"], layer["bias"], old_stats, new_stats)
+    preserve = normalizer.preserve_first_layer
+    if layer["kernel"].ndim == 3:
+        preserve = jax.vmap(preserve, in_axes=(0, 0, None, None))
+    kernel, bias = preserve(layer["kernel"], layer["bias"], old_stats, new_stats)
     trunk = {**params["params"]["LayerNormMLP_0"], "Dense_0": {**layer, "kernel": kernel, "bias": bias}}
     return {**params, "params": {**params["params"], "LayerNormMLP_0": trunk}}

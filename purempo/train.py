@@ -52,7 +52,7 @@ class TrainState(NamedTuple):
 def make_networks(config: Config, action_dim: int) -> Networks:
     return Networks(
         policy=GaussianPolicy(config.policy_hidden, action_dim, config.min_std, config.init_std),
-        critic=Critic(config.critic_hidden),
+        critic=Critic(config.critic_hidden, config.num_critics),
     )
 
 
@@ -91,13 +91,18 @@ def mpo_loss(params, learner: LearnerState, obs_stats, reward_divisor, batch: Tr
     next_target_mean, next_target_std = nets.policy.apply(learner.target_policy_params, next_obs)
     noise = jax.random.normal(key, (num_samples,) + next_target_mean.shape)
     sampled_actions = next_target_mean + next_target_std * noise  # [N, B, L, A]
-    sampled_q = nets.critic.apply(learner.target_critic_params, next_obs, acting.env_action(sampled_actions))
+    # Target-critic values go through the ensemble's pessimistic estimate (the single value for one critic).
+    def target_q(o, a):
+        q = nets.critic.apply(learner.target_critic_params, o, acting.env_action(a))
+        return losses.pessimistic_value(q if config.num_critics > 1 else q[None], hp.critic_pessimism)
+
+    sampled_q = target_q(next_obs, sampled_actions)  # [N, B, L]
 
     log_pi = jnp.sum(mpo.gaussian_log_prob(batch.action, target_mean, target_std), axis=-1)
-    q_online = nets.critic.apply(critic_params, obs, acting.env_action(batch.action))
+    q_online = nets.critic.apply(critic_params, obs, acting.env_action(batch.action))  # [B, L] or [K, B, L]
     critic_loss, targets = losses.critic_loss(
         q_online=q_online,
-        q_target_taken=nets.critic.apply(learner.target_critic_params, obs, acting.env_action(batch.action)),
+        q_target_taken=target_q(obs, batch.action),
         v_tp1=jnp.mean(sampled_q, axis=0),
         rewards=batch.reward / reward_divisor,
         discounts=hp.discount * (1.0 - batch.terminated.astype(jnp.float32)),
@@ -120,8 +125,21 @@ def mpo_loss(params, learner: LearnerState, obs_stats, reward_divisor, batch: Tr
         static=losses.PolicyLossConfig(config.per_dim_constraining, config.action_penalization),
         alpha_gain=hp.alpha_gain,
     )
-    metrics.update(critic_loss=critic_loss, target_mean=jnp.mean(targets), q_mean=jnp.mean(q_online))
+    metrics.update(critic_loss=critic_loss, target_mean=jnp.mean(targets), q_mean=jnp.mean(q_online),
+                   q_member_std=jnp.mean(jnp.std(q_online, axis=0)) if config.num_critics > 1 else jnp.zeros(()))
     return critic_loss + policy_loss, metrics
+
+
+def policy_learning_rate(hp: HParams, num_updates: chex.Array) -> chex.Array:
+    """`policy_lr / (1 + n / policy_lr_decay_updates)` after n updates; constant when the decay is 0.
+
+    Adam's steps keep their size when the gradients are noise (a solved task on a flat critic), so a constant
+    rate makes the policy random-walk forever; with a 1/n rate the walk's total variance, ∝ Σ lr², stays bounded
+    (Robbins & Monro 1951).
+    """
+    decay = jnp.asarray(hp.policy_lr_decay_updates, jnp.float32)
+    n = num_updates.astype(jnp.float32)
+    return hp.policy_lr / jnp.where(decay > 0, 1.0 + n / jnp.where(decay > 0, decay, 1.0), 1.0)
 
 
 def learner_step(learner: LearnerState, obs_stats, reward_divisor, batch: Transition, key, hp: HParams,
@@ -132,7 +150,7 @@ def learner_step(learner: LearnerState, obs_stats, reward_divisor, batch: Transi
                                                        config, nets)
     policy_grads, critic_grads, dual_grads = grads
     policy_params, policy_opt = apply_updates(optimizer, policy_grads, learner.policy_opt_state,
-                                              learner.policy_params, hp.policy_lr)
+                                              learner.policy_params, policy_learning_rate(hp, learner.num_updates))
     critic_params, critic_opt = apply_updates(optimizer, critic_grads, learner.critic_opt_state,
                                               learner.critic_params, hp.critic_lr)
     dual_params, dual_opt = apply_updates(optimizer, dual_grads, learner.dual_opt_state,

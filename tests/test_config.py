@@ -51,6 +51,11 @@ def test_default_config_is_valid():
         (dict(min_alpha=float("nan")), "min_alpha"),
         (dict(alpha_gain=-0.1), "alpha_gain"),
         (dict(alpha_gain=float("inf")), "alpha_gain"),
+        (dict(num_critics=0), "num_critics"),
+        (dict(num_critics=2, critic_pessimism=-0.5), "critic_pessimism"),
+        (dict(critic_pessimism=0.5), "critic_pessimism"),  # a spread needs an ensemble (num_critics > 1)
+        (dict(policy_lr_decay_updates=-1.0), "policy_lr_decay_updates"),
+        (dict(policy_lr_decay_updates=float("nan")), "policy_lr_decay_updates"),
     ],
 )
 def test_invalid_field_raises_value_error_naming_it(changes, field):

@@ -78,6 +78,34 @@ def test_critic_loss_ignores_non_finite_values_at_terminations(bad):
         np.testing.assert_allclose(outs[0][2], other[2], rtol=1e-6, atol=1e-9)
 
 
+def test_ensemble_critic_loss_sums_the_members_losses_against_shared_targets():
+    """q_online `[K, B, L]`: the targets are those of one critic, the loss is the sum over members of each
+    member's single-critic loss, and each member's gradient is the single-critic gradient."""
+    q_online, q_target, v, r, d, log_rhos, trunc, _ = _critic_batch(2)
+    members = np.stack([q_online, q_online + 0.5, q_online * 2.0])
+    (loss, g), (grad_q, _, _) = _critic_value_and_grad(members, q_target, v, r, d, log_rhos, trunc, 0.9)
+    singles = [_critic_value_and_grad(m, q_target, v, r, d, log_rhos, trunc, 0.9) for m in members]
+    np.testing.assert_allclose(float(loss), sum(float(s[0][0]) for s in singles), rtol=1e-6)
+    for k, ((_, g_k), (grad_k, _, _)) in enumerate(singles):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(g_k), rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(grad_q[k]), np.asarray(grad_k), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("pessimism", [0.0, 0.5, 1.0, 2.0])
+def test_pessimistic_value_is_mean_minus_beta_std_and_the_minimum_of_two(pessimism):
+    """Closed form mean − β·std (population std, float64) over K = 5 members; for K = 2 and β = 1 it is the
+    elementwise minimum; one member is returned unchanged whatever β."""
+    rng = np.random.default_rng(3)
+    q = rng.normal(size=(5, 4, 3)).astype(np.float32)
+    expected = q.astype(np.float64).mean(0) - pessimism * q.astype(np.float64).std(0)
+    got = losses.pessimistic_value(jnp.asarray(q), jnp.float32(pessimism))
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-6)
+    if pessimism == 1.0:
+        np.testing.assert_allclose(np.asarray(losses.pessimistic_value(jnp.asarray(q[:2]), 1.0)),
+                                   np.minimum(q[0], q[1]), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(losses.pessimistic_value(jnp.asarray(q[:1]), pessimism)), q[0])
+
+
 def test_critic_loss_rejects_unbatched_inputs():
     """Rank-1 inputs (a single sequence) are rejected: the loss expects [B, L]."""
     x, t = jnp.zeros(5), jnp.zeros(5, bool)

@@ -256,7 +256,8 @@ def learner_pieces(glue_run):
         params = (learner.policy_params, learner.critic_params, learner.dual_params)
         hp = config.hparams if hparams is None else hparams
         return jax.jit(jax.value_and_grad(train.mpo_loss, has_aux=True), static_argnums=(7, 8))(
-            params, learner, state.obs_stats, divisor, batch, key, hp, config, nets)
+            params, learner, state.obs_stats, divisor, batch, key, hp, config,
+            train.make_networks(config, action_dim))
 
     # A learner whose targets differ from its online networks (4 learning updates, no copy yet) and which has
     # made no update yet by its own count.
@@ -335,6 +336,73 @@ def test_alpha_gain_reaches_the_policy_penalty_only(learner_pieces):
     assert _trees_differ(policy1, policy0)
     _assert_trees_identical(critic1, critic0)
     _assert_trees_identical(duals1, duals0)
+
+
+def _as_ensemble(params, k):
+    """Single-critic parameters as an ensemble of k identical members (stacked under "members")."""
+    return {"params": {"members": jax.tree.map(lambda x: jnp.stack([x] * k), params["params"])}}
+
+
+def test_an_ensemble_of_identical_critics_reproduces_the_single_critic(learner_pieces):
+    """num_critics 2 with both members (online and target) equal to the single critic: their spread is 0, so
+    whatever the pessimism the targets, E-step and policy gradient are the single critic's; the critic loss
+    is twice the single one and each member's gradient is the single critic's gradient."""
+    learner, batch, key = learner_pieces["learner"], learner_pieces["batches"][3], jax.random.PRNGKey(6)
+    (loss1, m1), (policy1, critic1, duals1) = jax.device_get(learner_pieces["loss_and_grads"](learner, batch, key))
+    config = GLUE.replace(num_critics=2, critic_pessimism=1.0)
+    ensemble = learner._replace(critic_params=_as_ensemble(learner.critic_params, 2),
+                                target_critic_params=_as_ensemble(learner.target_critic_params, 2))
+    (loss2, m2), (policy2, critic2, duals2) = jax.device_get(
+        learner_pieces["loss_and_grads"](ensemble, batch, key, config=config))
+    np.testing.assert_allclose(m2["critic_loss"], 2 * m1["critic_loss"], rtol=1e-5)
+    for name in ("policy_loss", "target_mean", "q_mean", "kl_mean", "temperature"):
+        np.testing.assert_allclose(m2[name], m1[name], rtol=1e-5, atol=1e-7, err_msg=name)
+    assert float(m2["q_member_std"]) == 0.0
+    for a, b in zip(_leaves(policy2) + _leaves(duals2), _leaves(policy1) + _leaves(duals1)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+    for member in range(2):
+        got = jax.tree.map(lambda x: x[member], critic2["params"]["members"])
+        for a, b in zip(_leaves(got), _leaves(critic1["params"])):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_ensemble_pessimism_lowers_the_targets_the_critic_regresses_on(learner_pieces):
+    """Two different critics: the mean target of β = 1 (their minimum) is below that of β = 0 (their mean),
+    and the metric q_member_std reports their spread."""
+    learner, batch, key = learner_pieces["learner"], learner_pieces["batches"][0], jax.random.PRNGKey(7)
+    config = GLUE.replace(num_critics=2)
+    nets = train.make_networks(config, envs.make(GLUE.env).action_size)
+    obs_dim = learner.policy_params["params"]["LayerNormMLP_0"]["Dense_0"]["kernel"].shape[0]
+    params = nets.critic.init(jax.random.PRNGKey(11), jnp.zeros((obs_dim,)), jnp.zeros((1,)))
+    params = jax.tree.map(lambda x: x * 30.0, params)  # large, clearly different values per member
+    ensemble = learner._replace(critic_params=params, target_critic_params=params)
+    target = {}
+    for beta in (0.0, 1.0):
+        (_, m), _ = jax.device_get(learner_pieces["loss_and_grads"](
+            ensemble, batch, key, hparams=config.replace(critic_pessimism=beta).hparams, config=config))
+        target[beta] = float(m["target_mean"])
+        assert float(m["q_member_std"]) > 0.1
+    assert target[1.0] < target[0.0] - 0.1
+
+
+@pytest.mark.parametrize("decay, n", [(0.0, 500), (100.0, 0), (100.0, 300)])
+def test_policy_learning_rate_decays_as_one_over_updates(learner_pieces, decay, n):
+    """policy_lr_decay_updates T: Adam's first step from fresh moments moves every parameter with a non-zero
+    gradient by the learning rate itself (m̂/√v̂ = ±1), so the largest policy change after the learner's n-th
+    update is policy_lr / (1 + n/T) (policy_lr when T is 0); the critic keeps its own constant rate."""
+    learner = learner_pieces["learner"]
+    optimizer = train.make_optimizer(GLUE)
+    learner = learner._replace(num_updates=jnp.asarray(n, jnp.int32),
+                               policy_opt_state=optimizer.init(learner.policy_params),
+                               critic_opt_state=optimizer.init(learner.critic_params))
+    hp = GLUE.replace(policy_lr_decay_updates=decay).hparams
+    new, _ = jax.device_get(learner_pieces["step_fn"](period=1000, hparams=hp)(
+        learner, learner_pieces["batches"][1], jax.random.PRNGKey(8)))
+    moved = max(np.abs(a - b).max() for a, b in zip(_leaves(new.policy_params), _leaves(learner.policy_params)))
+    expected = GLUE.policy_lr / (1.0 + n / decay) if decay > 0 else GLUE.policy_lr
+    np.testing.assert_allclose(moved, expected, rtol=1e-3)
+    critic_moved = max(np.abs(a - b).max() for a, b in zip(_leaves(new.critic_params), _leaves(learner.critic_params)))
+    np.testing.assert_allclose(critic_moved, GLUE.critic_lr, rtol=1e-3)
 
 
 def test_terminal_next_observations_never_reach_the_networks(learner_pieces):
