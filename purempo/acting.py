@@ -8,8 +8,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from purempo import envs, normalizer
-from purempo.networks import distribution
+from purempo import envs, mpo, normalizer
 from purempo.types import Transition
 
 ACTION_LOW, ACTION_HIGH = -1.0, 1.0
@@ -25,23 +24,40 @@ class EpisodeStats(NamedTuple):
     count: chex.Array  # [] number of finished episodes
 
 
-def sample_action(policy, policy_params, obs_stats, obs, key):
-    """Samples a ~ π_θ(·|s) for raw observations `[E, O]`; returns (action `[E, A]`, log π_θ(a|s) `[E]`)."""
-    mean, std = policy.apply(policy_params, normalizer.normalize(obs_stats, obs))
-    return distribution(mean, std).sample_and_log_prob(seed=key)
+def correlated_noise(previous: chex.Array, key: chex.PRNGKey, correlation: chex.Numeric) -> chex.Array:
+    """One step of unit-variance AR(1) noise: `ρ·previous + sqrt(1 − ρ²)·ξ`, ξ ~ N(0, I).
+
+    If `previous` ~ N(0, I), so is the result, and consecutive steps correlate by ρ: an Ornstein–Uhlenbeck
+    process sampled at unit time steps (DDPG's exploration, Lillicrap et al. 2016; temporally correlated
+    exploration for MPO and SAC: Eberhard et al. 2023, "Pink noise is all you need"). ρ = 0 is white noise.
+    Shapes: previous `[E, A]` → `[E, A]`.
+    """
+    return correlation * previous + jnp.sqrt(1.0 - correlation**2) * jax.random.normal(key, previous.shape)
 
 
 def rollout(env, policy, policy_params, obs_stats, env_state, key, unroll_length: int, episode_length: int,
-            reward_scale=1.0):
-    """Runs `unroll_length` lockstep steps. Returns (env_state, Transition `[U, E, ...]`, EpisodeStats).
+            reward_scale=1.0, noise=None, correlation=0.0):
+    """Runs `unroll_length` lockstep steps. Returns (env_state, Transition `[U, E, ...]`, EpisodeStats, noise).
 
-    Transitions hold rewards multiplied by `reward_scale` (a reward-scaling wrapper); EpisodeStats are unscaled.
+    Actions are `mean + std · n_t` with exploration noise n_t `[E, A]` that follows `correlated_noise` within
+    an episode (`correlation` ρ; 0: independent steps, i.e. samples of π_θ) and restarts from a fresh N(0, I)
+    draw when an episode ends; `noise` is n_{t−1} of the first step (None: zeros, for ρ = 0). Each step's
+    action is marginally distributed as π_θ(·|s), and its density under π_θ is the behaviour log-prob stored
+    for Retrace (for ρ > 0 the true behaviour also depends on the episode's past noise: an approximation that
+    the importance weights do not correct). Transitions hold rewards multiplied by `reward_scale` (a
+    reward-scaling wrapper); EpisodeStats are unscaled.
     """
+    if noise is None:
+        noise = jnp.zeros((envs.observation(env_state).shape[0], env.action_size))
 
-    def one_step(env_state, step_key):
+    def one_step(carry, step_key):
+        env_state, noise = carry
         act_key, reset_key = jax.random.split(step_key)
         obs = envs.observation(env_state)
-        action, log_prob = sample_action(policy, policy_params, obs_stats, obs, act_key)
+        mean, std = policy.apply(policy_params, normalizer.normalize(obs_stats, obs))
+        noise = correlated_noise(noise, act_key, correlation)
+        action = mean + std * noise
+        log_prob = jnp.sum(mpo.gaussian_log_prob(action, mean, std), axis=-1)
         env_state, result = envs.step(env, env_state, env_action(action), reset_key, episode_length)
         transition = Transition(
             obs=obs,
@@ -53,10 +69,13 @@ def rollout(env, policy, policy_params, obs_stats, env_state, key, unroll_length
             behaviour_log_prob=log_prob,
         )
         finished = jnp.logical_or(result.terminated, result.truncated)
-        return env_state, (transition, result.finished_return, finished)
+        # A new episode's noise is independent of the last one's (and stationary: N(0, I)).
+        fresh = jax.random.normal(jax.random.fold_in(act_key, 1), noise.shape)
+        noise = jnp.where(finished[:, None], fresh, noise)
+        return (env_state, noise), (transition, result.finished_return, finished)
 
-    env_state, (transitions, finished_return, finished) = jax.lax.scan(
-        one_step, env_state, jax.random.split(key, unroll_length)
+    (env_state, noise), (transitions, finished_return, finished) = jax.lax.scan(
+        one_step, (env_state, noise), jax.random.split(key, unroll_length)
     )
     stats = EpisodeStats(return_sum=jnp.sum(finished_return), count=jnp.sum(finished).astype(jnp.float32))
-    return env_state, transitions, stats
+    return env_state, transitions, stats, noise

@@ -36,6 +36,7 @@ class HParams(NamedTuple):
     alpha_gain: float
     critic_pessimism: float
     policy_lr_decay_updates: float
+    exploration_correlation: float
     reward_scale: float
 
 
@@ -99,6 +100,8 @@ class Config:
     """Independently initialised critics trained on the same targets; with more than one, every target value (Retrace, E-step) is their mean − critic_pessimism × their standard deviation."""
     critic_pessimism: float = 0.0
     """β of the ensemble's pessimistic value mean − β·std (2 critics, β = 1: the minimum, TD3's clipped double-Q); needs num_critics > 1."""
+    exploration_correlation: float = 0.0
+    """Correlation ρ of the training envs' exploration noise between consecutive steps: actions are mean + std·n_t with n_t = ρ·n_{t−1} + sqrt(1 − ρ²)·ξ_t (unit-variance Ornstein–Uhlenbeck noise, restarted at each episode), so each action is still a sample of π_θ(·|s) but the pushes persist for ~1/(1 − ρ) steps and move the system further than white noise does (0: independent steps)."""
     min_std: float = 1e-3
     """Lower bound of the policy's standard deviation."""
     init_std: float = 0.7
@@ -194,6 +197,8 @@ class Config:
              "0 with num_critics=1 (an ensemble's spread needs num_critics > 1)")
         need(math.isfinite(self.policy_lr_decay_updates) and self.policy_lr_decay_updates >= 0.0,
              "policy_lr_decay_updates", "a finite number >= 0 (0: constant learning rate)")
+        need(math.isfinite(self.exploration_correlation) and 0.0 <= self.exploration_correlation < 1.0,
+             "exploration_correlation", "in [0, 1)")
         need(self.target_update_period >= 0, "target_update_period", ">= 0 (0 selects Polyak averaging)")
 
     @property

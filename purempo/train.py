@@ -45,6 +45,7 @@ class TrainState(NamedTuple):
     reward_stats: normalizer.RewardScale  # frozen once learning starts
     replay: replay.ReplayState
     env_state: envs.EnvState
+    exploration_noise: chex.Array  # [E, A]: the last acting step's noise (acting.correlated_noise)
     key: chex.PRNGKey
     iteration: chex.Array  # int32 []: iterations done; env steps = iteration · steps_per_iteration
 
@@ -216,9 +217,10 @@ def make_trainer(config: Config) -> Trainer:
     reward_estimation_iterations = max(config.prefill_iterations, 1)
 
     def collect(state: TrainState, policy_params, key, hp: HParams):
-        env_state, transitions, episodes = acting.rollout(
+        env_state, transitions, episodes, noise = acting.rollout(
             env, nets.policy, policy_params, state.obs_stats, state.env_state, key,
             config.unroll_length, config.episode_length, hp.reward_scale,
+            state.exploration_noise, hp.exploration_correlation,
         )
         estimating = state.iteration < reward_estimation_iterations
         reward_stats = jax.tree.map(
@@ -232,6 +234,7 @@ def make_trainer(config: Config) -> Trainer:
         state = state._replace(
             learner=learner,
             env_state=env_state,
+            exploration_noise=noise,
             reward_stats=reward_stats,
             obs_stats=obs_stats,
             replay=replay.add(state.replay, transitions),
@@ -274,6 +277,8 @@ def make_trainer(config: Config) -> Trainer:
             reward_stats=normalizer.init_reward_scale(),
             replay=replay.init(example, config.capacity_per_env),
             env_state=env_state,
+            # Stationary from the first step: N(0, I), like every later step's noise.
+            exploration_noise=jax.random.normal(jax.random.fold_in(env_key, 1), (config.num_envs, action_dim)),
             key=key,
             iteration=jnp.zeros((), jnp.int32),
         )

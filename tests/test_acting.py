@@ -34,7 +34,8 @@ def setup():
 
     @jax.jit
     def run(env_state, key, reward_scale):
-        return acting.rollout(env, policy, params, obs_stats, env_state, key, UNROLL, EPISODE_LENGTH, reward_scale)
+        return acting.rollout(env, policy, params, obs_stats, env_state, key, UNROLL, EPISODE_LENGTH,
+                              reward_scale)[:3]
 
     env_state = envs.reset(env, jax.random.PRNGKey(2), NUM_ENVS, 16)
     key = jax.random.PRNGKey(3)
@@ -119,3 +120,43 @@ def test_episode_stats_sum_the_rewards_of_finished_episodes(setup):
         total += running[ended].sum()
         running[ended] = 0.0
     np.testing.assert_allclose(episodes.return_sum, total, rtol=1e-6)
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.5, 0.9])
+def test_correlated_noise_is_stationary_unit_variance_with_geometric_autocorrelation(rho):
+    """20,000 parallel chains started from N(0, 1), 30 steps: every step has variance 1 (± 0.05), and the
+    correlation between steps t and t − k is ρ^k (± 0.03), as for an AR(1) process; ρ = 0 is white noise."""
+    step = jax.jit(acting.correlated_noise)
+    noise = [jax.random.normal(jax.random.PRNGKey(0), (20_000, 1))]
+    for key in jax.random.split(jax.random.PRNGKey(1), 30):
+        noise.append(step(noise[-1], key, rho))
+    n = np.asarray(jnp.stack(noise))[..., 0].astype(np.float64)  # [31, chains]
+    np.testing.assert_allclose(n.var(axis=1), 1.0, atol=0.05)
+    for k in (1, 2, 3):
+        np.testing.assert_allclose(np.mean(n[k:] * n[:-k]), rho**k, atol=0.03)
+
+
+def test_rollout_noise_persists_within_an_episode_restarts_after_it_and_is_returned(setup):
+    """ρ = 0.95 in a 64-env rollout: the standardised actions n_t = (a_t − mean)/std correlate by ≈ ρ with the
+    previous step's inside an episode and by ≈ 0 across an episode end; the returned noise is the last step's
+    n for envs still running; the behaviour log-prob is still log π_θ(a|s) at the acting-time statistics."""
+    env, policy, params, obs_stats = setup["env"], setup["policy"], setup["params"], setup["obs_stats"]
+    num_envs, rho = 64, 0.95
+    env_state = envs.reset(env, jax.random.PRNGKey(4), num_envs, 16)
+    start = jax.random.normal(jax.random.PRNGKey(6), (num_envs, env.action_size))
+    _, tr, _, noise = jax.device_get(jax.jit(
+        lambda s, k, n: acting.rollout(env, policy, params, obs_stats, s, k, UNROLL, EPISODE_LENGTH, 1.0, n, rho)
+    )(env_state, jax.random.PRNGKey(5), start))
+    pi_mean, pi_std = jax.device_get(policy.apply(params, normalizer.normalize(obs_stats, jnp.asarray(tr.obs))))
+    n = ((tr.action - pi_mean) / pi_std)[..., 0].astype(np.float64)  # [U, E]
+    ended = (tr.terminated | tr.truncated)[:-1]
+    same_episode = n[1:][~ended] * n[:-1][~ended]
+    new_episode = n[1:][ended] * n[:-1][ended]
+    assert same_episode.size > 200 and new_episode.size > 100
+    np.testing.assert_allclose(same_episode.mean(), rho, atol=0.12)
+    assert abs(new_episode.mean()) < 0.25
+    np.testing.assert_allclose(n[0], rho * np.asarray(start)[:, 0], atol=4 * np.sqrt(1 - rho**2))
+    running = ~(tr.terminated[-1] | tr.truncated[-1])
+    np.testing.assert_allclose(np.asarray(noise)[running, 0], n[-1][running], rtol=1e-4, atol=1e-4)
+    expected = stats.norm.logpdf(tr.action.astype(np.float64), pi_mean, pi_std).sum(-1)
+    np.testing.assert_allclose(tr.behaviour_log_prob, expected, rtol=1e-4, atol=1e-4)

@@ -405,6 +405,30 @@ def test_policy_learning_rate_decays_as_one_over_updates(learner_pieces, decay, 
     np.testing.assert_allclose(critic_moved, GLUE.critic_lr, rtol=1e-3)
 
 
+def test_exploration_correlation_reaches_acting_and_its_noise_is_carried_in_the_state(glue_run):
+    """exploration_correlation travels from HParams to the rollout: after the prefill chunk (no update, so the
+    policy is the initial one as a function of raw observations) the state's exploration_noise equals the
+    standardised last stored action of every env still in its episode; with ρ = 0 and ρ = 0.9 the actions
+    differ from the same key."""
+    trainer = glue_run[0]
+    state0 = jax.jit(trainer.init)(jax.random.PRNGKey(0))
+    chunk = jax.jit(trainer.train_chunk)
+    nets = train.make_networks(GLUE, envs.make(GLUE.env).action_size)
+    actions = {}
+    for rho in (0.0, 0.9):
+        state1, metrics = jax.device_get(chunk(state0, GLUE.replace(exploration_correlation=rho).hparams))
+        assert float(np.sum(metrics["updates"])) == 0.0  # prefill only
+        last = int(state1.replay.write_index) - 1
+        row = jax.tree.map(lambda x: x[last], state1.replay.data)
+        mean, std = nets.policy.apply(state0.learner.policy_params, normalizer.normalize(state0.obs_stats, row.obs))
+        running = ~(row.terminated | row.truncated)
+        assert running.any()
+        np.testing.assert_allclose(state1.exploration_noise[running], ((row.action - mean) / std)[running],
+                                   rtol=1e-4, atol=1e-4)
+        actions[rho] = state1.replay.data.action
+    assert _trees_differ(actions[0.0], actions[0.9])
+
+
 def test_terminal_next_observations_never_reach_the_networks(learner_pieces):
     """Transitions that terminated carry NaN next observations: loss, metrics and gradients stay finite and
     are exactly those with any other values there (terminal next states are masked, not bootstrapped)."""
