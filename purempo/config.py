@@ -37,6 +37,7 @@ class HParams(NamedTuple):
     critic_pessimism: float
     policy_lr_decay_updates: float
     exploration_correlation: float
+    exploration_correlation_from_step: float
     reward_scale: float
 
 
@@ -102,6 +103,8 @@ class Config:
     """β of the ensemble's pessimistic value mean − β·std (2 critics, β = 1: the minimum, TD3's clipped double-Q); needs num_critics > 1."""
     exploration_correlation: float = 0.0
     """Correlation ρ of the training envs' exploration noise between consecutive steps: actions are mean + std·n_t with n_t = ρ·n_{t−1} + sqrt(1 − ρ²)·ξ_t (unit-variance Ornstein–Uhlenbeck noise, restarted at each episode), so each action is still a sample of π_θ(·|s) but the pushes persist for ~1/(1 − ρ) steps and move the system further than white noise does (0: independent steps)."""
+    exploration_correlation_from_step: float = 0.0
+    """Env steps after which exploration_correlation applies (white noise before): a task is learnt fastest with independent noise, and the correlated pushes matter once a solved policy can drift (RESULTS.md §6)."""
     min_std: float = 1e-3
     """Lower bound of the policy's standard deviation."""
     init_std: float = 0.7
@@ -199,6 +202,8 @@ class Config:
              "policy_lr_decay_updates", "a finite number >= 0 (0: constant learning rate)")
         need(math.isfinite(self.exploration_correlation) and 0.0 <= self.exploration_correlation < 1.0,
              "exploration_correlation", "in [0, 1)")
+        need(math.isfinite(self.exploration_correlation_from_step) and self.exploration_correlation_from_step >= 0.0,
+             "exploration_correlation_from_step", "a finite number of env steps >= 0")
         need(self.target_update_period >= 0, "target_update_period", ">= 0 (0 selects Polyak averaging)")
 
     @property

@@ -220,7 +220,8 @@ def make_trainer(config: Config) -> Trainer:
         env_state, transitions, episodes, noise = acting.rollout(
             env, nets.policy, policy_params, state.obs_stats, state.env_state, key,
             config.unroll_length, config.episode_length, hp.reward_scale,
-            state.exploration_noise, hp.exploration_correlation,
+            state.exploration_noise,
+            jnp.where(env_steps(state) >= hp.exploration_correlation_from_step, hp.exploration_correlation, 0.0),
         )
         estimating = state.iteration < reward_estimation_iterations
         reward_stats = jax.tree.map(

@@ -58,6 +58,7 @@ def test_default_config_is_valid():
         (dict(policy_lr_decay_updates=float("nan")), "policy_lr_decay_updates"),
         (dict(exploration_correlation=1.0), "exploration_correlation"),
         (dict(exploration_correlation=-0.1), "exploration_correlation"),
+        (dict(exploration_correlation_from_step=-1.0), "exploration_correlation_from_step"),
     ],
 )
 def test_invalid_field_raises_value_error_naming_it(changes, field):
@@ -135,6 +136,7 @@ NON_DEFAULT = dict(
     critic_pessimism=0.7,
     policy_lr_decay_updates=5000.0,
     exploration_correlation=0.6,
+    exploration_correlation_from_step=20_000.0,
     reward_scale=0.5,
     obs_norm_preserves_outputs=False,
 )
@@ -148,7 +150,8 @@ def test_hparams_is_a_namedtuple_of_the_float_fields():
     expected_fields = {
         "discount", "retrace_lambda", "epsilon", "epsilon_mean", "epsilon_std", "epsilon_penalty", "policy_lr",
         "critic_lr", "dual_lr", "tau", "init_temperature", "init_alpha_mean", "init_alpha_std", "min_alpha",
-        "alpha_gain", "critic_pessimism", "policy_lr_decay_updates", "exploration_correlation", "reward_scale",
+        "alpha_gain", "critic_pessimism", "policy_lr_decay_updates", "exploration_correlation",
+        "exploration_correlation_from_step", "reward_scale",
     }
     assert set(hparams._fields) == expected_fields
     assert "obs_norm_preserves_outputs" not in hparams._fields  # a static switch, not a float

@@ -427,6 +427,11 @@ def test_exploration_correlation_reaches_acting_and_its_noise_is_carried_in_the_
                                    rtol=1e-4, atol=1e-4)
         actions[rho] = state1.replay.data.action
     assert _trees_differ(actions[0.0], actions[0.9])
+    # exploration_correlation_from_step: white noise (bit for bit the ρ = 0 run) until that many env steps.
+    late = GLUE.replace(exploration_correlation=0.9, exploration_correlation_from_step=1e6).hparams
+    np.testing.assert_array_equal(jax.device_get(chunk(state0, late))[0].replay.data.action, actions[0.0])
+    at_start = GLUE.replace(exploration_correlation=0.9, exploration_correlation_from_step=0.0).hparams
+    np.testing.assert_array_equal(jax.device_get(chunk(state0, at_start))[0].replay.data.action, actions[0.9])
 
 
 def test_terminal_next_observations_never_reach_the_networks(learner_pieces):
