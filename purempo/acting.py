@@ -8,7 +8,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from purempo import envs, mpo, normalizer
+from purempo import envs, normalizer
+from purempo.networks import distribution
 from purempo.types import Transition
 
 ACTION_LOW, ACTION_HIGH = -1.0, 1.0
@@ -57,7 +58,7 @@ def rollout(env, policy, policy_params, obs_stats, env_state, key, unroll_length
         mean, std = policy.apply(policy_params, normalizer.normalize(obs_stats, obs))
         noise = correlated_noise(noise, act_key, correlation)
         action = mean + std * noise
-        log_prob = jnp.sum(mpo.gaussian_log_prob(action, mean, std), axis=-1)
+        log_prob = distribution(mean, std).log_prob(action)
         env_state, result = envs.step(env, env_state, env_action(action), reset_key, episode_length)
         transition = Transition(
             obs=obs,
