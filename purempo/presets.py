@@ -32,12 +32,10 @@ _LOCOMOTION: Dict[str, Any] = dict(
     epsilon_std=6e-5,
     target_update_period=50,
     critic_lr=3e-4,
-    # Measured with these (inverted_pendulum's defaults differ: discount 0.999, policy lr 6e-4, alpha_gain 1,
-    # correlated exploration noise 0.5).
+    # Measured with these (inverted_pendulum's defaults differ: discount 0.999, policy lr 6e-4, alpha_gain 1).
     discount=0.99,
     policy_lr=3e-4,
     alpha_gain=0.0,
-    exploration_correlation=0.0,
     total_steps=1_000_000,
     num_evals=20,
     eval_episodes=8,

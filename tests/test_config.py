@@ -93,9 +93,6 @@ def test_defaults_are_the_pendulum_preset_and_every_preset_preserves_outputs():
     config = Config()
     assert config == preset("inverted_pendulum")
     assert all(preset(env).obs_norm_preserves_outputs for env in PRESETS)
-    # Correlated exploration was measured on inverted_pendulum only; the locomotion presets keep white noise.
-    assert config.exploration_correlation > 0.0
-    assert all(preset(env).exploration_correlation == 0.0 for env in PRESETS if env != "inverted_pendulum")
     assert config.hparams.min_alpha == config.min_alpha > 0.0
 
 
