@@ -130,7 +130,7 @@ def run_brax(algorithm, env_name, budget_s, seed, overrides):
     settings.update(episode_length=1000, action_repeat=1, seed=seed, num_eval_envs=eval_episodes,
                     deterministic_eval=True)
     curve = Curve(f"brax-{algorithm}", budget_s)
-    env = envs.make(env_name, preset(env_name).backend)
+    env = envs.make(env_name, preset(env_name).backend, preset(env_name).impl)
 
     def progress(num_steps, metrics):
         if curve.add(num_steps, float(metrics["eval/walltime"]), metrics["eval/episode_reward"],

@@ -3,6 +3,7 @@
     python benchmarks/throughput.py --env inverted_pendulum
     python benchmarks/throughput.py --env halfcheetah --num-envs 16 64 256 --seeds 1 4
     python benchmarks/throughput.py --env ant --num-envs 256 1024 4096 16384 --seeds 1 4 16   # on a GPU
+    python benchmarks/throughput.py --env CheetahRun --num-envs 64 256   # a MuJoCo Playground env: MJX vs Warp too
 
 For each num_envs E the env's preset is run at its *default replay ratio* (sampled transitions per env step,
 `updates_per_iteration * batch_size * sequence_length / (num_envs * unroll_length)`): updates per iteration are
@@ -13,6 +14,8 @@ scaled with E (and the unroll lengthened where fewer than one update would remai
   wrapper (time limit + auto-reset) and Brax's bare `vmap(env.step)`; the ratio is training / bare ceiling.
 Then the default preset with 1, 4, 16... seeds vmapped in one program (cost per seed), and a profile of one
 learner step (FLOPs from XLA's cost analysis; time of the sampled-action critic pass, the largest part).
+For a MuJoCo Playground env, first the random-action ceiling of each physics implementation (`--impls`, default
+MJX `jax` and MuJoCo Warp `warp`) at every E, which is what `envs.default_impl` is chosen from.
 Writes benchmarks/results/throughput_<env>.json.
 """
 
@@ -116,7 +119,7 @@ def time_ceiling(env, num_envs: int, episode_length: int, steps: int = 64):
 
 def profile_learner(config, repeats: int = 20):
     """Time and FLOPs of one learner step, and of its sampled-action target-critic pass alone."""
-    env = envs.make(config.env, config.backend)
+    env = envs.make(config.env, config.backend, config.impl)
     trainer = make_trainer(config)
     state = jax.jit(trainer.init)(jax.random.PRNGKey(0))
     nets, optimizer, hp = make_networks(config, env.action_size), make_optimizer(config), config.hparams
@@ -166,11 +169,30 @@ def main():
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--name", default=None, help="output file stem (default: throughput_ENV)")
+    parser.add_argument("--impls", nargs="+", default=list(envs.PLAYGROUND_IMPLS),
+                        help="Playground physics implementations whose ceilings to compare (Playground envs only)")
     args = parser.parse_args()
     base = preset(args.env, **parse_overrides(args.set))
-    env = envs.make(base.env, base.backend)
+    env = envs.make(base.env, base.backend, base.impl)
     print(f"{args.env} on {machine()}; default replay ratio {replay_ratio(base):.1f} sampled transitions per env step",
           flush=True)
+
+    impls = []
+    if envs.family(base.env) == envs.PLAYGROUND:
+        for impl in args.impls:
+            for num_envs in args.num_envs:
+                row = dict(impl=impl, num_envs=num_envs)
+                try:
+                    tick = time.perf_counter()
+                    wrapped, bare = time_ceiling(envs.make(base.env, impl=impl), num_envs, base.episode_length)
+                    row.update(seconds_with_compile=round(time.perf_counter() - tick, 1),
+                               ceiling_wrapper_env_steps_per_s=round(wrapped, 1), ceiling_bare_env_steps_per_s=round(bare, 1))
+                except Exception as error:  # e.g. Warp without a usable device: recorded, not fatal
+                    row.update(error=f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+                impls.append(row)
+                print(f"impl {impl:>4}  E={num_envs:>6}  " + (f"ceiling {row['ceiling_wrapper_env_steps_per_s']:11,.0f} "
+                      f"(wrapper) {row['ceiling_bare_env_steps_per_s']:11,.0f} (bare)  {row['seconds_with_compile']} s with "
+                      f"compilation" if "error" not in row else row["error"]), flush=True)
 
     sweep = []
     for num_envs in args.num_envs:
@@ -208,16 +230,21 @@ def main():
                    command="python benchmarks/throughput.py " + " ".join(
                        [f"--env {args.env}", "--num-envs " + " ".join(map(str, args.num_envs)),
                         "--seeds " + " ".join(map(str, args.seeds))] + [f"--set {s}" for s in args.set]),
-                   replay_ratio=replay_ratio(base), config=jsonable(base), num_envs_sweep=sweep,
+                   replay_ratio=replay_ratio(base), config=jsonable(base), playground_impls=impls, num_envs_sweep=sweep,
                    vmapped_seeds=seeds, learner_profile=profile)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name or 'throughput_' + args.env}.json").write_text(json.dumps(summary, indent=1) + "\n")
     print("\n| num_envs | unroll | updates/iter | compile (s) | train env steps/s | updates/s | ceiling (wrapper) "
-          "| ceiling (bare Brax) | train / ceiling |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| ceiling (bare env) | train / ceiling |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in sweep:
         print(f"| {r['num_envs']:,} | {r['unroll_length']} | {r['updates_per_iteration']} | {r['compile_s']} | "
               f"{r['train_env_steps_per_s']:,.0f} | {r['updates_per_s']:,.1f} | {r['ceiling_wrapper_env_steps_per_s']:,.0f} | "
               f"{r['ceiling_bare_env_steps_per_s']:,.0f} | {r['ratio']:.3f} |")
+    if impls:
+        print("\n| impl | num_envs | ceiling (wrapper) | ceiling (bare) |\n|---|---:|---:|---:|")
+        for r in impls:
+            print(f"| {r['impl']} | {r['num_envs']:,} | " + (f"{r['ceiling_wrapper_env_steps_per_s']:,.0f} | "
+                  f"{r['ceiling_bare_env_steps_per_s']:,.0f} |" if "error" not in r else f"{r['error']} | |"))
     if seeds:
         print("\n| seeds vmapped | compile (s) | env steps/s per seed | env steps/s total | updates/s per seed |\n"
               "|---:|---:|---:|---:|---:|")

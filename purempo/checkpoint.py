@@ -2,8 +2,9 @@
 
 A run directory keeps its checkpoints under `checkpoints/<step>/`, where a step is the number of evaluation
 periods completed (0 = the initial state). Each checkpoint holds three orbax items:
-- `state`: every leaf of the `TrainState` except the replay data (params, target params, optimiser and dual
-  states, normalisers, env states, reset pool, RNG keys, counters), keyed by position in the flattened tree;
+- `state`: every non-empty leaf of the `TrainState` except the replay data (params, target params, optimiser
+  and dual states, normalisers, env states, reset pool, RNG keys, counters), keyed by position in the flattened
+  tree (empty leaves are recreated from the config);
 - `replay`: the replay buffer's leaves, present only when replay is checkpointed;
 - `meta`: JSON with the wall time reached, purempo's format version and the leaves' shapes and dtypes.
 Leaves are stored flat and the tree structure comes from the run's config (`jax.eval_shape` of `init`), so a
@@ -56,7 +57,9 @@ def _split(state) -> Tuple[Any, Any]:
 
 
 def _leaf_dict(tree) -> Dict[str, Any]:
-    return {f"{i:05d}": leaf for i, leaf in enumerate(jax.tree.leaves(tree))}
+    """Leaves keyed by position; empty ones are left out (orbax cannot save a zero-size array, and MuJoCo
+    Playground's env states have some, e.g. the contacts of a model without any); `_unflatten` recreates them."""
+    return {f"{i:05d}": leaf for i, leaf in enumerate(jax.tree.leaves(tree)) if np.prod(leaf.shape) > 0}
 
 
 def _signature(tree) -> List[List[Any]]:
@@ -159,7 +162,8 @@ def restore(run_dir: Path, abstract_state, fresh_replay=None, step: Optional[int
 
 
 def _unflatten(abstract, leaf_dict):
-    leaves = [leaf_dict[f"{i:05d}"] for i in range(len(jax.tree.leaves(abstract)))]
+    leaves = [leaf_dict[f"{i:05d}"] if np.prod(want.shape) > 0 else np.zeros(want.shape, want.dtype)
+              for i, want in enumerate(jax.tree.leaves(abstract))]
     for leaf, want in zip(leaves, jax.tree.leaves(abstract)):
         if leaf.shape != want.shape or leaf.dtype != want.dtype:  # the stored metadata lied: damaged files
             raise CheckpointError(f"stored array is {leaf.dtype}{leaf.shape}, expected {want.dtype}{want.shape}")

@@ -527,7 +527,7 @@ def parse_train_args(argv: List[str]) -> TrainArgs:
 
 def _usage() -> str:
     lines = ["usage: purempo {train,eval,render,plot} [--help] ...", "",
-             "Pure-JAX MPO on Brax environments.", "", "commands:"]
+             "Pure-JAX MPO on Brax and MuJoCo Playground environments.", "", "commands:"]
     for name, cls in COMMANDS.items():
         lines.append(f"  {name:<8}{cls.__doc__.splitlines()[0]}")
     lines += ["", "`purempo COMMAND --help` lists a command's flags."]

@@ -1,4 +1,10 @@
-"""Brax environments, vectorised, with a time limit and an auto-reset of our own.
+"""Environments from two families, vectorised, with a time limit and an auto-reset of our own.
+
+Families: Brax's legacy envs (`ant`, `halfcheetah`, ...: `brax.envs`) and MuJoCo Playground's MJX envs
+(`CheetahRun`, `WalkerWalk`, ...: `mujoco_playground.registry`). Both expose the same small interface, which is
+all the trainer uses: `reset(key) -> state`, `step(state, action) -> state` with `state.obs`, `state.reward`,
+`state.done`, and `action_size`. `make` picks the family from the name; a Playground env additionally gets its
+config's `action_repeat` applied here (Playground leaves it to its Brax training wrapper).
 
 Brax's `EpisodeWrapper` + `AutoResetWrapper` lose the final observation of a truncated episode (it is
 replaced by a cached first observation) and restart every episode of an env from the same state. Here:
@@ -6,41 +12,225 @@ replaced by a cached first observation) and restart every episode of an env from
 - `final_obs` is always the true observation after the step, used to bootstrap at a time limit;
 - a finished env restarts from a fresh initial state: one drawn uniformly (fresh key each time) from a pool
   of `env.reset` states drawn once at `reset`, or, with no pool, from `env.reset` itself. The pool avoids
-  running (and compiling) Brax's reset inside every training step; with thousands of pool states the starts
+  running (and compiling) the reset inside every training step; with thousands of pool states the starts
   are as varied as fresh resets for practical purposes, while Brax's wrapper reuses one state per env.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
+import os
 import warnings
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import Any, Mapping, NamedTuple, Optional, Tuple
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-with contextlib.redirect_stdout(io.StringIO()):  # mujoco's optional-backend probe prints to stdout
-    from brax import envs as brax_envs
+from purempo.config import PLAYGROUND_IMPLS
+
+BRAX, PLAYGROUND = "brax", "playground"
+
+
+@functools.lru_cache(maxsize=None)
+def _brax_envs():
+    with contextlib.redirect_stdout(io.StringIO()):  # mujoco's optional-backend probe prints to stdout
+        from brax import envs as brax_envs
+    return brax_envs
+
+
+@functools.lru_cache(maxsize=None)
+def _playground():
+    """(registry, {family part: names}) of MuJoCo Playground; importing it takes seconds, so only on demand."""
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from mujoco_playground import dm_control_suite, locomotion, manipulation, registry
+    parts = {"dm_control_suite": tuple(dm_control_suite.ALL_ENVS), "locomotion": tuple(locomotion.ALL_ENVS),
+             "manipulation": tuple(manipulation.ALL_ENVS)}
+    return registry, parts
+
+
+def brax_names() -> Tuple[str, ...]:
+    """Names accepted by `brax.envs.get_environment` (Brax keeps its registry in `envs._envs`)."""
+    return tuple(sorted(_brax_envs()._envs))
+
+
+def playground_names() -> Tuple[str, ...]:
+    """Names in MuJoCo Playground's registry: DM Control Suite, locomotion and manipulation envs."""
+    return tuple(name for names in _playground()[1].values() for name in names)
+
+
+def dm_control_names() -> Tuple[str, ...]:
+    """Playground's DeepMind Control Suite envs (their assets ship with Playground)."""
+    return _playground()[1]["dm_control_suite"]
+
+
+def family(name: str) -> str:
+    """`BRAX` or `PLAYGROUND`; ValueError (one line, both families' names) for an unknown name."""
+    if name in brax_names():
+        return BRAX
+    if name in playground_names():
+        return PLAYGROUND
+    raise ValueError(f"unknown env {name!r}; Brax envs: {', '.join(brax_names())}; "
+                     f"MuJoCo Playground envs: {', '.join(playground_names())}")
 
 
 def available() -> Tuple[str, ...]:
-    """Names accepted by `brax.envs.get_environment` (Brax keeps its registry in `envs._envs`)."""
-    return tuple(sorted(brax_envs._envs))
+    """Every env name `make` accepts: Brax's, then Playground's."""
+    return brax_names() + playground_names()
 
 
-def make(name: str, backend: Optional[str] = None) -> brax_envs.Env:
-    """The raw (unwrapped) Brax environment `name`."""
-    if name not in available():
-        raise ValueError(f"unknown env {name!r}; valid names: {', '.join(available())}")
-    kwargs = {} if backend is None else {"backend": backend}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Brax System, piplines and environments")
-        return brax_envs.get_environment(name, **kwargs)
+def default_impl() -> str:
+    """Playground's physics implementation for the default JAX backend: MJX (`jax`) on a CPU, where it steps
+    CheetahRun ~7× faster than MuJoCo Warp; Warp, Playground's own default, on an accelerator."""
+    return "jax" if jax.default_backend() == "cpu" else "warp"
 
 
-def observation_size(env: brax_envs.Env) -> int:
+def menagerie_missing(name: str) -> Optional[str]:
+    """Why Playground env `name` cannot be built here, or None: its locomotion and manipulation envs load
+    robot assets from MuJoCo Menagerie, which Playground clones with git at first use."""
+    from mujoco_playground._src import mjx_env
+
+    needs = name in _playground()[1]["locomotion"] or name in _playground()[1]["manipulation"]
+    if needs and not os.path.isdir(str(mjx_env.MENAGERIE_PATH)):
+        return (f"env {name!r} needs MuJoCo Menagerie's robot assets, which Playground clones with git at first "
+                f"use into {mjx_env.MENAGERIE_PATH} (commit {mjx_env.MENAGERIE_COMMIT_SHA}); that folder is "
+                f"missing: clone https://github.com/google-deepmind/mujoco_menagerie there, or use a DM Control "
+                f"env ({', '.join(dm_control_names()[:3])}, ...), whose assets ship with Playground")
+    return None
+
+
+class Views(NamedTuple):
+    """The slices `[start, stop)` of an env's flat observation that the policy and the critic read; None: all."""
+
+    policy: Optional[Tuple[int, int]] = None
+    critic: Optional[Tuple[int, int]] = None
+
+
+def views(env) -> Views:
+    """The env's `Views`: set by `DictObservations`; an env with a plain array observation shows all of it to both."""
+    return getattr(env, "views", Views())
+
+
+class DictObservations:
+    """An env whose observation is a dict (Playground's convention: `state` for the actor and, where present,
+    `privileged_state`, which only a critic may see) as one with a flat observation `[state, privileged_state]`
+    and `views` saying which part each network reads. Other keys are dropped. Replay, normaliser and evaluation
+    then handle one array, as for any env; `networks` slice their inputs by the views."""
+
+    def __init__(self, env, policy_key: str = "state", critic_key: str = "privileged_state"):
+        shapes = jax.eval_shape(env.reset, jax.random.PRNGKey(0)).obs
+        if policy_key not in shapes:
+            raise ValueError(f"the env's observation dict has no {policy_key!r} entry for the policy; keys: "
+                             f"{', '.join(sorted(shapes))}")
+        self.env = env
+        self.keys = (policy_key,) + ((critic_key,) if critic_key in shapes else ())
+        sizes = [int(np.prod(shapes[key].shape)) for key in self.keys]
+        critic = (sizes[0], sizes[0] + sizes[1]) if len(sizes) > 1 else (0, sizes[0])
+        self.views = Views(policy=(0, sizes[0]), critic=critic)
+
+    @property
+    def action_size(self) -> int:
+        return self.env.action_size
+
+    _DICT = "purempo/observation_dict"  # where the wrapped env's own observation rides along in `info`
+
+    def _flat(self, state):
+        flat = jnp.concatenate([jnp.ravel(state.obs[key]) for key in self.keys])
+        return state.replace(obs=flat, info={**state.info, self._DICT: state.obs})
+
+    def reset(self, key):
+        return self._flat(self.env.reset(key))
+
+    def step(self, state, action):
+        info = dict(state.info)
+        obs = info.pop(self._DICT)  # the wrapped step gets back exactly the state it produced
+        return self._flat(self.env.step(state.replace(obs=obs, info=info), action))
+
+    def __getattr__(self, name):  # mj_model, dt, ... of the wrapped env
+        if name == "env":  # not set yet (copying, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.env, name)
+
+
+class ActionRepeat:
+    """A Playground env stepped `repeat` times per action, rewards summed; the interface of the env itself.
+
+    After a terminating sub-step the state stays there (its reward counted once), as a time-limited episode
+    of the unwrapped env would end there."""
+
+    def __init__(self, env, repeat: int):
+        self.env, self.repeat = env, int(repeat)
+
+    @property
+    def action_size(self) -> int:
+        return self.env.action_size
+
+    def reset(self, key):
+        return self.env.reset(key)
+
+    def step(self, state, action):
+        def body(carry, _):
+            current, total = carry
+            stepped = self.env.step(current, action)
+            done = current.done > 0.5
+            nxt = jax.tree.map(lambda old, new: jnp.where(done, old, new), current, stepped)
+            return (nxt, total + jnp.where(done, 0.0, stepped.reward)), None
+
+        (state, total), _ = jax.lax.scan(body, (state, jnp.zeros_like(state.reward)), None, length=self.repeat)
+        return state.replace(reward=total)
+
+    def __getattr__(self, name):  # mj_model, dt, ... of the wrapped env
+        if name == "env":  # not set yet (copying, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.env, name)
+
+
+def make(name: str, backend: Optional[str] = None, impl: Optional[str] = None):
+    """The raw env `name` (no time limit, no auto-reset): Brax's (`backend`: its physics pipeline, None for
+    the env's default) or Playground's (`impl`: "jax" for MJX or "warp" for MuJoCo Warp, None for
+    `default_impl()`), with the config's `action_repeat` applied to a Playground env."""
+    kind = family(name)
+    if kind == BRAX:
+        if impl is not None:
+            raise ValueError(f"invalid impl={impl!r} for Brax env {name!r}: impl selects a MuJoCo Playground "
+                             f"env's physics; Brax envs take backend")
+        kwargs = {} if backend is None else {"backend": backend}
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Brax System, piplines and environments")
+            return _brax_envs().get_environment(name, **kwargs)
+    if backend is not None:
+        raise ValueError(f"invalid backend={backend!r} for MuJoCo Playground env {name!r}: backend selects a "
+                         f"Brax env's pipeline; Playground envs take impl ({' or '.join(PLAYGROUND_IMPLS)})")
+    impl = default_impl() if impl is None else impl
+    if impl not in PLAYGROUND_IMPLS:
+        raise ValueError(f"invalid impl={impl!r}: must be one of {PLAYGROUND_IMPLS}")
+    missing = menagerie_missing(name)
+    if missing:
+        raise ValueError(missing)
+    registry = _playground()[0]
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        env = registry.load(name, config_overrides={"impl": impl})
+    if isinstance(jax.eval_shape(env.reset, jax.random.PRNGKey(0)).obs, Mapping):
+        env = DictObservations(env)
+    repeat = int(registry.get_default_config(name).get("action_repeat", 1))
+    return ActionRepeat(env, repeat) if repeat > 1 else env
+
+
+def episode_length(name: str) -> int:
+    """The env's own time limit in agent steps: Brax's 1000; a Playground env's `episode_length` (counted in
+    env steps, as its Brax wrapper does) divided by its `action_repeat`."""
+    if family(name) == BRAX:
+        return 1000
+    config = _playground()[0].get_default_config(name)
+    return int(config.episode_length) // int(config.get("action_repeat", 1))
+
+
+def observation_size(env) -> int:
     """Observation width, found by tracing `env.reset` (Brax's `env.observation_size` runs it eagerly, op by op,
     which costs seconds of compilation)."""
     return jax.eval_shape(env.reset, jax.random.PRNGKey(0)).obs.shape[-1]
@@ -49,10 +239,10 @@ def observation_size(env: brax_envs.Env) -> int:
 class EnvState(NamedTuple):
     """Batched state of `num_envs` environments (leading axis E)."""
 
-    brax_state: Any  # brax.envs.State with leaves [E, ...]
+    sim_state: Any  # the env family's state (brax.envs.State, mujoco_playground State) with leaves [E, ...]
     episode_step: chex.Array  # int32 [E]: steps taken in the current episode
     episode_return: chex.Array  # float32 [E]: unscaled return so far in the current episode
-    reset_pool: Any = None  # brax.envs.State with leaves [P, ...] that finished envs restart from; None: env.reset
+    reset_pool: Any = None  # states with leaves [P, ...] that finished envs restart from; None: env.reset
 
 
 class StepResult(NamedTuple):
@@ -63,20 +253,20 @@ class StepResult(NamedTuple):
     finished_return: chex.Array  # [E] return of the episode that ended at this step (0 where none ended)
 
 
-def reset(env: brax_envs.Env, key: chex.PRNGKey, num_envs: int, pool_size: int = 0) -> EnvState:
+def reset(env: Any, key: chex.PRNGKey, num_envs: int, pool_size: int = 0) -> EnvState:
     """`num_envs` fresh envs and, if `pool_size` > 0, a pool of `pool_size` more initial states for restarts."""
     states = jax.vmap(env.reset)(jax.random.split(key, num_envs + pool_size))
-    brax_state = jax.tree.map(lambda x: x[:num_envs], states)
+    sim_state = jax.tree.map(lambda x: x[:num_envs], states)
     pool = jax.tree.map(lambda x: x[num_envs:], states) if pool_size > 0 else None
     return EnvState(
-        brax_state=brax_state,
+        sim_state=sim_state,
         episode_step=jnp.zeros((num_envs,), jnp.int32),
         episode_return=jnp.zeros((num_envs,), jnp.float32),
         reset_pool=pool,
     )
 
 
-def initial_states(env: brax_envs.Env, key: chex.PRNGKey, num: int, pool=None):
+def initial_states(env: Any, key: chex.PRNGKey, num: int, pool=None):
     """`num` initial states: drawn uniformly from `pool` (leaves `[P, ...]`) if given, else from `env.reset`."""
     if pool is None:
         return jax.vmap(env.reset)(jax.random.split(key, num))
@@ -87,15 +277,15 @@ def initial_states(env: brax_envs.Env, key: chex.PRNGKey, num: int, pool=None):
 
 def observation(state: EnvState) -> chex.Array:
     """Current observations `[E, O]` (the first observation of a new episode after a reset)."""
-    return state.brax_state.obs
+    return state.sim_state.obs
 
 
 def step(
-    env: brax_envs.Env, state: EnvState, action: chex.Array, key: chex.PRNGKey, episode_length: int
+    env: Any, state: EnvState, action: chex.Array, key: chex.PRNGKey, episode_length: int
 ) -> tuple[EnvState, StepResult]:
     """Steps every env with `action` `[E, A]` (already inside the action bounds), resetting finished ones."""
     num_envs = state.episode_step.shape[0]
-    stepped = jax.vmap(env.step)(state.brax_state, action)
+    stepped = jax.vmap(env.step)(state.sim_state, action)
     episode_step = state.episode_step + 1
     terminated = stepped.done > 0.5
     truncated = jnp.logical_and(episode_step >= episode_length, jnp.logical_not(terminated))
@@ -108,9 +298,9 @@ def step(
         mask = done.reshape(done.shape + (1,) * (old.ndim - 1))
         return jnp.where(mask, new, old)
 
-    next_brax_state = jax.tree.map(pick, fresh, stepped)
+    next_sim_state = jax.tree.map(pick, fresh, stepped)
     next_state = EnvState(
-        brax_state=next_brax_state,
+        sim_state=next_sim_state,
         episode_step=jnp.where(done, 0, episode_step),
         episode_return=jnp.where(done, 0.0, episode_return),
         reset_pool=state.reset_pool,
@@ -134,7 +324,7 @@ class Episodes(NamedTuple):
 
 
 def evaluate(
-    env: brax_envs.Env, policy_fn, key: chex.PRNGKey, num_episodes: int, episode_length: int, pool=None
+    env: Any, policy_fn, key: chex.PRNGKey, num_episodes: int, episode_length: int, pool=None
 ) -> Episodes:
     """Runs `num_episodes` full episodes in parallel and returns their `Episodes`.
 
@@ -143,11 +333,11 @@ def evaluate(
     pool)` with `k` the first half of `jax.random.split(key)`, and end at termination or after `episode_length` steps; rewards after the end are ignored.
     """
     start_key, policy_key = jax.random.split(key)
-    brax_state = initial_states(env, start_key, num_episodes, pool)
+    sim_state = initial_states(env, start_key, num_episodes, pool)
 
     def body(carry, step_key):
-        brax_state, alive, total, length, final_obs = carry
-        next_state = jax.vmap(env.step)(brax_state, policy_fn(brax_state.obs, step_key))
+        sim_state, alive, total, length, final_obs = carry
+        next_state = jax.vmap(env.step)(sim_state, policy_fn(sim_state.obs, step_key))
         # Finished episodes keep stepping (lockstep) from their terminal state, where Brax's physics can
         # produce NaN (e.g. a fallen walker2d): select, since 0 * NaN would still poison the return.
         total = total + jnp.where(alive, next_state.reward, 0.0)
@@ -156,8 +346,8 @@ def evaluate(
         alive = alive & (next_state.done < 0.5)
         return (next_state, alive, total, length, final_obs), None
 
-    init = (brax_state, jnp.ones((num_episodes,), bool), jnp.zeros((num_episodes,)),
-            jnp.zeros((num_episodes,), jnp.int32), brax_state.obs)
+    init = (sim_state, jnp.ones((num_episodes,), bool), jnp.zeros((num_episodes,)),
+            jnp.zeros((num_episodes,), jnp.int32), sim_state.obs)
     (_, _, total, length, final_obs), _ = jax.lax.scan(
         body, init, jax.random.split(policy_key, episode_length))
     return Episodes(returns=total, lengths=length, final_obs=final_obs)

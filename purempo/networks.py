@@ -1,12 +1,15 @@
 """Policy and critic networks (flax.linen).
 
 Both use Acme's layer-norm MLP trunk: Dense → LayerNorm → tanh, then Dense → ELU layers. The layer norm on
-the first layer keeps the critic well conditioned across reward scales.
+the first layer keeps the critic well conditioned across reward scales. Each reads its `view` `[start, stop)` of
+the (normalised) observation, all of it by default: with a Playground env whose observation separates the
+actor's `state` from a `privileged_state`, the policy sees only the first and the critic the second
+(`purempo.envs.DictObservations`).
 """
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import chex
 import distrax
@@ -15,6 +18,12 @@ import jax
 import jax.numpy as jnp
 
 from purempo import normalizer
+
+View = Optional[Tuple[int, int]]  # [start, stop) of the observation a network reads; None: all of it
+
+
+def _view(obs: chex.Array, view: View) -> chex.Array:
+    return obs if view is None else obs[..., view[0]:view[1]]
 
 
 class LayerNormMLP(nn.Module):
@@ -36,10 +45,11 @@ class GaussianPolicy(nn.Module):
     action_dim: int
     min_std: float = 1e-3
     init_std: float = 0.7
+    view: View = None
 
     @nn.compact
     def __call__(self, obs: chex.Array) -> Tuple[chex.Array, chex.Array]:
-        h = LayerNormMLP(self.hidden)(obs)
+        h = LayerNormMLP(self.hidden)(_view(obs, self.view))
         mean = nn.Dense(self.action_dim, kernel_init=nn.initializers.variance_scaling(1e-4, "fan_in", "uniform"))(h)
         offset = jnp.log(jnp.expm1(self.init_std - self.min_std))  # softplus⁻¹ so the initial std ≈ init_std
         raw_std = nn.Dense(self.action_dim, kernel_init=nn.initializers.variance_scaling(1e-4, "fan_in", "uniform"))(h)
@@ -66,9 +76,11 @@ class Critic(nn.Module):
 
     hidden: Sequence[int]
     num_members: int = 1
+    view: View = None
 
     @nn.compact
     def __call__(self, obs: chex.Array, action: chex.Array) -> chex.Array:
+        obs = _view(obs, self.view)
         obs = jnp.broadcast_to(obs, action.shape[:-1] + obs.shape[-1:])
         x = jnp.concatenate([obs, action], axis=-1)
         if self.num_members == 1:
@@ -84,11 +96,16 @@ def distribution(mean: chex.Array, std: chex.Array) -> distrax.MultivariateNorma
     return distrax.MultivariateNormalDiag(mean, std)
 
 
-def preserve_outputs(params, old_stats, new_stats):
+def preserve_outputs(params, old_stats, new_stats, view: View = None):
     """Policy or critic `params` re-parametrised so that the network computes the same function of the raw
     observation after the normaliser moved from `old_stats` to `new_stats` (see
     `normalizer.preserve_first_layer`): updating the statistics then changes how inputs are conditioned,
-    never what a policy does or what a critic predicts, so it cannot move a policy outside its trust region."""
+    never what a policy does or what a critic predicts, so it cannot move a policy outside its trust region.
+    `view`: the network's slice of the observation (its first layer sees only those statistics)."""
+    if view is not None:
+        old_stats, new_stats = (stats._replace(mean=stats.mean[view[0]:view[1]],
+                                               sum_sq_dev=stats.sum_sq_dev[view[0]:view[1]])
+                                for stats in (old_stats, new_stats))
     if "members" in params["params"]:  # an ensemble critic: first layers stacked on a leading member axis
         members = preserve_outputs({"params": params["params"]["members"]}, old_stats, new_stats)
         return {**params, "params": {**params["params"], "members": members["params"]}}

@@ -1,15 +1,17 @@
-"""Watching a policy: one deterministic episode on the raw Brax env, rendered with Brax's HTML viewer.
+"""Watching a policy: one deterministic episode on the raw env, rendered with Brax's HTML viewer.
 
 The episode uses the evaluation policy of `purempo.train` (the Gaussian's mean, normalised observations,
-clipped into the action box) on `envs.make(config.env, config.backend)` itself, without purempo's time
+clipped into the action box) on `envs.make(config.env, config.backend, config.impl)` itself, without purempo's time
 limit or auto-reset: it runs `max_steps` (default `config.episode_length`) steps in one jitted `lax.scan`
-and is cut after the first step whose `done` is set.
+and is cut after the first step whose `done` is set. A MuJoCo Playground env is shown through the same
+viewer: its MuJoCo model converted by `brax.io.mjcf.load_model`, and each frame the bodies' world positions
+and orientations (MJX's `xpos`, `xquat`), which is all the viewer reads from a Brax pipeline state.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +26,9 @@ def _episode_fn(config: Config, num_steps: int):
     """(env, jitted `(policy_params, obs_stats, key) -> (pipeline states [T+1, ...], rewards [T], dones [T])`)."""
     from purempo.train import make_networks  # deferred: train imports the whole trainer
 
-    env = envs.make(config.env, config.backend)
-    policy = make_networks(config, env.action_size).policy
+    env = envs.make(config.env, config.backend, config.impl)
+    policy = make_networks(config, env.action_size, envs.views(env)).policy
+    frame = _playground_frame if envs.family(config.env) == envs.PLAYGROUND else (lambda state: state.pipeline_state)
 
     def episode(policy_params, obs_stats, key):
         first = env.reset(key)
@@ -33,14 +36,39 @@ def _episode_fn(config: Config, num_steps: int):
         def body(state, _):
             mean, _ = policy.apply(policy_params, normalizer.normalize(obs_stats, state.obs))
             state = env.step(state, acting.env_action(mean))
-            return state, (state.pipeline_state, state.reward, state.done)
+            return state, (frame(state), state.reward, state.done)
 
         _, (pipeline_states, rewards, dones) = jax.lax.scan(body, first, None, length=num_steps)
-        pipeline_states = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first.pipeline_state,
+        pipeline_states = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), frame(first),
                                        pipeline_states)
         return pipeline_states, rewards, dones
 
     return env, jax.jit(episode)
+
+
+class Frame(NamedTuple):
+    """What Brax's viewer reads from a pipeline state: `x`, the bodies' world poses (the world body excluded)."""
+
+    x: Any  # brax.base.Transform with pos [bodies, 3] and rot (quaternion, w first) [bodies, 4]
+
+
+def _playground_frame(state) -> Frame:
+    from brax.base import Transform
+
+    return Frame(x=Transform(pos=state.data.xpos[1:], rot=state.data.xquat[1:]))
+
+
+def _system(config: Config, env):
+    """The Brax `System` the viewer draws: the env's own, or a Playground env's MuJoCo model converted."""
+    if envs.family(config.env) == envs.PLAYGROUND:
+        import warnings
+
+        from brax.io import mjcf
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Brax's notice that its own systems are not maintained
+            return mjcf.load_model(env.mj_model)
+    return env.sys
 
 
 def _rollout(config: Config, policy_params, obs_stats, key, max_steps: Optional[int]):
@@ -60,7 +88,7 @@ def rollout_states(config: Config, policy_params, obs_stats: normalizer.RunningS
                    max_steps: Optional[int] = None) -> Tuple[List[Any], float]:
     """One episode of the deterministic (mean-action) policy from `env.reset(key)`.
 
-    Returns `(states, episode_return)`: the `pipeline_state` after reset and after every step up to and
+    Returns `(states, episode_return)`: the `pipeline_state` (a Playground env: its `Frame`) after reset and after every step up to and
     including the first `done` (at most `max_steps or config.episode_length` steps, so at most that many + 1
     states), ready for `brax.io.html.render(env.sys, states)`, and the sum of the rewards of those steps.
     The jitted episode is cached per `(config, max_steps)`, so later calls do not recompile.
@@ -76,4 +104,4 @@ def render_html(config: Config, policy_params, obs_stats: normalizer.RunningStat
     from brax.io import html as brax_html
 
     env, states, episode_return = _rollout(config, policy_params, obs_stats, key, max_steps)
-    return brax_html.render(env.sys, states, height=height), episode_return
+    return brax_html.render(_system(config, env), states, height=height), episode_return

@@ -50,10 +50,11 @@ class TrainState(NamedTuple):
     iteration: chex.Array  # int32 []: iterations done; env steps = iteration · steps_per_iteration
 
 
-def make_networks(config: Config, action_dim: int) -> Networks:
+def make_networks(config: Config, action_dim: int, views: envs.Views = envs.Views()) -> Networks:
+    """The policy and critic of `config`, each reading its part of the observation (`envs.views(env)`)."""
     return Networks(
-        policy=GaussianPolicy(config.policy_hidden, action_dim, config.min_std, config.init_std),
-        critic=Critic(config.critic_hidden, config.num_critics),
+        policy=GaussianPolicy(config.policy_hidden, action_dim, config.min_std, config.init_std, view=views.policy),
+        critic=Critic(config.critic_hidden, config.num_critics, view=views.critic),
     )
 
 
@@ -177,16 +178,18 @@ def learner_step(learner: LearnerState, obs_stats, reward_divisor, batch: Transi
     return learner, metrics
 
 
-def preserve_outputs(learner: LearnerState, old_stats, new_stats) -> LearnerState:
+def preserve_outputs(learner: LearnerState, old_stats, new_stats, views: envs.Views = envs.Views()) -> LearnerState:
     """The learner with every network (online and target) re-parametrised so that it computes the same
-    function of raw observations under `new_stats` as under `old_stats` (`networks.preserve_outputs`). Adam's
-    moment estimates are kept: the statistics move little per iteration, and the moments re-adapt quickly."""
-    keep = lambda params: networks.preserve_outputs(params, old_stats, new_stats)  # noqa: E731
+    function of raw observations under `new_stats` as under `old_stats` (`networks.preserve_outputs`, each
+    network on its view). Adam's moment estimates are kept: the statistics move little per iteration, and the
+    moments re-adapt quickly."""
+    policy = lambda params: networks.preserve_outputs(params, old_stats, new_stats, views.policy)  # noqa: E731
+    critic = lambda params: networks.preserve_outputs(params, old_stats, new_stats, views.critic)  # noqa: E731
     return learner._replace(
-        policy_params=keep(learner.policy_params),
-        critic_params=keep(learner.critic_params),
-        target_policy_params=keep(learner.target_policy_params),
-        target_critic_params=keep(learner.target_critic_params),
+        policy_params=policy(learner.policy_params),
+        critic_params=critic(learner.critic_params),
+        target_policy_params=policy(learner.target_policy_params),
+        target_critic_params=critic(learner.target_critic_params),
     )
 
 
@@ -203,9 +206,10 @@ class Trainer(NamedTuple):
 
 
 def make_trainer(config: Config) -> Trainer:
-    env = envs.make(config.env, config.backend)
+    env = envs.make(config.env, config.backend, config.impl)
     obs_dim, action_dim = envs.observation_size(env), env.action_size
-    nets = make_networks(config, action_dim)
+    views = envs.views(env)
+    nets = make_networks(config, action_dim, views)
     optimizer = make_optimizer(config)
 
     def env_steps(state: TrainState) -> chex.Array:
@@ -231,7 +235,7 @@ def make_trainer(config: Config) -> Trainer:
         obs_stats = normalizer.update(state.obs_stats, transitions.obs)
         learner = state.learner
         if config.obs_norm_preserves_outputs:
-            learner = preserve_outputs(learner, state.obs_stats, obs_stats)
+            learner = preserve_outputs(learner, state.obs_stats, obs_stats, views)
         state = state._replace(
             learner=learner,
             env_state=env_state,

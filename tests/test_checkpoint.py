@@ -64,6 +64,15 @@ def test_round_trip_is_exact_and_continues_identically(tmp_path, pieces, after_o
     _assert_trees_equal(jax.device_get(continued), jax.device_get(expected))
 
 
+def test_empty_arrays_round_trip(tmp_path, after_one_chunk):
+    """Zero-size leaves (MuJoCo Playground env states have some; orbax cannot store them) come back with their
+    shape and dtype, and the other leaves exactly."""
+    state = after_one_chunk._replace(exploration_noise=np.zeros((2, 0, 3), np.float32))
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), state)
+    checkpoint.Saver(tmp_path, keep=1, with_replay=True).save(1, state, {})
+    _assert_trees_equal(checkpoint.restore(tmp_path, abstract).state, state)
+
+
 def test_keeps_the_newest_k(tmp_path, after_one_chunk):
     saver = checkpoint.Saver(tmp_path, keep=2, with_replay=False)
     for step in range(5):

@@ -32,12 +32,12 @@ def _single_error_line(err: str) -> str:
 
 
 def test_unknown_env_is_a_one_line_usage_error(capsys, tmp_path):
-    """--env nope exits 2 with one 'purempo: error:' line listing the valid names."""
+    """--env nope exits 2 with one 'purempo: error:' line listing both families' names; nothing is written."""
     code = cli.main(["train", "--env", "nope", "--run-dir", str(tmp_path / "run")])
     assert code == 2
     line = _single_error_line(capsys.readouterr().err)
     assert "nope" in line
-    for name in ("inverted_pendulum", "ant", "halfcheetah"):
+    for name in ("inverted_pendulum", "ant", "halfcheetah", "CheetahRun"):
         assert name in line
     assert not (tmp_path / "run").exists()
 

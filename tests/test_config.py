@@ -75,13 +75,17 @@ def test_boundary_values_are_accepted():
     Config(num_envs=1, replay_size=128, batch_size=128)
 
 
-def test_unknown_env_lists_valid_names():
-    """env='nope' raises ValueError listing the valid names."""
+def test_unknown_env_is_reported_when_the_trainer_is_built_with_both_families():
+    """Config(env='nope') is accepted (validating it would import a simulator); building its trainer raises one
+    ValueError line naming Brax's and Playground's envs."""
+    from purempo import make_trainer
+
+    config = Config(env="nope")
     with pytest.raises(ValueError) as info:
-        Config(env="nope")
+        make_trainer(config)
     message = str(info.value)
-    assert "nope" in message
-    for name in ("inverted_pendulum", "ant", "hopper"):
+    assert "'nope'" in message and "\n" not in message
+    for name in ("inverted_pendulum", "ant", "hopper", "CheetahRun", "WalkerWalk"):
         assert name in message
 
 

@@ -26,7 +26,7 @@ def step_and_raw(env):
 
     def f(state, action, key):
         next_state, result = envs.step(env, state, action, key, EPISODE_LENGTH)
-        raw = jax.vmap(env.step)(state.brax_state, action)
+        raw = jax.vmap(env.step)(state.sim_state, action)
         return next_state, result, raw
 
     return jax.jit(f)

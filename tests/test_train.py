@@ -598,15 +598,15 @@ def test_trainer_evaluate_deterministic_and_sampled_episodes(glue_run):
     mean_fn = jax.jit(lambda x: nets.policy.apply(params, normalizer.normalize(obs_stats, x))[0])
     start_key, _ = jax.random.split(key)
     for i, episode_key in enumerate(jax.random.split(start_key, 3)):
-        brax_state, total, length = reset(episode_key), 0.0, 0
+        sim_state, total, length = reset(episode_key), 0.0, 0
         for _ in range(GLUE.episode_length):
-            brax_state = step(brax_state, np.clip(np.asarray(mean_fn(brax_state.obs)), -1.0, 1.0))
-            total, length = total + float(brax_state.reward), length + 1
-            if float(brax_state.done) > 0.5:
+            sim_state = step(sim_state, np.clip(np.asarray(mean_fn(sim_state.obs)), -1.0, 1.0))
+            total, length = total + float(sim_state.reward), length + 1
+            if float(sim_state.done) > 0.5:
                 break
         np.testing.assert_allclose(det.returns[i], total, rtol=1e-6)
         assert det.lengths[i] == length
-        np.testing.assert_allclose(det.final_obs[i], np.asarray(brax_state.obs), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(det.final_obs[i], np.asarray(sim_state.obs), rtol=1e-5, atol=1e-5)
     for field in ("returns", "lengths", "final_obs"):
         np.testing.assert_array_equal(getattr(mixed, field)[0], getattr(det, field)[0], err_msg=field)
     assert not np.array_equal(mixed.final_obs[1:], det.final_obs[1:])

@@ -1,0 +1,283 @@
+"""MuJoCo Playground envs behind `purempo.envs`: names, errors, action repeat, the shared step semantics, presets."""
+
+import base64
+import json
+import re
+import subprocess
+import sys
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import struct
+
+from purempo import envs, presets
+
+
+def test_names_resolve_to_their_family_and_an_unknown_name_lists_both():
+    assert envs.family("halfcheetah") == envs.BRAX
+    assert envs.family("CheetahRun") == envs.PLAYGROUND
+    assert {"CartpoleSwingup", "CheetahRun", "WalkerWalk", "FingerSpin"} <= set(envs.dm_control_names())
+    assert set(envs.available()) >= {"inverted_pendulum", "CheetahRun"}
+    with pytest.raises(ValueError) as error:
+        envs.family("Cheetahrun")
+    message = str(error.value)
+    assert "\n" not in message and "'Cheetahrun'" in message
+    assert "Brax envs: ant," in message and "MuJoCo Playground envs: " in message and "CheetahRun" in message
+
+
+def test_an_env_needing_menagerie_fails_with_one_line_and_runs_no_git(monkeypatch, tmp_path):
+    from mujoco_playground._src import mjx_env
+
+    monkeypatch.setattr(mjx_env, "MENAGERIE_PATH", tmp_path / "absent")
+
+    def no_clone(*args, **kwargs):
+        raise AssertionError("tried to clone MuJoCo Menagerie")
+
+    monkeypatch.setattr(mjx_env, "_clone_with_progress", no_clone)
+    locomotion = [name for name in envs.playground_names() if name not in envs.dm_control_names()]
+    assert locomotion
+    with pytest.raises(ValueError) as error:
+        envs.make(locomotion[0])
+    message = str(error.value)
+    assert "\n" not in message and "Menagerie" in message and str(tmp_path / "absent") in message
+    assert envs.menagerie_missing("CheetahRun") is None  # DM Control ships its assets
+
+
+@pytest.mark.parametrize("name, kwargs, field", [
+    ("CheetahRun", dict(backend="generalized"), "backend"),
+    ("halfcheetah", dict(impl="jax"), "impl"),
+    ("CheetahRun", dict(impl="cuda"), "impl"),
+])
+def test_family_specific_settings_are_rejected_on_the_other_family(name, kwargs, field):
+    with pytest.raises(ValueError, match=f"invalid {field}="):
+        envs.make(name, **kwargs)
+
+
+def test_constructing_a_config_imports_no_simulator():
+    code = ("import sys; from purempo import Config; from purempo.presets import PRESETS, preset; "
+            "Config(env='CheetahRun', impl='jax'); preset('halfcheetah'); "
+            "loaded = [m for m in ('brax', 'mujoco', 'mujoco_playground') if m in sys.modules]; "
+            "assert not loaded, loaded")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@struct.dataclass
+class _CountingState:
+    obs: jax.Array
+    reward: jax.Array
+    done: jax.Array
+
+
+class _CountingEnv:
+    """obs counts steps; reward = action + steps; done once obs reaches `end`."""
+
+    action_size = 1
+
+    def __init__(self, end):
+        self.end = end
+
+    def reset(self, key):
+        return _CountingState(obs=jnp.zeros(()), reward=jnp.zeros(()), done=jnp.zeros(()))
+
+    def step(self, state, action):
+        obs = state.obs + 1.0
+        return _CountingState(obs=obs, reward=action[0] + obs, done=(obs >= self.end).astype(jnp.float32))
+
+
+def test_action_repeat_sums_the_rewards_of_repeated_steps_and_stops_at_termination():
+    action = jnp.array([0.5])
+    repeated = envs.ActionRepeat(_CountingEnv(end=100.0), 3)
+    state = repeated.step(repeated.reset(None), action)
+    assert float(state.obs) == 3.0 and float(state.reward) == (0.5 + 1) + (0.5 + 2) + (0.5 + 3)
+    state = repeated.step(state, action)
+    assert float(state.obs) == 6.0 and float(state.reward) == (0.5 + 4) + (0.5 + 5) + (0.5 + 6)
+    # Terminating at the 2nd sub-step: the state stays terminal and the 3rd sub-step adds nothing.
+    ending = envs.ActionRepeat(_CountingEnv(end=2.0), 3)
+    state = ending.step(ending.reset(None), action)
+    assert float(state.obs) == 2.0 and float(state.done) == 1.0 and float(state.reward) == (0.5 + 1) + (0.5 + 2)
+
+
+def test_playground_envs_get_the_shared_playground_preset_with_their_own_episode_length():
+    config = presets.preset("CartpoleSwingup")
+    assert config.num_envs == presets._PLAYGROUND["num_envs"] != presets.preset("inverted_pendulum").num_envs
+    assert config.critic_lr == presets._PLAYGROUND["critic_lr"]
+    for name in envs.dm_control_names():
+        assert presets.preset(name).episode_length == envs.episode_length(name), name
+    assert presets.preset("nope").env == "nope"  # unknown names are reported when the trainer is built
+
+
+TINY = dict(total_steps=256, num_envs=4, unroll_length=2, updates_per_iteration=1, prefill_steps=32, num_evals=2,
+            eval_episodes=2, episode_length=20, replay_size=256, batch_size=4, sequence_length=4,
+            num_action_samples=4, policy_hidden=(8,), critic_hidden=(8,), impl="jax")
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny run on CartpoleBalance through the whole trainer: 2 chunks of acting, learning and evaluation."""
+    from purempo import make_trainer
+
+    config = presets.preset("CartpoleBalance", **TINY)
+    trainer = make_trainer(config)
+    state, metrics = jax.device_get(jax.jit(trainer.train)(jax.random.PRNGKey(0)))
+    return config, state, metrics
+
+
+def test_the_trainer_runs_a_playground_env(trained):
+    """Learning happens on finite losses; the replay holds the env's observations; no DM Control episode
+    terminates, so every evaluation episode lasts the time limit and returns at most one reward per step."""
+    config, state, metrics = trained
+    learned = metrics["updates"] > 0
+    assert learned.any() and np.all(np.isfinite(metrics["critic_loss"][learned]))
+    assert state.replay.data.obs.shape[-1] == 5 and not np.any(state.replay.data.terminated)
+    assert np.any(state.replay.data.truncated)
+    assert np.all(metrics["eval_episode_length"] == config.episode_length)
+    assert np.all((metrics["eval_return"] > 0) & (metrics["eval_return"] <= config.episode_length))
+
+
+def test_a_playground_env_gets_the_shared_step_semantics(trained):
+    """The replay of the tiny run, read in time order: DM Control never terminates; the time limit truncates
+    every env at each multiple of episode_length; within an episode next_obs is the next row's obs; after a
+    truncation next_obs is the true final observation and the next row starts from a reset-pool state."""
+    config, state, _ = trained
+    data = state.replay.data
+    rows = data.obs.shape[0]
+    assert int(state.replay.size) == rows and int(state.replay.write_index) == 0  # exactly full: rows in time order
+    assert not np.any(data.terminated)
+    ends = (np.arange(rows) + 1) % config.episode_length == 0
+    np.testing.assert_array_equal(data.truncated, np.broadcast_to(ends[:, None], data.truncated.shape))
+    pool = np.asarray(state.env_state.reset_pool.obs)
+    for t in range(rows - 1):
+        if ends[t]:
+            assert not np.allclose(data.next_obs[t], data.obs[t + 1])
+            for obs in data.obs[t + 1]:
+                assert np.any(np.all(obs == pool, axis=1)), obs
+        else:
+            np.testing.assert_array_equal(data.next_obs[t], data.obs[t + 1])
+
+
+def test_a_playground_episode_renders_with_its_bodies_poses(trained):
+    """The rendered frames are the raw env's body poses (MJX xpos/xquat, world body dropped) along the mean-action
+    episode, and the page is Brax's viewer."""
+    from purempo import acting, normalizer, rendering
+    from purempo.train import make_networks
+
+    config, state, _ = trained
+    key = jax.random.PRNGKey(3)
+    frames, episode_return = rendering.rollout_states(config, state.learner.policy_params, state.obs_stats, key,
+                                                      max_steps=3)
+    assert len(frames) == 4
+    env = envs.make("CartpoleBalance", impl="jax")
+    policy = make_networks(config, env.action_size).policy
+    step = jax.jit(env.step)
+    raw, total = env.reset(key), 0.0
+    for t, frame in enumerate(frames):
+        np.testing.assert_allclose(frame.x.pos, np.asarray(raw.data.xpos)[1:], atol=1e-5)
+        np.testing.assert_allclose(frame.x.rot, np.asarray(raw.data.xquat)[1:], atol=1e-5)
+        if t < 3:
+            mean, _ = policy.apply(state.learner.policy_params, normalizer.normalize(state.obs_stats, raw.obs))
+            raw = step(raw, acting.env_action(mean))
+            total += float(raw.reward)
+    assert episode_return == pytest.approx(total, rel=1e-5)
+    html, _ = rendering.render_html(config, state.learner.policy_params, state.obs_stats, key, max_steps=3)
+    assert 'id="brax-viewer"' in html
+    match = re.search(r'var system = "([A-Za-z0-9+/=]+)";', html)
+    system = json.loads(zlib.decompress(base64.b64decode(match.group(1))))
+    assert {"cart", "pole_1"} <= set(system["geoms"])
+    assert len(system["states"]["x"]) == 4
+    np.testing.assert_allclose(system["states"]["x"][-1]["pos"], frames[-1].x.pos, atol=1e-6)
+
+
+@struct.dataclass
+class _DictState:
+    pos: jax.Array
+    obs: dict
+    reward: jax.Array
+    done: jax.Array
+    info: dict
+
+
+class _DictPointMass:
+    """A 2-D point mass with Playground's observation dict: `state` = position (the actor's view),
+    `privileged_state` = position, velocity and the hidden goal. Its step reads the previous observation back
+    (as envs with observation histories do), so a wrapper must hand it the dict it produced."""
+
+    action_size = 2
+
+    def _obs(self, pos, vel, goal):
+        return {"state": pos, "privileged_state": jnp.concatenate([pos, vel, goal]), "pixels": jnp.zeros((2, 2))}
+
+    def reset(self, key):
+        goal = jax.random.uniform(key, (2,), minval=-1.0, maxval=1.0)
+        zero = jnp.zeros(2)
+        return _DictState(pos=zero, obs=self._obs(zero, zero, goal), reward=jnp.zeros(()), done=jnp.zeros(()),
+                          info={"goal": goal, "steps": jnp.zeros(())})
+
+    def step(self, state, action):
+        vel = state.obs["privileged_state"][2:4] + 0.1 * action
+        pos = state.pos + 0.1 * vel
+        goal = state.info["goal"]
+        return _DictState(pos=pos, obs=self._obs(pos, vel, goal), reward=-jnp.linalg.norm(pos - goal),
+                          done=jnp.zeros(()), info={**state.info, "steps": state.info["steps"] + 1})
+
+
+def test_dict_observations_flatten_the_actor_and_critic_parts_and_round_trip_the_wrapped_state():
+    raw, env = _DictPointMass(), envs.DictObservations(_DictPointMass())
+    assert envs.views(env) == envs.Views(policy=(0, 2), critic=(2, 8)) and envs.observation_size(env) == 8
+    assert envs.views(raw) == envs.Views()
+    key, action = jax.random.PRNGKey(0), jnp.array([0.5, -1.0])
+    raw_state, state = raw.reset(key), env.reset(key)
+    for _ in range(3):
+        raw_state, state = raw.step(raw_state, action), env.step(state, action)
+        np.testing.assert_array_equal(state.obs, np.concatenate([raw_state.obs["state"],
+                                                                 raw_state.obs["privileged_state"]]))
+        assert float(state.reward) == float(raw_state.reward)
+    with pytest.raises(ValueError, match="no 'policy' entry"):
+        envs.DictObservations(raw, policy_key="policy")
+
+
+def test_networks_read_only_their_view_and_keep_outputs_when_the_statistics_move():
+    from purempo import networks, normalizer
+    from purempo.train import make_networks
+
+    config = presets.preset("CartpoleBalance", policy_hidden=(8,), critic_hidden=(8,))
+    nets = make_networks(config, 2, envs.Views(policy=(0, 2), critic=(2, 8)))
+    obs = jax.random.normal(jax.random.PRNGKey(1), (5, 8))
+    action = jnp.zeros((5, 2))
+    policy_params = nets.policy.init(jax.random.PRNGKey(2), obs[0])
+    critic_params = nets.critic.init(jax.random.PRNGKey(3), obs[0], action[0])
+    assert policy_params["params"]["LayerNormMLP_0"]["Dense_0"]["kernel"].shape == (2, 8)
+    assert critic_params["params"]["LayerNormMLP_0"]["Dense_0"]["kernel"].shape == (6 + 2, 8)
+    privileged_changed, state_changed = obs.at[:, 2:].add(1.0), obs.at[:, :2].add(1.0)
+    for a, b in zip(nets.policy.apply(policy_params, obs), nets.policy.apply(policy_params, privileged_changed)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(nets.critic.apply(critic_params, obs, action),
+                                  nets.critic.apply(critic_params, state_changed, action))
+    assert not np.allclose(nets.critic.apply(critic_params, obs, action),
+                           nets.critic.apply(critic_params, privileged_changed, action))
+    # Output preservation on each view: same outputs for raw observations after the statistics move.
+    old = normalizer.update(normalizer.init(8), obs)
+    new = normalizer.update(old, 3.0 * obs + 2.0)
+    kept = networks.preserve_outputs(policy_params, old, new, (0, 2))
+    for a, b in zip(nets.policy.apply(policy_params, normalizer.normalize(old, obs)),
+                    nets.policy.apply(kept, normalizer.normalize(new, obs))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    kept = networks.preserve_outputs(critic_params, old, new, (2, 8))
+    np.testing.assert_allclose(nets.critic.apply(critic_params, normalizer.normalize(old, obs), action),
+                               nets.critic.apply(kept, normalizer.normalize(new, obs), action), rtol=1e-4, atol=1e-4)
+
+
+def test_the_trainer_gives_the_policy_the_state_and_the_critic_the_privileged_state(monkeypatch):
+    from purempo import train
+
+    monkeypatch.setattr(train.envs, "make", lambda *args, **kwargs: envs.DictObservations(_DictPointMass()))
+    config = presets.preset("CartpoleBalance", **dict(TINY, total_steps=512))
+    state, metrics = jax.device_get(jax.jit(train.make_trainer(config).train)(jax.random.PRNGKey(0)))
+    assert state.learner.policy_params["params"]["LayerNormMLP_0"]["Dense_0"]["kernel"].shape == (2, 8)
+    assert state.learner.critic_params["params"]["LayerNormMLP_0"]["Dense_0"]["kernel"].shape == (6 + 2, 8)
+    assert state.replay.data.obs.shape[-1] == 8
+    learned = metrics["updates"] > 0
+    assert learned.any() and np.all(np.isfinite(metrics["critic_loss"][learned]))
+    assert np.all(np.isfinite(metrics["eval_return"]))
