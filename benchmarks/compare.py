@@ -2,6 +2,7 @@
 
     python benchmarks/compare.py --env inverted_pendulum --budget-s 300 --threshold 950
     python benchmarks/compare.py --env halfcheetah --budget-s 900
+    python benchmarks/compare.py --env CartpoleSwingup --budget-s 300   # a MuJoCo Playground (DM Control) env
 
 Every trainer gets the same env (Brax's, same backend), the same evaluation (deterministic policy mean,
 `eval_episodes` parallel episodes of up to 1000 steps) and the same clock, started before the env is built,
@@ -14,7 +15,10 @@ trainer stops at its first evaluation after the budget is spent.
 Brax settings (`BRAX_SETTINGS`): PPO uses Brax's published training-notebook hyper-parameters for the env;
 Brax publishes SAC settings only for hopper/walker2d, so SAC uses those (reward_scaling 30, 128 envs, 64
 gradient updates of batch 512 per env step, replay 2^20, 8192 prefill steps) on every env. Networks are
-Brax's defaults. Brax 0.14.2 needs `brax_compat.install()` on jax >= 0.10 (see that file).
+Brax's defaults. On a MuJoCo Playground env both use Playground's own published settings instead
+(`mujoco_playground.config.dm_control_suite_params`, with its network options), the env wrapped by
+Playground's `wrap_for_brax_training`; the keys Brax 0.14.2's `train()` does not accept are dropped and listed
+in the output (`dropped` in the JSON). Brax 0.14.2 needs `brax_compat.install()` on jax >= 0.10 (see that file).
 
 Writes benchmarks/results/compare_<env>.json and .png (return vs training wall time, and vs env steps).
 """
@@ -110,20 +114,24 @@ def run_brax(algorithm, env_name, budget_s, seed, overrides):
     brax_compat.install()
     if algorithm == "ppo":
         from brax.training.agents.ppo import train as brax_train
-
+    else:
+        from brax.training.agents.sac import train as brax_train
+    dropped = {}
+    if envs.family(env_name) == envs.PLAYGROUND:
+        settings, dropped = playground_settings(algorithm, env_name, brax_train.train, overrides)
+    elif algorithm == "ppo":
         settings = dict(_PPO_NOTEBOOK.get(env_name, _PPO_NOTEBOOK["ant"]), **overrides)
+    else:
+        settings = dict(_SAC_HOPPER, **overrides)
+    num_evals = 10_000
+    if algorithm == "ppo":
         per_eval = EVAL_EVERY.get(env_name, {}).get("ppo", 2_621_440)
         step = settings["batch_size"] * settings["unroll_length"] * settings["num_minibatches"]
         per_eval = max(1, per_eval // step) * step
-        num_evals = 10_000
         settings.update(num_timesteps=per_eval * num_evals, num_evals=num_evals + 1)
     else:
-        from brax.training.agents.sac import train as brax_train
-
-        settings = dict(_SAC_HOPPER, **overrides)
         per_eval = EVAL_EVERY.get(env_name, {}).get("sac", 65_536)
         per_eval = max(1, per_eval // settings["num_envs"]) * settings["num_envs"]
-        num_evals = 10_000
         prefill = -(-settings["min_replay_size"] // settings["num_envs"]) * settings["num_envs"]
         settings.update(num_timesteps=prefill + per_eval * num_evals, num_evals=num_evals + 1)
     eval_episodes = preset(env_name).eval_episodes
@@ -137,11 +145,46 @@ def run_brax(algorithm, env_name, budget_s, seed, overrides):
                      metrics["eval/episode_reward_std"]):
             raise _BudgetSpent
 
+    if envs.family(env_name) == envs.PLAYGROUND:
+        from mujoco_playground import wrapper
+
+        settings["wrap_env_fn"] = wrapper.wrap_for_brax_training
+    network_options = settings.pop("network_options", None)
     try:
         brax_train.train(environment=env, progress_fn=progress, **settings)
     except _BudgetSpent:
         pass
+    if network_options:
+        settings["network_options"] = network_options
+    if dropped:
+        settings["dropped"] = dropped
     return curve, settings
+
+
+def playground_settings(algorithm, env_name, train_fn, overrides):
+    """Playground's published Brax `algorithm` settings for `env_name` with `overrides`: (the arguments Brax's
+    `train_fn` accepts, with the network options turned into a `network_factory`; the keys it rejects)."""
+    import functools
+    import inspect
+
+    from mujoco_playground.config import dm_control_suite_params as params
+
+    config = (params.brax_ppo_config if algorithm == "ppo" else params.brax_sac_config)(env_name).to_dict()
+    config.update(overrides)
+    factory = config.pop("network_factory", None)
+    accepted = inspect.signature(train_fn).parameters
+    dropped = {key: config.pop(key) for key in list(config) if key not in accepted}
+    if factory:
+        if algorithm == "ppo":
+            from brax.training.agents.ppo import networks as nets
+
+            config["network_factory"] = functools.partial(nets.make_ppo_networks, **factory)
+        else:
+            from brax.training.agents.sac import networks as nets
+
+            config["network_factory"] = functools.partial(nets.make_sac_networks, **factory)
+        config["network_options"] = factory  # recorded (the factory itself is not JSON)
+    return config, dropped
 
 
 def summarize(curve, threshold):
@@ -180,8 +223,10 @@ def main():
     parser.add_argument("--name", default=None, help="output file stem (default: compare_ENV)")
     parser.add_argument("--replot", action="store_true", help="only redraw the PNG from the saved JSON")
     args = parser.parse_args()
-    if args.env not in envs.available():
-        raise SystemExit(f"error: unknown env {args.env!r}; valid names: {', '.join(envs.available())}")
+    try:
+        envs.family(args.env)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     name = args.name or f"compare_{args.env}"
     path = RESULTS / f"{name}.json"
     if args.replot:
@@ -238,6 +283,10 @@ def report(summary):
         cells += [f"{r['final_return']:.1f} ± {r['final_return_std']:.1f}", f"{r['final_env_steps']:,}",
                   _fmt(r["env_steps_per_s"], ",.0f")]
         print("| " + " | ".join(cells) + " |")
+    for trainer, settings in summary.get("settings", {}).items():
+        if settings.get("dropped"):
+            print(f"{trainer}: dropped from Playground's published settings (not accepted by Brax's train()): "
+                  + ", ".join(f"{k}={v}" for k, v in settings["dropped"].items()))
     ours = next((r for r in summary["results"] if r["trainer"] == "purempo"), None)
     if threshold is not None and ours and ours["threshold_train_time_s"] is not None:
         for r in summary["results"]:

@@ -11,7 +11,8 @@ scaled with E (and the unroll lengthened where fewer than one update would remai
 - compile time (init, training chunk and evaluation compiled together),
 - training env steps/s and SGD updates/s over `--chunks` chunks after a warm-up chunk (evaluation excluded),
 - the ceiling: env steps/s of a jitted random-action rollout at the same E, both through purempo's env
-  wrapper (time limit + auto-reset) and Brax's bare `vmap(env.step)`; the ratio is training / bare ceiling.
+  wrapper (time limit + auto-reset from the config's reset pool) and the env's bare `vmap(env.step)`; the
+  ratio is training / bare ceiling.
 Then the default preset with 1, 4, 16... seeds vmapped in one program (cost per seed), and a profile of one
 learner step (FLOPs from XLA's cost analysis; time of the sampled-action critic pass, the largest part).
 For a MuJoCo Playground env, first the random-action ceiling of each physics implementation (`--impls`, default
@@ -79,12 +80,13 @@ def time_training(config, num_seeds: int, chunks: int):
     return compile_s, steps / seconds, updates / seconds
 
 
-def time_ceiling(env, num_envs: int, episode_length: int, steps: int = 64):
-    """(wrapper, bare) env steps/s of random actions in [-1, 1] for `steps` lockstep steps."""
+def time_ceiling(env, num_envs: int, episode_length: int, pool_size: int, steps: int = 64):
+    """(wrapper, bare) env steps/s of random actions in [-1, 1] for `steps` lockstep steps; the wrapper's envs
+    restart from a pool of `pool_size` initial states (the config's `reset_pool_size`, drawn before timing)."""
     action_size = env.action_size
 
-    def wrapped(key):
-        state = envs.reset(env, key, num_envs)
+    def wrapped(start, key):
+        state = start
 
         def body(state, k):
             a_key, r_key = jax.random.split(k)
@@ -96,8 +98,7 @@ def time_ceiling(env, num_envs: int, episode_length: int, steps: int = 64):
         state, rewards = jax.lax.scan(body, state, jax.random.split(key, steps))
         return rewards.sum() + jnp.sum(envs.observation(state))
 
-    def bare(key):
-        state = jax.vmap(env.reset)(jax.random.split(key, num_envs))
+    def bare(state, key):
 
         def body(state, k):
             action = jax.random.uniform(k, (num_envs, action_size), minval=-1.0, maxval=1.0)
@@ -107,14 +108,29 @@ def time_ceiling(env, num_envs: int, episode_length: int, steps: int = 64):
         state, rewards = jax.lax.scan(body, state, jax.random.split(key, steps))
         return rewards.sum() + jnp.sum(state.obs)
 
+    # Resets happen before timing (a DM Control reset settles the physics for up to 200 steps).
+    bare_start = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(2), num_envs))
     rates = []
-    for fn in (wrapped, bare):
-        fn = jax.jit(fn)
-        fn(jax.random.PRNGKey(0)).block_until_ready()
-        tick = time.perf_counter()
-        fn(jax.random.PRNGKey(1)).block_until_ready()
-        rates.append(num_envs * steps / (time.perf_counter() - tick))
+    for fn, start in ((wrapped, "wrapper"), (bare, bare_start)):
+        try:
+            if start == "wrapper":
+                start = jax.jit(lambda key: envs.reset(env, key, num_envs, pool_size))(jax.random.PRNGKey(2))
+            fn = jax.jit(fn)
+            fn(start, jax.random.PRNGKey(0)).block_until_ready()
+            tick = time.perf_counter()
+            fn(start, jax.random.PRNGKey(1)).block_until_ready()
+            rates.append(num_envs * steps / (time.perf_counter() - tick))
+        except Exception as error:  # e.g. MuJoCo Warp through purempo's wrapper: recorded, not fatal
+            rates.append(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
     return tuple(rates)
+
+
+def _rate(value):
+    return round(value, 1) if isinstance(value, float) else value
+
+
+def _show(value):
+    return f"{value:11,.0f}" if isinstance(value, float) else value
 
 
 def profile_learner(config, repeats: int = 20):
@@ -182,23 +198,22 @@ def main():
         for impl in args.impls:
             for num_envs in args.num_envs:
                 row = dict(impl=impl, num_envs=num_envs)
-                try:
-                    tick = time.perf_counter()
-                    wrapped, bare = time_ceiling(envs.make(base.env, impl=impl), num_envs, base.episode_length)
-                    row.update(seconds_with_compile=round(time.perf_counter() - tick, 1),
-                               ceiling_wrapper_env_steps_per_s=round(wrapped, 1), ceiling_bare_env_steps_per_s=round(bare, 1))
-                except Exception as error:  # e.g. Warp without a usable device: recorded, not fatal
-                    row.update(error=f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+                tick = time.perf_counter()
+                wrapped, bare = time_ceiling(envs.playground_env(base.env, impl), num_envs, base.episode_length,
+                                             base.reset_pool_size)
+                row.update(seconds_with_compile=round(time.perf_counter() - tick, 1),
+                           ceiling_wrapper_env_steps_per_s=_rate(wrapped), ceiling_bare_env_steps_per_s=_rate(bare))
                 impls.append(row)
-                print(f"impl {impl:>4}  E={num_envs:>6}  " + (f"ceiling {row['ceiling_wrapper_env_steps_per_s']:11,.0f} "
-                      f"(wrapper) {row['ceiling_bare_env_steps_per_s']:11,.0f} (bare)  {row['seconds_with_compile']} s with "
-                      f"compilation" if "error" not in row else row["error"]), flush=True)
+                print(f"impl {impl:>4}  E={num_envs:>6}  ceiling {_show(wrapped)} (wrapper)  {_show(bare)} (bare)  "
+                      f"{row['seconds_with_compile']} s with compilation", flush=True)
 
     sweep = []
     for num_envs in args.num_envs:
         config = at_num_envs(base, num_envs)
         compile_s, sps, ups = time_training(config, 1, args.chunks)
-        wrapped, bare = time_ceiling(env, num_envs, config.episode_length)
+        wrapped, bare = time_ceiling(env, num_envs, config.episode_length, config.reset_pool_size)
+        if not isinstance(wrapped, float) or not isinstance(bare, float):
+            raise SystemExit(f"error: the env's ceiling could not be measured: {wrapped} / {bare}")
         row = dict(num_envs=num_envs, unroll_length=config.unroll_length,
                    updates_per_iteration=config.updates_per_iteration, compile_s=round(compile_s, 1),
                    train_env_steps_per_s=round(sps, 1), updates_per_s=round(ups, 1),
@@ -243,8 +258,8 @@ def main():
     if impls:
         print("\n| impl | num_envs | ceiling (wrapper) | ceiling (bare) |\n|---|---:|---:|---:|")
         for r in impls:
-            print(f"| {r['impl']} | {r['num_envs']:,} | " + (f"{r['ceiling_wrapper_env_steps_per_s']:,.0f} | "
-                  f"{r['ceiling_bare_env_steps_per_s']:,.0f} |" if "error" not in r else f"{r['error']} | |"))
+            print(f"| {r['impl']} | {r['num_envs']:,} | {_show(r['ceiling_wrapper_env_steps_per_s']).strip()} | "
+                  f"{_show(r['ceiling_bare_env_steps_per_s']).strip()} |")
     if seeds:
         print("\n| seeds vmapped | compile (s) | env steps/s per seed | env steps/s total | updates/s per seed |\n"
               "|---:|---:|---:|---:|---:|")

@@ -83,10 +83,15 @@ def available() -> Tuple[str, ...]:
     return brax_names() + playground_names()
 
 
+SUPPORTED_IMPLS = ("jax",)
+
+
 def default_impl() -> str:
-    """Playground's physics implementation for the default JAX backend: MJX (`jax`) on a CPU, where it steps
-    CheetahRun ~7× faster than MuJoCo Warp; Warp, Playground's own default, on an accelerator."""
-    return "jax" if jax.default_backend() == "cpu" else "warp"
+    """Playground's physics implementation for purempo: MJX (`jax`) on every backend. On a CPU it is also the
+    faster one (CheetahRun ~7× MuJoCo Warp's steps/s, `benchmarks/throughput.py`). MuJoCo Warp, Playground's own
+    default, keeps contact and constraint arrays shared across a batch of envs, so restarting single envs needs
+    its `Data.where`, which purempo's env wrapper does not do yet: `make` refuses `impl="warp"`."""
+    return "jax"
 
 
 def menagerie_missing(name: str) -> Optional[str]:
@@ -206,19 +211,30 @@ def make(name: str, backend: Optional[str] = None, impl: Optional[str] = None):
         raise ValueError(f"invalid backend={backend!r} for MuJoCo Playground env {name!r}: backend selects a "
                          f"Brax env's pipeline; Playground envs take impl ({' or '.join(PLAYGROUND_IMPLS)})")
     impl = default_impl() if impl is None else impl
+    if impl not in SUPPORTED_IMPLS:
+        raise ValueError(f"invalid impl={impl!r}: purempo runs Playground envs on {' or '.join(SUPPORTED_IMPLS)} "
+                         f"(MJX); MuJoCo Warp's batched state needs resets through its Data.where, not supported yet")
+    env = playground_env(name, impl)
+    registry = _playground()[0]
+    if isinstance(jax.eval_shape(env.reset, jax.random.PRNGKey(0)).obs, Mapping):
+        env = DictObservations(env)
+    repeat = int(registry.get_default_config(name).get("action_repeat", 1))
+    return ActionRepeat(env, repeat) if repeat > 1 else env
+
+
+def playground_env(name: str, impl: str):
+    """Playground's own env `name` on physics `impl` ("jax" or "warp"), unwrapped; ValueError (one line) for an
+    unknown name or missing Menagerie assets. `make` is what the trainer uses."""
+    if family(name) != PLAYGROUND:
+        raise ValueError(f"{name!r} is a Brax env, not a MuJoCo Playground env")
     if impl not in PLAYGROUND_IMPLS:
         raise ValueError(f"invalid impl={impl!r}: must be one of {PLAYGROUND_IMPLS}")
     missing = menagerie_missing(name)
     if missing:
         raise ValueError(missing)
-    registry = _playground()[0]
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        env = registry.load(name, config_overrides={"impl": impl})
-    if isinstance(jax.eval_shape(env.reset, jax.random.PRNGKey(0)).obs, Mapping):
-        env = DictObservations(env)
-    repeat = int(registry.get_default_config(name).get("action_repeat", 1))
-    return ActionRepeat(env, repeat) if repeat > 1 else env
+        return _playground()[0].load(name, config_overrides={"impl": impl})
 
 
 def episode_length(name: str) -> int:
