@@ -244,7 +244,11 @@ def main():
     summary = dict(env=args.env, date=today(), machine=machine(), versions=versions(),
                    command="python benchmarks/throughput.py " + " ".join(
                        [f"--env {args.env}", "--num-envs " + " ".join(map(str, args.num_envs)),
-                        "--seeds " + " ".join(map(str, args.seeds))] + [f"--set {s}" for s in args.set]),
+                        "--seeds " + " ".join(map(str, args.seeds))]
+                       + ([f"--chunks {args.chunks}"] if args.chunks != 3 else [])
+                       + (["--no-profile"] if args.no_profile else [])
+                       + ([f"--impls {' '.join(args.impls)}"] if impls and args.impls != list(envs.PLAYGROUND_IMPLS) else [])
+                       + [f"--set {s}" for s in args.set]),
                    replay_ratio=replay_ratio(base), config=jsonable(base), playground_impls=impls, num_envs_sweep=sweep,
                    vmapped_seeds=seeds, learner_profile=profile)
     RESULTS.mkdir(exist_ok=True)
