@@ -59,7 +59,8 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 
 # MuJoCo Playground's envs (its DeepMind Control Suite: 1,000-step episodes, rewards in [0, 1] per step, no
 # termination): the locomotion settings with the faster critic that halfcheetah, hopper and walker2d measured
-# best. Not yet measured on DM Control itself. `PLAYGROUND_OVERRIDES` holds per-task changes.
+# best. Not tuned on DM Control yet (CheetahRun: 492.8 at 1M env steps, RESULTS.md §7). `PLAYGROUND_OVERRIDES`
+# holds per-task changes.
 # Their resets settle the physics (CheetahRun: 200 steps per reset), so restarts come from a pool of 256 starts
 # drawn once (about 50k physics steps at initialisation) rather than from fresh resets.
 _PLAYGROUND: Dict[str, Any] = dict(_LOCOMOTION, critic_lr=1e-3, episode_length=1000, reset_pool_size=256)
