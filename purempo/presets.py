@@ -5,7 +5,8 @@ in §6), and `halfcheetah`, `hopper` and
 `walker2d` (the shared locomotion settings below with a 1e-3 critic learning rate). The other locomotion and
 manipulation presets use the same CPU-sized settings (critic learning rate 3e-4), with the run length and
 network size scaled to the task (humanoid: 244-dim observations, 17 actions); they have not been tuned yet.
-An env without a preset gets the defaults with `env` set. Every field can be overridden.
+A MuJoCo Playground env gets the shared `_PLAYGROUND` settings (plus `PLAYGROUND_OVERRIDES[env]`); any other
+env without a preset gets the defaults with `env` set. Every field can be overridden.
 """
 
 from __future__ import annotations
