@@ -16,7 +16,7 @@ scaled with E (and the unroll lengthened where fewer than one update would remai
 Then the default preset with 1, 4, 16... seeds vmapped in one program (cost per seed), and a profile of one
 learner step (FLOPs from XLA's cost analysis; time of the sampled-action critic pass, the largest part).
 For a MuJoCo Playground env, first the random-action ceiling of each physics implementation (`--impls`, default
-MJX `jax` and MuJoCo Warp `warp`) at every E, which is what `envs.default_impl` is chosen from.
+MJX `jax` and MuJoCo Warp `warp`) at every E, which is what `envs.SUPPORTED_IMPLS` was chosen by.
 Writes benchmarks/results/throughput_<env>.json.
 """
 

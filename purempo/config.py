@@ -53,7 +53,7 @@ class Config:
     backend: Optional[str] = None
     """Brax physics backend (generalized, positional, spring, mjx); None uses the env's default. Brax envs only."""
     impl: Optional[str] = None
-    """MuJoCo Playground physics implementation; None: jax (MJX), the one purempo's env wrapper supports (on a CPU also ~7× MuJoCo Warp's steps/s); warp is refused until its batched resets are supported. Playground envs only."""
+    """MuJoCo Playground physics implementation; None: jax (MJX), the one purempo's env wrapper supports (on a CPU also 2.4–8× MuJoCo Warp's steps/s); warp is refused until its batched resets are supported. Playground envs only."""
     episode_length: int = 1000
     """Time limit in env steps; reaching it truncates (bootstraps), it does not terminate."""
     reward_scale: float = 1.0

@@ -83,15 +83,10 @@ def available() -> Tuple[str, ...]:
     return brax_names() + playground_names()
 
 
+# MJX only: MuJoCo Warp keeps contact and constraint arrays shared across a batch of envs, so restarting
+# single envs needs its `Data.where`, which `step` does not use yet. On a CPU MJX is also the faster one
+# (CheetahRun: 2.4–8× Warp's env steps/s, benchmarks/throughput.py).
 SUPPORTED_IMPLS = ("jax",)
-
-
-def default_impl() -> str:
-    """Playground's physics implementation for purempo: MJX (`jax`) on every backend. On a CPU it is also the
-    faster one (CheetahRun ~7× MuJoCo Warp's steps/s, `benchmarks/throughput.py`). MuJoCo Warp, Playground's own
-    default, keeps contact and constraint arrays shared across a batch of envs, so restarting single envs needs
-    its `Data.where`, which purempo's env wrapper does not do yet: `make` refuses `impl="warp"`."""
-    return "jax"
 
 
 def menagerie_missing(name: str) -> Optional[str]:
@@ -120,7 +115,19 @@ def views(env) -> Views:
     return getattr(env, "views", Views())
 
 
-class DictObservations:
+class _Wrapper:
+    """Forwards everything but what a subclass overrides (action_size, mj_model, dt, views, ...) to `env`."""
+
+    def __init__(self, env):
+        self.env = env
+
+    def __getattr__(self, name):
+        if name == "env":  # not set yet (copying, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.env, name)
+
+
+class DictObservations(_Wrapper):
     """An env whose observation is a dict (Playground's convention: `state` for the actor and, where present,
     `privileged_state`, which only a critic may see) as one with a flat observation `[state, privileged_state]`
     and `views` saying which part each network reads. Other keys are dropped. Replay, normaliser and evaluation
@@ -131,15 +138,11 @@ class DictObservations:
         if policy_key not in shapes:
             raise ValueError(f"the env's observation dict has no {policy_key!r} entry for the policy; keys: "
                              f"{', '.join(sorted(shapes))}")
-        self.env = env
+        super().__init__(env)
         self.keys = (policy_key,) + ((critic_key,) if critic_key in shapes else ())
         sizes = [int(np.prod(shapes[key].shape)) for key in self.keys]
         critic = (sizes[0], sizes[0] + sizes[1]) if len(sizes) > 1 else (0, sizes[0])
         self.views = Views(policy=(0, sizes[0]), critic=critic)
-
-    @property
-    def action_size(self) -> int:
-        return self.env.action_size
 
     _DICT = "purempo/observation_dict"  # where the wrapped env's own observation rides along in `info`
 
@@ -155,24 +158,16 @@ class DictObservations:
         obs = info.pop(self._DICT)  # the wrapped step gets back exactly the state it produced
         return self._flat(self.env.step(state.replace(obs=obs, info=info), action))
 
-    def __getattr__(self, name):  # mj_model, dt, ... of the wrapped env
-        if name == "env":  # not set yet (copying, unpickling): no recursion
-            raise AttributeError(name)
-        return getattr(self.env, name)
 
-
-class ActionRepeat:
+class ActionRepeat(_Wrapper):
     """A Playground env stepped `repeat` times per action, rewards summed; the interface of the env itself.
 
     After a terminating sub-step the state stays there (its reward counted once), as a time-limited episode
     of the unwrapped env would end there."""
 
     def __init__(self, env, repeat: int):
-        self.env, self.repeat = env, int(repeat)
-
-    @property
-    def action_size(self) -> int:
-        return self.env.action_size
+        super().__init__(env)
+        self.repeat = int(repeat)
 
     def reset(self, key):
         return self.env.reset(key)
@@ -188,16 +183,11 @@ class ActionRepeat:
         (state, total), _ = jax.lax.scan(body, (state, jnp.zeros_like(state.reward)), None, length=self.repeat)
         return state.replace(reward=total)
 
-    def __getattr__(self, name):  # mj_model, dt, ... of the wrapped env
-        if name == "env":  # not set yet (copying, unpickling): no recursion
-            raise AttributeError(name)
-        return getattr(self.env, name)
-
 
 def make(name: str, backend: Optional[str] = None, impl: Optional[str] = None):
     """The raw env `name` (no time limit, no auto-reset): Brax's (`backend`: its physics pipeline, None for
-    the env's default) or Playground's (`impl`: "jax" for MJX or "warp" for MuJoCo Warp, None for
-    `default_impl()`), with the config's `action_repeat` applied to a Playground env."""
+    the env's default) or Playground's (`impl`: one of `SUPPORTED_IMPLS`, None for MJX), with dict observations
+    flattened (`DictObservations`) and the config's `action_repeat` applied to a Playground env."""
     kind = family(name)
     if kind == BRAX:
         if impl is not None:
@@ -210,7 +200,7 @@ def make(name: str, backend: Optional[str] = None, impl: Optional[str] = None):
     if backend is not None:
         raise ValueError(f"invalid backend={backend!r} for MuJoCo Playground env {name!r}: backend selects a "
                          f"Brax env's pipeline; Playground envs take impl ({' or '.join(PLAYGROUND_IMPLS)})")
-    impl = default_impl() if impl is None else impl
+    impl = SUPPORTED_IMPLS[0] if impl is None else impl
     if impl not in SUPPORTED_IMPLS:
         raise ValueError(f"invalid impl={impl!r}: purempo runs Playground envs on {' or '.join(SUPPORTED_IMPLS)} "
                          f"(MJX); MuJoCo Warp's batched state needs resets through its Data.where, not supported yet")
