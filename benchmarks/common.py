@@ -31,7 +31,7 @@ def machine() -> str:
 
 def versions() -> dict:
     found = {"python": platform.python_version()}
-    for package in ("purempo", "jax", "jaxlib", "brax", "flax", "optax"):
+    for package in ("purempo", "jax", "jaxlib", "brax", "flax", "optax", "playground", "mujoco", "mujoco-mjx"):
         try:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

@@ -64,6 +64,18 @@ EVAL_EVERY = dict(
     ant=dict(purempo=262_144, ppo=2_621_440, sac=65_536),
     humanoid=dict(purempo=262_144, ppo=2_621_440, sac=65_536),
 )
+# DM Control (1,000-step episodes): PPO is evaluated after every training step (Playground's settings take
+# 983,040 env steps per step), the others every 20,480 env steps.
+_PLAYGROUND_EVAL_EVERY = dict(purempo=20_480, ppo=1, sac=20_480)
+_OTHER_EVAL_EVERY = dict(purempo=20_480, ppo=2_621_440, sac=65_536)
+
+
+def eval_every(env_name, trainer):
+    """Env steps between evaluations of `trainer` on `env_name` (rounded to its own training steps later)."""
+    if env_name in EVAL_EVERY:
+        return EVAL_EVERY[env_name][trainer]
+    family_default = _PLAYGROUND_EVAL_EVERY if envs.family(env_name) == envs.PLAYGROUND else _OTHER_EVAL_EVERY
+    return family_default[trainer]
 
 
 class _BudgetSpent(Exception):
@@ -76,6 +88,7 @@ class Curve:
     def __init__(self, name, budget_s):
         self.name, self.budget_s, self.points = name, budget_s, []
         self.start = time.perf_counter()
+        self.stopped_at_train_time_s = None  # set when stopped from outside between two evaluations
 
     def add(self, env_steps, eval_time_s, mean, std):
         elapsed = time.perf_counter() - self.start
@@ -88,7 +101,7 @@ class Curve:
 
 
 def run_purempo(env_name, budget_s, seed, overrides):
-    every = EVAL_EVERY.get(env_name, {}).get("purempo", 20_480)
+    every = eval_every(env_name, "purempo")
     curve = Curve("purempo", budget_s)
     base = preset(env_name, **overrides)
     iterations = max(1, every // base.steps_per_iteration)
@@ -111,6 +124,82 @@ def run_purempo(env_name, budget_s, seed, overrides):
 
 
 def run_brax(algorithm, env_name, budget_s, seed, overrides):
+    """Brax's `algorithm` in a child process under `supervise`: (curve, settings)."""
+    curve = Curve(f"brax-{algorithm}", budget_s)
+    settings = supervise(curve, _brax_child, (algorithm, env_name, budget_s, seed, overrides),
+                         grace_s=max(60.0, 0.1 * budget_s))
+    return curve, settings
+
+
+def supervise(curve, target, args, grace_s):
+    """Runs `target(messages, *args)` in a child process and collects what it sends into `curve`: ("settings",
+    dict), ("point", evaluation dict), then ("done", None) or ("error", text). The child is killed once its
+    training time (elapsed since `curve.start` minus its evaluation time) passes the budget by `grace_s` without
+    an evaluation: a PPO training step with Playground's settings can outlast the whole budget on a CPU, and a
+    running XLA computation cannot be interrupted from inside. Returns the settings."""
+    import multiprocessing
+    import queue as queue_module
+
+    context = multiprocessing.get_context("spawn")
+    messages = context.Queue()
+    child = context.Process(target=target, args=(messages, *args), daemon=True)
+    settings, eval_time_s = {}, 0.0
+    child.start()
+    try:
+        while True:
+            try:
+                kind, payload = messages.get(timeout=0.5)
+            except queue_module.Empty:
+                training_s = time.perf_counter() - curve.start - eval_time_s
+                if not child.is_alive():
+                    raise RuntimeError(f"{curve.name} exited with code {child.exitcode} before finishing") from None
+                if training_s > curve.budget_s + grace_s:
+                    curve.stopped_at_train_time_s = round(training_s, 1)
+                    last = curve.points[-1]["env_steps"] if curve.points else None
+                    print(f"  {curve.name} stopped at {training_s:.0f} s of training: "
+                          + ("no evaluation at all" if last is None else f"no evaluation since {last:,} env steps"),
+                          flush=True)
+                    return settings
+                continue
+            if kind == "settings":
+                settings = payload
+            elif kind == "point":
+                curve.points.append(payload)
+                eval_time_s = payload["eval_time_s"]
+            elif kind == "error":
+                raise RuntimeError(f"{curve.name} failed: {payload}")
+            else:  # done
+                return settings
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join(timeout=30)
+        _drain(messages, curve)
+
+
+def _drain(messages, curve):
+    """Evaluations a killed child sent just before the kill."""
+    import queue as queue_module
+
+    while True:
+        try:
+            kind, payload = messages.get(timeout=0.1)
+        except (queue_module.Empty, EOFError, OSError):
+            return
+        if kind == "point" and payload not in curve.points:
+            curve.points.append(payload)
+
+
+def _brax_child(messages, algorithm, env_name, budget_s, seed, overrides):
+    """Runs in the child process: sends ("settings", dict), then ("point", dict) per evaluation, then ("done",)."""
+    try:
+        _train_brax(messages, algorithm, env_name, budget_s, seed, overrides)
+        messages.put(("done", None))
+    except BaseException as error:  # reported to the parent, which raises
+        messages.put(("error", f"{type(error).__name__}: {error}"))
+
+
+def _train_brax(messages, algorithm, env_name, budget_s, seed, overrides):
     brax_compat.install()
     if algorithm == "ppo":
         from brax.training.agents.ppo import train as brax_train
@@ -125,12 +214,12 @@ def run_brax(algorithm, env_name, budget_s, seed, overrides):
         settings = dict(_SAC_HOPPER, **overrides)
     num_evals = 10_000
     if algorithm == "ppo":
-        per_eval = EVAL_EVERY.get(env_name, {}).get("ppo", 2_621_440)
+        per_eval = eval_every(env_name, "ppo")
         step = settings["batch_size"] * settings["unroll_length"] * settings["num_minibatches"]
         per_eval = max(1, per_eval // step) * step
         settings.update(num_timesteps=per_eval * num_evals, num_evals=num_evals + 1)
     else:
-        per_eval = EVAL_EVERY.get(env_name, {}).get("sac", 65_536)
+        per_eval = eval_every(env_name, "sac")
         per_eval = max(1, per_eval // settings["num_envs"]) * settings["num_envs"]
         prefill = -(-settings["min_replay_size"] // settings["num_envs"]) * settings["num_envs"]
         settings.update(num_timesteps=prefill + per_eval * num_evals, num_evals=num_evals + 1)
@@ -141,24 +230,27 @@ def run_brax(algorithm, env_name, budget_s, seed, overrides):
     env = envs.make(env_name, preset(env_name).backend, preset(env_name).impl)
 
     def progress(num_steps, metrics):
-        if curve.add(num_steps, float(metrics["eval/walltime"]), metrics["eval/episode_reward"],
-                     metrics["eval/episode_reward_std"]):
+        spent = curve.add(num_steps, float(metrics["eval/walltime"]), metrics["eval/episode_reward"],
+                          metrics["eval/episode_reward_std"])
+        messages.put(("point", curve.points[-1]))
+        if spent:
             raise _BudgetSpent
 
     if envs.family(env_name) == envs.PLAYGROUND:
         from mujoco_playground import wrapper
 
         settings["wrap_env_fn"] = wrapper.wrap_for_brax_training
+    recorded = {k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v) for k, v in settings.items()}
     network_options = settings.pop("network_options", None)
+    if network_options:
+        recorded["network_options"] = network_options
+    if dropped:
+        recorded["dropped"] = dropped
+    messages.put(("settings", recorded))
     try:
         brax_train.train(environment=env, progress_fn=progress, **settings)
     except _BudgetSpent:
         pass
-    if network_options:
-        settings["network_options"] = network_options
-    if dropped:
-        settings["dropped"] = dropped
-    return curve, settings
 
 
 def playground_settings(algorithm, env_name, train_fn, overrides):
@@ -192,6 +284,7 @@ def summarize(curve, threshold):
     hit = next((p for p in points if threshold is not None and p["eval_return"] >= threshold), None)
     learning = [p for p in points if p["env_steps"] > 0]
     first, last = (learning[0], learning[-1]) if len(learning) > 1 else (None, None)
+    at_1m = next((p for p in points if p["env_steps"] >= 1_000_000), None)
     sps = None
     if first is not None and last["train_time_s"] > first["train_time_s"]:
         sps = (last["env_steps"] - first["env_steps"]) / (last["train_time_s"] - first["train_time_s"])
@@ -200,12 +293,16 @@ def summarize(curve, threshold):
         threshold_train_time_s=hit and hit["train_time_s"],
         threshold_wall_time_s=hit and hit["wall_time_s"],
         threshold_env_steps=hit and hit["env_steps"],
-        final_return=points[-1]["eval_return"],
-        final_return_std=points[-1]["eval_return_std"],
-        best_return=max(p["eval_return"] for p in points),
-        final_env_steps=points[-1]["env_steps"],
-        final_train_time_s=points[-1]["train_time_s"],
+        final_return=points[-1]["eval_return"] if points else None,  # None: stopped before its first evaluation
+        final_return_std=points[-1]["eval_return_std"] if points else None,
+        best_return=max(p["eval_return"] for p in points) if points else None,
+        final_env_steps=points[-1]["env_steps"] if points else 0,
+        final_train_time_s=points[-1]["train_time_s"] if points else None,
         env_steps_per_s=sps and round(sps, 1),
+        # The first evaluation at or after 1M env steps (the issue's sample-efficiency point).
+        return_at_1m=at_1m and at_1m["eval_return"],
+        env_steps_at_1m=at_1m and at_1m["env_steps"],
+        stopped_at_train_time_s=curve.stopped_at_train_time_s,
         curve=points,
     )
 
@@ -273,16 +370,23 @@ def report(summary):
     threshold = summary["threshold"]
     head = f"| trainer | training time to {threshold:g} (s) | elapsed incl. evals (s) | env steps to {threshold:g} " \
         if threshold is not None else "| trainer "
-    print(head + "| final return | env steps | env steps/s |")
-    print("|---" + "|---:" * (3 if threshold is None else 6) + "|")
+    print(head + "| final return | best return | env steps | env steps/s | return at 1M env steps |")
+    print("|---" + "|---:" * (5 if threshold is None else 8) + "|")
     for r in summary["results"]:
         cells = [r["trainer"]]
         if threshold is not None:
             cells += [_fmt(r["threshold_train_time_s"], ".1f"), _fmt(r["threshold_wall_time_s"], ".1f"),
                       _fmt(r["threshold_env_steps"], ",")]
-        cells += [f"{r['final_return']:.1f} ± {r['final_return_std']:.1f}", f"{r['final_env_steps']:,}",
-                  _fmt(r["env_steps_per_s"], ",.0f")]
+        at_1m = r.get("return_at_1m")
+        final = "no evaluation" if r["final_return"] is None else f"{r['final_return']:.1f} ± {r['final_return_std']:.1f}"
+        cells += [final, _fmt(r["best_return"], ".1f"),
+                  f"{r['final_env_steps']:,}", _fmt(r["env_steps_per_s"], ",.0f"),
+                  "not reached" if at_1m is None else f"{at_1m:.1f} (at {r['env_steps_at_1m']:,})"]
         print("| " + " | ".join(cells) + " |")
+    for r in summary["results"]:
+        if r.get("stopped_at_train_time_s") is not None:
+            print(f"{r['trainer']}: stopped from outside at {r['stopped_at_train_time_s']:g} s of training, "
+                  f"its next evaluation not reached; its row is its last evaluation, at {r['final_env_steps']:,} env steps")
     for trainer, settings in summary.get("settings", {}).items():
         if settings.get("dropped"):
             print(f"{trainer}: dropped from Playground's published settings (not accepted by Brax's train()): "

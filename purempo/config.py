@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 KNOWN_BACKENDS = ("generalized", "positional", "spring", "mjx")
 PLAYGROUND_IMPLS = ("jax", "warp")
@@ -48,6 +48,7 @@ class Config:
     KL multipliers (`alpha_gain`) so those bounds hold when the policy suddenly wants to move far.
     """
 
+    # --- env. Environment: which task, how many copies, how episodes end and restart, reward scaling.
     env: str = "inverted_pendulum"
     """Environment name: a Brax env (`halfcheetah`, see `brax.envs.get_environment`) or a MuJoCo Playground env (`CheetahRun`, see `mujoco_playground.registry`); checked when the trainer is built. On the command line, --env NAME also makes NAME's preset (purempo.presets) the defaults of every other flag."""
     backend: Optional[str] = None
@@ -56,60 +57,46 @@ class Config:
     """MuJoCo Playground physics implementation; None: jax (MJX), the one purempo's env wrapper supports (on a CPU also 2.4–8× MuJoCo Warp's steps/s); warp is refused until its batched resets are supported. Playground envs only."""
     episode_length: int = 1000
     """Time limit in env steps; reaching it truncates (bootstraps), it does not terminate."""
-    reward_scale: float = 1.0
-    """Multiplies the training envs' rewards, as a reward-scaling env wrapper would (the replay stores scaled rewards); evaluation runs the unscaled env and every reported return is unscaled."""
-    reward_normalization: bool = True
-    """Divide the learner's rewards by their root mean square over the prefill data (over the first iteration if prefill_steps is 0), a constant for the rest of the run: critic, temperatures and learning rates then see the same numbers whatever the reward scale."""
-    obs_norm_preserves_outputs: bool = True
-    """When the running observation statistics move, re-parametrise the first layer of every network (online and target) so that it computes the same function of the raw observation: normalisation then conditions the inputs without moving the policy outside its trust region. Off: the statistics re-centre and re-scale a trained policy's inputs directly (inverted_pendulum then solves sooner but falls over again and again, RESULTS.md)."""
-
-    total_steps: int = 100_000
-    """Env steps in the whole run, prefill included (rounded down to a multiple of num_evals iterations)."""
     num_envs: int = 256
     """Parallel environments stepped in lockstep."""
     reset_pool_size: int = 4096
     """Initial states drawn by env.reset at the start; finished training envs restart from one drawn uniformly from them (evaluation episodes start from fresh env.reset draws). 0 calls env.reset at every restart instead (slower to compile and to run)."""
-    unroll_length: int = 2
-    """Env steps per environment between learning phases (one iteration = num_envs * unroll_length steps)."""
-    updates_per_iteration: int = 16
-    """SGD updates after each unroll."""
-    prefill_steps: int = 2048
-    """Env steps collected with the initial policy before the first update (rounded up to iterations)."""
-    num_evals: int = 10
-    """Evaluations (and metric reports) during the run, evenly spaced."""
-    eval_episodes: int = 16
-    """Episodes per evaluation of the mean action (eval_return), and as many again of the sampled policy (eval_stochastic_return), run in parallel from fresh env.reset starts."""
+    reward_scale: float = 1.0
+    """Multiplies the training envs' rewards, as a reward-scaling env wrapper would (the replay stores scaled rewards); evaluation runs the unscaled env and every reported return is unscaled."""
+    reward_normalization: bool = True
+    """Divide the learner's rewards by their root mean square over the prefill data (over the first iteration if prefill_steps is 0), a constant for the rest of the run: critic, temperatures and learning rates then see the same numbers whatever the reward scale."""
 
+    # --- replay. Replay: capacity, prefill and the sampled sequences.
     replay_size: int = 1_048_576
     """Replay capacity in transitions over all envs (each env keeps replay_size // num_envs steps)."""
+    prefill_steps: int = 2048
+    """Env steps collected with the initial policy before the first update (rounded up to iterations)."""
     batch_size: int = 128
     """Sequences per SGD update."""
     sequence_length: int = 8
     """Length L of each sampled sequence (Retrace horizon)."""
-    num_action_samples: int = 16
-    """Actions sampled per state for the E-step and for E_π Q(s', ·)."""
 
+    # --- networks. Networks: policy and critic architecture, initial and minimum policy std, input normalisation.
     policy_hidden: Tuple[int, ...] = (64, 64)
     """Hidden layer sizes of the policy network."""
     critic_hidden: Tuple[int, ...] = (64, 64)
     """Hidden layer sizes of the critic network."""
     num_critics: int = 1
     """Independently initialised critics trained on the same targets; with more than one, every target value (Retrace, E-step) is their mean − critic_pessimism × their standard deviation."""
-    critic_pessimism: float = 0.0
-    """β of the ensemble's pessimistic value mean − β·std (2 critics, β = 1: the minimum, TD3's clipped double-Q); needs num_critics > 1."""
-    exploration_correlation: float = 0.0
-    """Correlation ρ of the training envs' exploration noise between consecutive steps: actions are mean + std·n_t with n_t = ρ·n_{t−1} + sqrt(1 − ρ²)·ξ_t (unit-variance Ornstein–Uhlenbeck noise, restarted at each episode), so each action is still a sample of π_θ(·|s) but the pushes persist for ~1/(1 − ρ) steps and move the system further than white noise does (0: independent steps). On inverted_pendulum ρ 0.5 keeps the cart nearer the centre (median resting |x| 0.22 against 0.34) but did not make dips rarer over 20 runs (RESULTS.md §6, round 4)."""
-    exploration_correlation_from_step: float = 0.0
-    """Env steps after which exploration_correlation applies (white noise before): a task is learnt fastest with independent noise, and the correlated pushes matter once a solved policy can drift (RESULTS.md §6)."""
-    min_std: float = 1e-3
-    """Lower bound of the policy's standard deviation."""
     init_std: float = 0.7
     """Initial policy standard deviation."""
+    min_std: float = 1e-3
+    """Lower bound of the policy's standard deviation."""
+    obs_norm_preserves_outputs: bool = True
+    """When the running observation statistics move, re-parametrise the first layer of every network (online and target) so that it computes the same function of the raw observation: normalisation then conditions the inputs without moving the policy outside its trust region. Off: the statistics re-centre and re-scale a trained policy's inputs directly (inverted_pendulum then solves sooner but falls over again and again, RESULTS.md)."""
 
+    # --- mpo. MPO: Retrace targets, E-step and M-step bounds and multipliers, optimisers and target networks.
     discount: float = 0.999
     """Discount γ (zeroed only on termination). inverted_pendulum's 0.999 (a 1,000-step horizon, the episode's length) lets the critic see where a slow drift of a balanced cart ends, at the rail: 1 evaluation below 950 after solving in seeds 0–4 × 500k, against 4 with 0.995 (5 in seeds 0–9, RESULTS.md §6); the locomotion presets use 0.99."""
     retrace_lambda: float = 0.95
     """Retrace trace coefficient λ in c = λ·min(1, π/b)."""
+    num_action_samples: int = 16
+    """Actions sampled per state for the E-step and for E_π Q(s', ·)."""
     epsilon: float = 0.1
     """E-step KL bound ε."""
     epsilon_mean: float = 1e-2
@@ -130,10 +117,10 @@ class Config:
     """Initial Lagrange multiplier(s) α_σ of the std KL constraint."""
     min_alpha: float = 1e-2
     """Floor of the M-step multipliers α_μ, α_σ, so that they do not decay to nothing while their constraint is slack (a floor of 1 made inverted_pendulum dip more, RESULTS.md)."""
-
     alpha_gain: float = 1.0
     """Proportional gain of the KL multipliers: the policy's penalty uses α + alpha_gain · clip(KL/ε − 1, 0, 10) per constraint, where α is the learned (integral) part, so a violated trust region tightens in the same update rather than after the hundreds of updates Adam's bounded steps on log α take; it adds nothing while the bound holds and nothing accumulates (0: α alone)."""
-
+    critic_pessimism: float = 0.0
+    """β of the ensemble's pessimistic value mean − β·std (2 critics, β = 1: the minimum, TD3's clipped double-Q); needs num_critics > 1."""
     policy_lr: float = 6e-4
     """Adam learning rate of the policy (inverted_pendulum: 6e-4 solves it sooner than 3e-4, 33k against 39k steps on 5 seeds; the locomotion presets use 3e-4)."""
     policy_lr_decay_updates: float = 0.0
@@ -148,6 +135,22 @@ class Config:
     """Hard-copy target networks every this many updates; 0 uses Polyak averaging with tau."""
     tau: float = 0.005
     """Polyak coefficient for the target networks (used when target_update_period == 0)."""
+
+    # --- run. Run: length, the acting/learning schedule, exploration noise and evaluation.
+    total_steps: int = 100_000
+    """Env steps in the whole run, prefill included (rounded down to a multiple of num_evals iterations)."""
+    unroll_length: int = 2
+    """Env steps per environment between learning phases (one iteration = num_envs * unroll_length steps)."""
+    updates_per_iteration: int = 16
+    """SGD updates after each unroll."""
+    exploration_correlation: float = 0.0
+    """Correlation ρ of the training envs' exploration noise between consecutive steps: actions are mean + std·n_t with n_t = ρ·n_{t−1} + sqrt(1 − ρ²)·ξ_t (unit-variance Ornstein–Uhlenbeck noise, restarted at each episode), so each action is still a sample of π_θ(·|s) but the pushes persist for ~1/(1 − ρ) steps and move the system further than white noise does (0: independent steps). On inverted_pendulum ρ 0.5 keeps the cart nearer the centre (median resting |x| 0.22 against 0.34) but did not make dips rarer over 20 runs (RESULTS.md §6, round 4)."""
+    exploration_correlation_from_step: float = 0.0
+    """Env steps after which exploration_correlation applies (white noise before): a task is learnt fastest with independent noise, and the correlated pushes matter once a solved policy can drift (RESULTS.md §6)."""
+    num_evals: int = 10
+    """Evaluations (and metric reports) during the run, evenly spaced."""
+    eval_episodes: int = 16
+    """Episodes per evaluation of the mean action (eval_return), and as many again of the sampled policy (eval_stochastic_return), run in parallel from fresh env.reset starts."""
 
     def __post_init__(self):
         def need(ok: bool, field: str, allowed: str):
@@ -234,5 +237,28 @@ class Config:
     def hparams(self) -> HParams:
         return HParams(**{name: float(getattr(self, name)) for name in HParams._fields})
 
+    def concern(self, name: str) -> Dict[str, Any]:
+        """The fields of one concern (a key of `CONCERNS`) with their values, e.g. `config.concern("replay")`."""
+        if name not in CONCERNS:
+            raise ValueError(f"unknown concern {name!r}: must be one of {tuple(CONCERNS)}")
+        return {field: getattr(self, field) for field in CONCERNS[name]}
+
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
+
+
+
+# Which concern each Config field belongs to, in field order: the class body is laid out in these sections,
+# `purempo train --help` lists the flags in this order, and `config.concern(name)` reads one section.
+CONCERNS: Dict[str, Tuple[str, ...]] = {
+    "env": ("env", "backend", "impl", "episode_length", "num_envs", "reset_pool_size", "reward_scale",
+            "reward_normalization"),
+    "replay": ("replay_size", "prefill_steps", "batch_size", "sequence_length"),
+    "networks": ("policy_hidden", "critic_hidden", "num_critics", "init_std", "min_std", "obs_norm_preserves_outputs"),
+    "mpo": ("discount", "retrace_lambda", "num_action_samples", "epsilon", "epsilon_mean", "epsilon_std",
+            "epsilon_penalty", "per_dim_constraining", "action_penalization", "init_temperature", "init_alpha_mean",
+            "init_alpha_std", "min_alpha", "alpha_gain", "critic_pessimism", "policy_lr", "policy_lr_decay_updates",
+            "critic_lr", "dual_lr", "max_grad_norm", "target_update_period", "tau"),
+    "run": ("total_steps", "unroll_length", "updates_per_iteration", "exploration_correlation",
+            "exploration_correlation_from_step", "num_evals", "eval_episodes"),
+}

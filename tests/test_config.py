@@ -177,3 +177,19 @@ def test_derived_properties_match_hand_computation():
     assert config.env_steps == 39 * 24 == 936
     assert config.env_steps <= config.total_steps
     assert math.isclose(config.hparams.discount, 0.97)
+
+
+def test_concerns_partition_the_fields_in_the_order_the_class_declares_them():
+    from purempo.config import CONCERNS
+
+    names = [field.name for field in dataclasses.fields(Config)]
+    assert [name for fields in CONCERNS.values() for name in fields] == names  # each once, sections in order
+    assert tuple(CONCERNS) == ("env", "replay", "networks", "mpo", "run")
+
+
+def test_concern_reads_one_section_and_rejects_unknown_names():
+    config = Config(batch_size=32, sequence_length=4)
+    assert config.concern("replay") == dict(replay_size=config.replay_size, prefill_steps=config.prefill_steps,
+                                            batch_size=32, sequence_length=4)
+    with pytest.raises(ValueError, match="unknown concern 'learner': must be one of"):
+        config.concern("learner")

@@ -1,0 +1,75 @@
+"""benchmarks/compare.py's glue: the supervisor that bounds a Brax trainer's wall time, the Playground settings
+it hands to Brax, and the summary row (the script itself is a long benchmark)."""
+
+import inspect
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import compare  # noqa: E402
+from _compare_children import child_that_fails, child_that_finishes, child_that_stalls  # noqa: E402
+
+
+def test_supervise_kills_a_child_that_outlasts_the_budget_without_evaluating():
+    curve = compare.Curve("stall", budget_s=3.0)
+    tick = time.perf_counter()
+    settings = compare.supervise(curve, child_that_stalls, (7,), grace_s=2.0)
+    assert time.perf_counter() - tick < 60  # not the child's 120 s
+    assert settings == {"kind": "stall"}
+    assert [p["env_steps"] for p in curve.points] == [7]
+    assert curve.stopped_at_train_time_s > 5.0  # budget + grace passed before the kill
+    row = compare.summarize(curve, threshold=None)
+    assert row["stopped_at_train_time_s"] == curve.stopped_at_train_time_s
+    assert row["final_return"] == 1.0 and row["final_env_steps"] == 7
+
+
+def test_supervise_collects_every_point_of_a_child_that_finishes():
+    curve = compare.Curve("finish", budget_s=100.0)
+    settings = compare.supervise(curve, child_that_finishes, ([3.0, 5.0, 4.0],), grace_s=10.0)
+    assert settings == {"kind": "finish"}
+    assert [p["eval_return"] for p in curve.points] == [3.0, 5.0, 4.0]
+    assert curve.stopped_at_train_time_s is None
+
+
+def test_supervise_raises_the_childs_error():
+    with pytest.raises(RuntimeError, match="bad setting"):
+        compare.supervise(compare.Curve("fail", budget_s=100.0), child_that_fails, (), grace_s=10.0)
+
+
+def test_summary_reports_the_first_evaluation_at_1m_steps_and_a_curve_without_evaluations():
+    curve = compare.Curve("x", budget_s=1.0)
+    for steps, value in [(0, 1.0), (600_000, 50.0), (1_003_520, 70.0), (1_200_000, 65.0)]:
+        curve.points.append(dict(env_steps=steps, train_time_s=steps / 1e4, wall_time_s=steps / 1e4 + 1,
+                                 eval_return=value, eval_return_std=0.0))
+    row = compare.summarize(curve, threshold=60.0)
+    assert (row["return_at_1m"], row["env_steps_at_1m"]) == (70.0, 1_003_520)
+    assert (row["final_return"], row["best_return"], row["threshold_env_steps"]) == (65.0, 70.0, 1_003_520)
+    assert row["env_steps_per_s"] == pytest.approx(1e4)
+    empty = compare.summarize(compare.Curve("none", budget_s=1.0), threshold=None)
+    assert (empty["final_return"], empty["return_at_1m"], empty["final_env_steps"]) == (None, None, 0)
+
+
+@pytest.mark.parametrize("algorithm", ["sac", "ppo"])
+def test_playground_settings_are_playgrounds_minus_what_brax_rejects(algorithm):
+    from mujoco_playground.config import dm_control_suite_params as params
+
+    if algorithm == "sac":
+        from brax.training.agents.sac import train as brax_train
+        published = params.brax_sac_config("CartpoleSwingup").to_dict()
+    else:
+        from brax.training.agents.ppo import train as brax_train
+        published = params.brax_ppo_config("CartpoleSwingup").to_dict()
+    settings, dropped = compare.playground_settings(algorithm, "CartpoleSwingup", brax_train.train,
+                                                    {"learning_rate": 1e-4})
+    accepted = inspect.signature(brax_train.train).parameters
+    assert set(dropped) == {key for key in published if key not in accepted}
+    assert settings["learning_rate"] == 1e-4  # the override wins
+    for key, value in published.items():
+        if key in accepted and key not in ("network_factory", "learning_rate"):
+            assert settings[key] == value
+    if "network_factory" in published:
+        assert settings["network_factory"].keywords == dict(published["network_factory"])
+        assert settings["network_options"] == published["network_factory"]
