@@ -100,11 +100,13 @@ class Config:
     epsilon: float = 0.1
     """E-step KL bound ε."""
     epsilon_mean: float = 1e-2
-    """M-step bound on KL(π'‖π) of the mean, summed over action dimensions (each gets epsilon_mean / action_dim when per_dim_constraining)."""
+    """M-step bound on KL(π'‖π) of the mean, summed over action dimensions (each gets epsilon_mean / action_dim when per_dim_constraining); see epsilon_per_dimension."""
     epsilon_std: float = 1e-4
     """M-step bound on KL(π'‖π) of the standard deviation, summed over action dimensions (split like epsilon_mean)."""
     epsilon_penalty: float = 1e-3
     """E-step KL bound of the action-penalty objective."""
+    epsilon_per_dimension: bool = False
+    """Read epsilon_mean and epsilon_std as each action dimension's bound (the summed KL may reach action_dim × ε) instead of the sum's: one setting then moves every action dimension by as much whatever the action dimension (the DM Control preset; CartpoleSwingup's one action got 6× halfcheetah's per-dimension bound under a summed bound)."""
     per_dim_constraining: bool = True
     """One Lagrange multiplier per action dimension (else one for the summed KL)."""
     action_penalization: bool = True
@@ -256,7 +258,7 @@ CONCERNS: Dict[str, Tuple[str, ...]] = {
     "replay": ("replay_size", "prefill_steps", "batch_size", "sequence_length"),
     "networks": ("policy_hidden", "critic_hidden", "num_critics", "init_std", "min_std", "obs_norm_preserves_outputs"),
     "mpo": ("discount", "retrace_lambda", "num_action_samples", "epsilon", "epsilon_mean", "epsilon_std",
-            "epsilon_penalty", "per_dim_constraining", "action_penalization", "init_temperature", "init_alpha_mean",
+            "epsilon_penalty", "epsilon_per_dimension", "per_dim_constraining", "action_penalization", "init_temperature", "init_alpha_mean",
             "init_alpha_std", "min_alpha", "alpha_gain", "critic_pessimism", "policy_lr", "policy_lr_decay_updates",
             "critic_lr", "dual_lr", "max_grad_norm", "target_update_period", "tau"),
     "run": ("total_steps", "unroll_length", "updates_per_iteration", "exploration_correlation",

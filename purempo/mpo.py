@@ -150,6 +150,7 @@ def m_step(
     per_dim_constraining: bool,
     mask: Optional[chex.Array] = None,
     proportional_gain: chex.Numeric = 0.0,
+    epsilon_per_dimension: bool = False,
 ):
     """Decoupled weighted maximum likelihood with KL trust regions on mean and std.
 
@@ -165,6 +166,8 @@ def m_step(
       mask: optional bool `[B]`: states that enter the losses (default: all).
       proportional_gain: the policy's penalty uses α + `proportional_alpha(KL/ε, proportional_gain)` per
         constraint (0: α alone); the multipliers' own loss is unchanged.
+      epsilon_per_dimension: read ε as each dimension's bound instead (the summed KL may reach D·ε), so one
+        setting moves every action dimension by as much whatever D is.
 
     Returns:
       policy_loss: scalar for θ (multipliers held fixed).
@@ -184,12 +187,15 @@ def m_step(
     state_mask = None if mask is None else mask[:, None]
     kl_mean = masked_mean(gaussian_kl(target_mean, target_std, online_mean, target_std), state_mask, axis=0)  # [D]
     kl_std = masked_mean(gaussian_kl(target_mean, target_std, target_mean, online_std), state_mask, axis=0)
+    num_dims = online_mean.shape[-1]
     if per_dim_constraining:
-        num_dims = online_mean.shape[-1]
         constrained_mean, constrained_std = kl_mean, kl_std
-        epsilon_mean, epsilon_std = epsilon_mean / num_dims, epsilon_std / num_dims
+        if not epsilon_per_dimension:
+            epsilon_mean, epsilon_std = epsilon_mean / num_dims, epsilon_std / num_dims
     else:
         constrained_mean, constrained_std = jnp.sum(kl_mean, keepdims=True), jnp.sum(kl_std, keepdims=True)
+        if epsilon_per_dimension:
+            epsilon_mean, epsilon_std = epsilon_mean * num_dims, epsilon_std * num_dims
     chex.assert_equal_shape([constrained_mean, alpha_mean])
     chex.assert_equal_shape([constrained_std, alpha_std])
 

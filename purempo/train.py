@@ -124,7 +124,8 @@ def mpo_loss(params, learner: LearnerState, obs_stats, reward_divisor, batch: Tr
         duals=dual_params,
         epsilon=hp.epsilon, epsilon_penalty=hp.epsilon_penalty,
         epsilon_mean=hp.epsilon_mean, epsilon_std=hp.epsilon_std,
-        static=losses.PolicyLossConfig(config.per_dim_constraining, config.action_penalization),
+        static=losses.PolicyLossConfig(config.per_dim_constraining, config.action_penalization,
+                                       config.epsilon_per_dimension),
         alpha_gain=hp.alpha_gain,
     )
     metrics.update(critic_loss=critic_loss, target_mean=jnp.mean(targets), q_mean=jnp.mean(q_online),

@@ -399,10 +399,11 @@ def test_proportional_gain_acts_as_a_larger_multiplier_in_the_policy_loss(per_di
     assert not np.allclose(np.asarray(grads[0]), np.asarray(grads_plain[0]))
 
 
-@pytest.mark.parametrize("per_dim", [True, False])
-def test_m_step_violation_is_constrained_kl_over_its_bound(per_dim):
+@pytest.mark.parametrize("per_dim,eps_per_dim", [(True, False), (False, False), (True, True), (False, True)])
+def test_m_step_violation_is_constrained_kl_over_its_bound(per_dim, eps_per_dim):
     """MStepStats.violation_* = per-dimension KL / (ε/D) with per-dimension multipliers, Σ KL / ε otherwise
-    (closed-form Gaussian KLs in numpy)."""
+    (closed-form Gaussian KLs in numpy); with `epsilon_per_dimension` ε is each dimension's bound: KL / ε and
+    Σ KL / (D·ε). The multipliers' loss is Σ α·(bound − KL) with the same bounds."""
     rng = np.random.default_rng(3)
     B, D, N = 7, 3, 5
     tm = rng.normal(size=(B, D)).astype(np.float32)
@@ -412,17 +413,23 @@ def test_m_step_violation_is_constrained_kl_over_its_bound(per_dim):
     actions = rng.normal(size=(N, B, D)).astype(np.float32)
     weights = np.full((N, B), 1.0 / N, np.float32)
     shape = (D,) if per_dim else (1,)
-    _, _, st = mpo.m_step(om, os_, tm, ts, actions, weights, jnp.ones(shape), jnp.ones(shape), 0.03, 6e-4,
-                          per_dim)
+    alpha_mean, alpha_std = jnp.full(shape, 0.5), jnp.full(shape, 2.0)
+    _, alpha_loss, st = mpo.m_step(om, os_, tm, ts, actions, weights, alpha_mean, alpha_std, 0.03, 6e-4, per_dim,
+                                   epsilon_per_dimension=eps_per_dim)
     kl_mean = np.mean((tm - om) ** 2 / (2 * ts**2), axis=0)
     ratio = ts**2 / os_**2
     kl_std = np.mean(0.5 * (ratio - 1 - np.log(ratio)), axis=0)
+    scale = {(True, False): 1.0 / D, (False, False): 1.0, (True, True): 1.0, (False, True): float(D)}[
+        (per_dim, eps_per_dim)]
+    bound_mean, bound_std = 0.03 * scale, 6e-4 * scale
     if per_dim:
-        want_mean, want_std = kl_mean / (0.03 / D), kl_std / (6e-4 / D)
+        kl_mean_c, kl_std_c = kl_mean, kl_std
     else:
-        want_mean, want_std = [kl_mean.sum() / 0.03], [kl_std.sum() / 6e-4]
-    np.testing.assert_allclose(np.asarray(st.violation_mean), want_mean, rtol=1e-4)
-    np.testing.assert_allclose(np.asarray(st.violation_std), want_std, rtol=1e-4)
+        kl_mean_c, kl_std_c = np.array([kl_mean.sum()]), np.array([kl_std.sum()])
+    np.testing.assert_allclose(np.asarray(st.violation_mean), kl_mean_c / bound_mean, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(st.violation_std), kl_std_c / bound_std, rtol=1e-4)
+    want_alpha_loss = np.sum(0.5 * (bound_mean - kl_mean_c)) + np.sum(2.0 * (bound_std - kl_std_c))
+    np.testing.assert_allclose(float(alpha_loss), want_alpha_loss, rtol=1e-4, atol=1e-7)
 
 
 # ---------------------------------------------------------------------------------------------------
