@@ -383,6 +383,14 @@ def report(summary):
                   f"{r['final_env_steps']:,}", _fmt(r["env_steps_per_s"], ",.0f"),
                   "not reached" if at_1m is None else f"{at_1m:.1f} (at {r['env_steps_at_1m']:,})"]
         print("| " + " | ".join(cells) + " |")
+    learned = [r for r in summary["results"] if r["final_env_steps"] > 0]
+    if len(learned) > 1:  # sample efficiency: each trainer at the env steps the shortest curve reached
+        common = min(r["final_env_steps"] for r in learned)
+        cells = []
+        for r in learned:
+            point = next(p for p in r["curve"] if p["env_steps"] >= common)
+            cells.append(f"{r['trainer']} {point['eval_return']:.1f} (at {point['env_steps']:,})")
+        print(f"at >= {common:,} env steps: " + ", ".join(cells))
     for r in summary["results"]:
         if r.get("stopped_at_train_time_s") is not None:
             print(f"{r['trainer']}: stopped from outside at {r['stopped_at_train_time_s']:g} s of training, "
