@@ -124,34 +124,43 @@ def test_hyperparameter_sweep_with_vmap(two_seed_run):
                                rtol=1e-3, atol=1e-5)
 
 
-@pytest.mark.parametrize("per_dim,penalty", [(True, True), (False, False)])
-def test_flag_combinations_keeps_duals_positive_and_finite(per_dim, penalty):
-    config = TINY.replace(env="reacher", per_dim_constraining=per_dim, action_penalization=penalty,
-                          reward_scale=1e3, num_evals=1, total_steps=1_000, episode_length=20)
-    state, metrics = jax.device_get(jax.jit(make_train(config))(jax.random.PRNGKey(2)))
+@pytest.fixture(scope="module")
+def reacher_scale_runs():
+    """Two reacher runs (2 actions), each vmapped over reward_scale [1, 1000]: with reward normalisation and the
+    default flags (per-dimension multipliers, action penalty), and without normalisation with both flags off.
+    Shared by the reward-scale and flag-combination tests so each compiles once (Brax's spring pipeline: the
+    fastest to compile, and these tests do not depend on the physics)."""
+    runs = {}
+    for normalize, flags in ((True, True), (False, False)):
+        config = TINY.replace(env="reacher", backend="spring", reward_normalization=normalize,
+                              per_dim_constraining=flags, action_penalization=flags, num_evals=1, total_steps=640,
+                              episode_length=20)
+        hp = config.hparams
+        sweep = hp._replace(reward_scale=jnp.array([1.0, 1000.0]))
+        axes = type(hp)(*[0 if name == "reward_scale" else None for name in hp._fields])
+        state, metrics = jax.device_get(jax.jit(jax.vmap(make_train(config), in_axes=(None, axes)))(
+            jax.random.PRNGKey(3), sweep))
+        runs[normalize] = config, state, metrics
+    return runs
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_flag_combinations_keeps_duals_positive_and_finite(reacher_scale_runs, normalize):
+    config, state, metrics = reacher_scale_runs[normalize]
     duals = state.learner.dual_params
-    expected_shape = (2,) if per_dim else (1,)
+    expected_shape = (2, 2) if config.per_dim_constraining else (2, 1)  # [reward scales, multipliers]
     assert duals.alpha_mean.shape == expected_shape and duals.alpha_std.shape == expected_shape
     learned = metrics["updates"] > 0
-    for name in ("temperature", "penalty_temperature", "alpha_mean", "alpha_std", "critic_loss", "policy_loss"):
+    names = ("temperature", "alpha_mean", "alpha_std", "critic_loss", "policy_loss")
+    names += ("penalty_temperature",) if config.action_penalization else ()
+    for name in names:
         assert np.all(np.isfinite(metrics[name][learned])), name
-    for name in ("temperature", "penalty_temperature", "alpha_mean", "alpha_std"):
+    for name in names[:3] + names[5:]:
         assert np.all(metrics[name][learned] > 0), name
 
 
-def _reacher_scale_run(normalize):
-    config = TINY.replace(env="reacher", reward_normalization=normalize, num_evals=1, total_steps=640,
-                          episode_length=20)
-    hp = config.hparams
-    sweep = hp._replace(reward_scale=jnp.array([1.0, 1000.0]))
-    axes = type(hp)(*[0 if name == "reward_scale" else None for name in hp._fields])
-    state, metrics = jax.device_get(jax.jit(jax.vmap(make_train(config), in_axes=(None, axes)))(
-        jax.random.PRNGKey(3), sweep))
-    return config, state, metrics
-
-
-def test_reward_divisor_is_the_prefill_rms_and_removes_the_reward_scale():
-    config, state, metrics = _reacher_scale_run(normalize=True)
+def test_reward_divisor_is_the_prefill_rms_and_removes_the_reward_scale(reacher_scale_runs):
+    config, state, metrics = reacher_scale_runs[True]
     prefill_rows = config.prefill_iterations * config.unroll_length  # replay rows written during prefill
     for run, scale in enumerate((1.0, 1000.0)):
         stored = state.replay.data.reward[run, :prefill_rows]
@@ -166,8 +175,8 @@ def test_reward_divisor_is_the_prefill_rms_and_removes_the_reward_scale():
                                    err_msg=name)
 
 
-def test_without_reward_normalization_the_critic_sees_the_scale():
-    _, _, metrics = _reacher_scale_run(normalize=False)
+def test_without_reward_normalization_the_critic_sees_the_scale(reacher_scale_runs):
+    _, _, metrics = reacher_scale_runs[False]
     learned = metrics["updates"][0, 0] > 0
     assert np.all(metrics["reward_divisor"][:, 0, learned] == 1.0)
     target = metrics["target_mean"][:, 0, learned]
