@@ -249,7 +249,6 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
-
 # Which concern each Config field belongs to, in field order: the class body is laid out in these sections,
 # `purempo train --help` lists the flags in this order, and `config.concern(name)` reads one section.
 CONCERNS: Dict[str, Tuple[str, ...]] = {
@@ -258,8 +257,8 @@ CONCERNS: Dict[str, Tuple[str, ...]] = {
     "replay": ("replay_size", "prefill_steps", "batch_size", "sequence_length"),
     "networks": ("policy_hidden", "critic_hidden", "num_critics", "init_std", "min_std", "obs_norm_preserves_outputs"),
     "mpo": ("discount", "retrace_lambda", "num_action_samples", "epsilon", "epsilon_mean", "epsilon_std",
-            "epsilon_penalty", "epsilon_per_dimension", "per_dim_constraining", "action_penalization", "init_temperature", "init_alpha_mean",
-            "init_alpha_std", "min_alpha", "alpha_gain", "critic_pessimism", "policy_lr", "policy_lr_decay_updates",
+            "epsilon_penalty", "epsilon_per_dimension", "per_dim_constraining", "action_penalization",
+            "init_temperature", "init_alpha_mean", "init_alpha_std", "min_alpha", "alpha_gain", "critic_pessimism", "policy_lr", "policy_lr_decay_updates",
             "critic_lr", "dual_lr", "max_grad_norm", "target_update_period", "tau"),
     "run": ("total_steps", "unroll_length", "updates_per_iteration", "exploration_correlation",
             "exploration_correlation_from_step", "num_evals", "eval_episodes"),
