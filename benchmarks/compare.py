@@ -34,6 +34,7 @@ import numpy as np
 
 import brax_compat
 from common import RESULTS, jsonable, machine, parse_overrides, today, versions
+from supervisor import supervise
 from purempo import envs
 from purempo.presets import preset
 from purempo.train import compile_trainer, make_trainer
@@ -129,65 +130,6 @@ def run_brax(algorithm, env_name, budget_s, seed, overrides):
     settings = supervise(curve, _brax_child, (algorithm, env_name, budget_s, seed, overrides),
                          grace_s=max(60.0, 0.1 * budget_s))
     return curve, settings
-
-
-def supervise(curve, target, args, grace_s):
-    """Runs `target(messages, *args)` in a child process and collects what it sends into `curve`: ("settings",
-    dict), ("point", evaluation dict), then ("done", None) or ("error", text). The child is killed once its
-    training time (elapsed since `curve.start` minus its evaluation time) passes the budget by `grace_s` without
-    an evaluation: a PPO training step with Playground's settings can outlast the whole budget on a CPU, and a
-    running XLA computation cannot be interrupted from inside. Returns the settings."""
-    import multiprocessing
-    import queue as queue_module
-
-    context = multiprocessing.get_context("spawn")
-    messages = context.Queue()
-    child = context.Process(target=target, args=(messages, *args), daemon=True)
-    settings, eval_time_s = {}, 0.0
-    child.start()
-    try:
-        while True:
-            try:
-                kind, payload = messages.get(timeout=0.5)
-            except queue_module.Empty:
-                training_s = time.perf_counter() - curve.start - eval_time_s
-                if not child.is_alive():
-                    raise RuntimeError(f"{curve.name} exited with code {child.exitcode} before finishing") from None
-                if training_s > curve.budget_s + grace_s:
-                    curve.stopped_at_train_time_s = round(training_s, 1)
-                    last = curve.points[-1]["env_steps"] if curve.points else None
-                    print(f"  {curve.name} stopped at {training_s:.0f} s of training: "
-                          + ("no evaluation at all" if last is None else f"no evaluation since {last:,} env steps"),
-                          flush=True)
-                    return settings
-                continue
-            if kind == "settings":
-                settings = payload
-            elif kind == "point":
-                curve.points.append(payload)
-                eval_time_s = payload["eval_time_s"]
-            elif kind == "error":
-                raise RuntimeError(f"{curve.name} failed: {payload}")
-            else:  # done
-                return settings
-    finally:
-        if child.is_alive():
-            child.kill()
-        child.join(timeout=30)
-        _drain(messages, curve)
-
-
-def _drain(messages, curve):
-    """Evaluations a killed child sent just before the kill."""
-    import queue as queue_module
-
-    while True:
-        try:
-            kind, payload = messages.get(timeout=0.1)
-        except (queue_module.Empty, EOFError, OSError):
-            return
-        if kind == "point" and payload not in curve.points:
-            curve.points.append(payload)
 
 
 def _brax_child(messages, algorithm, env_name, budget_s, seed, overrides):

@@ -21,3 +21,11 @@ def child_that_finishes(messages, returns):
 
 def child_that_fails(messages):
     messages.put(("error", "ValueError: bad setting"))
+
+
+def child_that_writes_its_pid(messages, path):
+    import os
+    from pathlib import Path
+
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(120)

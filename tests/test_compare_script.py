@@ -2,6 +2,9 @@
 it hands to Brax, and the summary row (the script itself is a long benchmark)."""
 
 import inspect
+import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -11,6 +14,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import compare  # noqa: E402
 from _compare_children import child_that_fails, child_that_finishes, child_that_stalls  # noqa: E402
+
+BENCHMARKS, TESTS = Path(__file__).resolve().parents[1] / "benchmarks", Path(__file__).resolve().parent
 
 
 def test_supervise_kills_a_child_that_outlasts_the_budget_without_evaluating():
@@ -37,6 +42,45 @@ def test_supervise_collects_every_point_of_a_child_that_finishes():
 def test_supervise_raises_the_childs_error():
     with pytest.raises(RuntimeError, match="bad setting"):
         compare.supervise(compare.Curve("fail", budget_s=100.0), child_that_fails, (), grace_s=10.0)
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie nobody reaps counts as exited)."""
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads process states from /proc")
+def test_a_supervised_child_exits_when_its_parent_is_killed(tmp_path):
+    """SIGKILL the comparison (no `finally` runs): its trainer child must not keep running on its own."""
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time, types
+sys.path[:0] = [{str(BENCHMARKS)!r}, {str(TESTS)!r}]
+import supervisor, _compare_children
+curve = types.SimpleNamespace(name="orphan", start=time.perf_counter(), budget_s=1000.0, points=[],
+                              stopped_at_train_time_s=None)
+supervisor.supervise(curve, _compare_children.child_that_writes_its_pid, ({str(pid_file)!r},), grace_s=1000.0)
+"""])
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline and parent.poll() is None, "the child never started"
+            time.sleep(0.1)
+        child = int(pid_file.read_text())
+        assert not _gone(child)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 15
+        while not _gone(child) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _gone(child), "the child outlived its killed parent"
+    finally:
+        parent.kill()
+        if pid_file.exists() and pid_file.read_text() and not _gone(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
 def test_summary_reports_the_first_evaluation_at_1m_steps_and_a_curve_without_evaluations():
