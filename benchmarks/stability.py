@@ -95,7 +95,7 @@ def chunk_record(metrics, evaluation, obs_move, replay_terminals, episode_length
         failed_final_abs_obs=failed,
         kl_mean_max=reduce("kl_mean_max", np.nanmax), kl_std_max=reduce("kl_std_max", np.nanmax),
         # KL(E-step weights ‖ uniform): above epsilon while the temperature lags a growing Q spread.
-        e_step_kl_max=reduce("e_step_kl_max", np.nanmax),
+        e_step_kl_max=reduce("e_step_kl_max", np.nanmax), target_std_min=reduce("target_std_min", np.nanmin),
         alpha_mean=reduce("alpha_mean", np.nanmean), alpha_mean_min=reduce("alpha_mean_min", np.nanmin),
         alpha_mean_applied_max=reduce("alpha_mean_applied", np.nanmax),
         alpha_std=reduce("alpha_std", np.nanmean), temperature=reduce("temperature", np.nanmean),

@@ -307,7 +307,7 @@ def make_trainer(config: Config) -> Trainer:
         def learn(learner):
             learner, metrics = jax.lax.scan(update, learner, jax.random.split(update_key, config.updates_per_iteration))
             peaks = dict(kl_mean_max=jnp.max(metrics["kl_mean"]), kl_std_max=jnp.max(metrics["kl_std"]),
-                         e_step_kl_max=jnp.max(metrics["e_step_kl"]))
+                         e_step_kl_max=jnp.max(metrics["e_step_kl"]), target_std_min=jnp.min(metrics["target_std_min"]))
             return learner, {**jax.tree.map(jnp.mean, metrics), **peaks}
 
         def prefill(learner):  # no update yet: learner metrics are NaN

@@ -225,6 +225,7 @@ def test_kl_metrics_and_dual_gradients_match_closed_forms(per_dim):
     for α_σ; d loss / d raw η = η·(ε − mean_unmasked KL(q ‖ uniform)) and e_step_kl is that mean KL."""
     q, actions, om, os_, tm, ts = _policy_inputs(2)
     om[:, 0] = tm[:, 0]  # dim 0's mean constraint is slack (KL 0), the others are violated
+    ts[1, 2] = 0.05  # the smallest σ' is at a masked state: target_std_min must not see it
     duals = _duals(per_dim)
     (_, metrics), (_, _, g_duals) = _policy_loss_and_grads(per_dim, False, q, actions, om, os_, tm, ts,
                                                            jnp.asarray(MASK), duals)
@@ -232,6 +233,7 @@ def test_kl_metrics_and_dual_gradients_match_closed_forms(per_dim):
     kl_std_d = _np_gauss_kl(tm, ts, tm, os_)[MASK].mean(0)
     np.testing.assert_allclose(float(metrics["kl_mean"]), kl_mean_d.sum(), rtol=1e-5)
     np.testing.assert_allclose(float(metrics["kl_std"]), kl_std_d.sum(), rtol=1e-5)
+    assert float(metrics["target_std_min"]) == ts[MASK].min() >= 0.3
 
     alpha_mean = np.exp(np.asarray(duals.alpha_mean, np.float64))
     alpha_std = np.exp(np.asarray(duals.alpha_std, np.float64))
