@@ -94,7 +94,7 @@ def chunk_record(metrics, evaluation, obs_move, replay_terminals, episode_length
         final_abs_obs=final_abs.mean(axis=1).round(4).tolist(),
         failed_final_abs_obs=failed,
         kl_mean_max=reduce("kl_mean_max", np.nanmax), kl_std_max=reduce("kl_std_max", np.nanmax),
-        # KL(E-step weights ‖ uniform): above epsilon while the temperature lags a growing Q spread.
+        # KL(E-step weights ‖ uniform) against ε, and the smallest σ' the M-step's KL_μ divides by.
         e_step_kl_max=reduce("e_step_kl_max", np.nanmax), target_std_min=reduce("target_std_min", np.nanmin),
         alpha_mean=reduce("alpha_mean", np.nanmean), alpha_mean_min=reduce("alpha_mean_min", np.nanmin),
         alpha_mean_applied_max=reduce("alpha_mean_applied", np.nanmax),

@@ -135,8 +135,8 @@ def policy_loss(
         kl_std=jnp.sum(kl.kl_std),
         e_step_kl=e_step_kl,
         policy_std=mpo.masked_mean(online_std, None if mask is None else mask[:, None]),
-        # Smallest σ' of the batch: a mean moved by a fixed amount costs KL ∝ 1/σ'², so few small-σ' states can
-        # carry a batch's KL_μ.
+        # Smallest σ' of the batch: a mean move costs KL_μ ∝ 1/σ'², so this tells a batch-wide move from a few
+        # narrow states.
         target_std_min=jnp.min(target_std if mask is None else jnp.where(mask[:, None], target_std, jnp.inf)),
     )
     return m_loss + temperature_loss + penalty_loss + alpha_loss, metrics

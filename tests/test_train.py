@@ -43,7 +43,8 @@ def test_vmap_over_seeds_gives_finite_metrics_of_the_documented_shapes(two_seed_
     learned = metrics["updates"] > 0
     assert learned.shape == per_iteration and learned.sum() > 0
     for name in ("critic_loss", "policy_loss", "temperature", "alpha_mean", "alpha_std", "kl_mean", "kl_std",
-                 "q_mean", "kl_mean_max", "kl_std_max", "alpha_mean_min", "e_step_kl", "e_step_kl_max"):
+                 "q_mean", "kl_mean_max", "kl_std_max", "alpha_mean_min", "e_step_kl", "e_step_kl_max",
+                 "target_std_min"):
         assert metrics[name].shape == per_iteration, name
         assert np.all(np.isfinite(metrics[name][learned])), name
         assert np.all(np.isnan(metrics[name][~learned])), name  # prefill iterations do not learn
@@ -59,6 +60,8 @@ def test_vmap_over_seeds_gives_finite_metrics_of_the_documented_shapes(two_seed_
     assert np.all(metrics["kl_mean_max"][learned] >= metrics["kl_mean"][learned] * (1 - 1e-6))
     assert np.all(metrics["kl_std_max"][learned] >= metrics["kl_std"][learned] * (1 - 1e-6))
     assert np.all(metrics["e_step_kl_max"][learned] >= metrics["e_step_kl"][learned] * (1 - 1e-6))
+    # A std of the batch (finite, not the +inf of masked states) that is at most about the policy's mean std.
+    assert np.all(metrics["target_std_min"][learned] <= metrics["policy_std"][learned] * 1.5)
     assert state.iteration.dtype == np.int32 and np.all(state.iteration == TINY.num_iterations)
     assert TINY.num_iterations * TINY.steps_per_iteration == TINY.env_steps
     np.testing.assert_array_equal(metrics["eval_iteration"][0], TINY.iterations_per_eval * np.arange(1, 3))
