@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from common import RESULTS, jsonable, machine, parse_overrides, today, versions
-from purempo import normalizer
+from purempo import envs, normalizer
 from purempo.config import HParams
 from purempo.presets import preset
 from purempo.train import compile_trainer, make_trainer
@@ -147,6 +147,9 @@ def main():
     if args.replot:
         path = Path(args.replot)
         summary = json.loads(path.read_text())
+        # JSONs written before action_dim was recorded: read it off the env.
+        summary.setdefault("action_dim", envs.make(summary["env"], summary["config"].get("backend"),
+                                                   summary["config"].get("impl")).action_size)
         plot(summary, path.with_suffix(".png"))
         report(summary)
         return
@@ -165,6 +168,7 @@ def main():
     out_dir.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
+    action_dim = envs.make(config.env, config.backend, config.impl).action_size
     compiled = compile_trainer(make_trainer(config), keys, hparams, batched=True)
     state = compiled.init(keys)
     chunks, times = [], []
@@ -188,7 +192,7 @@ def main():
             own = [{key: ([value[i] for i in rows] if isinstance(value, list) else value) for key, value in c.items()}
                    for c in chunks]
             summary = summarise(args, configs[j], seeds, threshold, own, times, complete=index + 1 == config.num_evals,
-                                setting=setting)
+                                setting=setting, action_dim=action_dim)
             (out_dir / f"{file_stem(args, setting)}.json").write_text(json.dumps(summary, indent=1) + "\n")
     for setting in settings:
         path = out_dir / f"{file_stem(args, setting)}.json"
@@ -218,7 +222,7 @@ def file_stem(args, setting):
     return f"stability_{name}" + (f"_{label}" if label else "")
 
 
-def summarise(args, config, seeds, threshold, chunks, times, complete, setting=None):
+def summarise(args, config, seeds, threshold, chunks, times, complete, setting=None, action_dim=None):
     steps = [c["env_steps"] for c in chunks]
     runs = []
     for i, seed in enumerate(seeds):
@@ -232,7 +236,7 @@ def summarise(args, config, seeds, threshold, chunks, times, complete, setting=N
             [f"--env {args.env}", "--seeds " + " ".join(map(str, seeds))] + [f"--set {s}" for s in args.set]
             + [f"--set {k}={v:g}" for k, v in (setting or {}).items()] + ([f"--name {args.name}"] if args.name else [])),
         sweep=args.sweep or None,
-        config=jsonable(config), threshold=threshold, drop_after=args.drop_after, wall_time_s=round(times[-1], 1),
+        config=jsonable(config), action_dim=action_dim, threshold=threshold, drop_after=args.drop_after, wall_time_s=round(times[-1], 1),
         complete=complete, env_steps=steps, runs=runs, chunks=chunks, targets=targets(args.env, runs, threshold),
     )
 
@@ -279,6 +283,15 @@ def report(summary):
     print("\nTargets: " + "; ".join(f"{k}: {'MET' if v else 'NOT met'}" for k, v in summary["targets"].items()))
 
 
+def summed_kl_bounds(config, action_dim):
+    """The bounds that the recorded KL peaks (summed over action dimensions) are held to: `(mean, std)`.
+
+    With `epsilon_per_dimension` each dimension gets ε, so the sum may reach action_dim · ε (`mpo.m_step`).
+    """
+    scale = action_dim if config.get("epsilon_per_dimension") else 1
+    return config["epsilon_mean"] * scale, config["epsilon_std"] * scale
+
+
 def plot(summary, path):
     import matplotlib
 
@@ -287,7 +300,7 @@ def plot(summary, path):
 
     steps = np.asarray(summary["env_steps"]) / 1e3
     chunks = summary["chunks"]
-    config = summary["config"]
+    bound_mean, bound_std = summed_kl_bounds(summary["config"], summary["action_dim"])
     fig, axes = plt.subplots(2, 2, figsize=(12, 7), sharex=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, r in enumerate(summary["runs"]):
@@ -297,8 +310,8 @@ def plot(summary, path):
         series = lambda key: np.array([np.nan if ch[key][i] is None else ch[key][i] for ch in chunks])  # noqa
         axes[0, 1].semilogy(steps, series("alpha_mean"), color=c, lw=1)
         axes[0, 1].semilogy(steps, series("alpha_mean_min"), color=c, lw=0.6, ls=":")
-        axes[1, 0].semilogy(steps, series("kl_mean_max") / config["epsilon_mean"], color=c, lw=1)
-        axes[1, 0].semilogy(steps, series("kl_std_max") / config["epsilon_std"], color=c, lw=0.8, ls=":")
+        axes[1, 0].semilogy(steps, series("kl_mean_max") / bound_mean, color=c, lw=1)
+        axes[1, 0].semilogy(steps, series("kl_std_max") / bound_std, color=c, lw=0.8, ls=":")
         axes[1, 1].semilogy(steps, np.maximum(series("obs_mean_move"), 1e-6), color=c, lw=1)
     if summary["threshold"] is not None:
         axes[0, 0].axhline(summary["threshold"], color="gray", lw=0.8, ls="--")

@@ -32,3 +32,28 @@ def test_file_names_are_unique_per_env_and_setting():
     assert stem("inverted_pendulum", "inverted_pendulum_final", {}) == "stability_inverted_pendulum_final"
     assert (stem("inverted_pendulum", None, {"alpha_gain": 0.2, "discount": 0.995})
             == "stability_inverted_pendulum_alpha_gain0.2-discount0.995")
+
+
+@pytest.mark.parametrize("per_dimension", [False, True])
+def test_plotted_kl_bound_is_the_one_m_step_holds_the_summed_kl_to(per_dimension):
+    """The KL panel divides the summed KL peak by `summed_kl_bounds`; with one summed multiplier, m_step's own
+    violation ratio is that same quotient, so the two must agree for either reading of ε."""
+    import jax
+    import jax.numpy as jnp
+
+    from purempo import mpo
+
+    batch, dims = 5, 3
+    k = jax.random.split(jax.random.PRNGKey(0), 4)
+    online_mean, target_mean = jax.random.normal(k[0], (batch, dims)), jax.random.normal(k[1], (batch, dims))
+    online_std, target_std = jnp.full((batch, dims), 0.5), jnp.full((batch, dims), 0.7)
+    actions = jax.random.normal(k[2], (4, batch, dims))
+    weights = jax.nn.softmax(jax.random.normal(k[3], (4, batch)), axis=0)
+    config = dict(epsilon_mean=5e-3, epsilon_std=1e-5, epsilon_per_dimension=per_dimension)
+    _, _, stats = mpo.m_step(online_mean, online_std, target_mean, target_std, actions, weights, jnp.ones(1),
+                             jnp.ones(1), config["epsilon_mean"], config["epsilon_std"], False,
+                             epsilon_per_dimension=per_dimension)
+    bound_mean, bound_std = stability.summed_kl_bounds(config, dims)
+    assert float(jnp.sum(stats.kl_mean)) / bound_mean == pytest.approx(float(stats.violation_mean[0]), rel=1e-5)
+    assert float(jnp.sum(stats.kl_std)) / bound_std == pytest.approx(float(stats.violation_std[0]), rel=1e-5)
+    assert bound_mean == pytest.approx(5e-3 * (dims if per_dimension else 1))
