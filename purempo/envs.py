@@ -83,10 +83,20 @@ def available() -> Tuple[str, ...]:
     return brax_names() + playground_names()
 
 
-# MJX only: MuJoCo Warp keeps contact and constraint arrays shared across a batch of envs, so restarting
-# single envs needs its `Data.where`, which `step` does not use yet. On a CPU MJX is also the faster one
-# (CheetahRun: 2.4–8× Warp's env steps/s, benchmarks/throughput.py).
-SUPPORTED_IMPLS = ("jax",)
+# Warp's batched state keeps some arrays (contacts, their counts) shared by the whole batch; `per_env_leaves`
+# finds them, and restarts, pools and evaluation keep them as the step left them, as MJX's own `Data.where`
+# and Playground's auto-reset wrapper do (the next step's collision pass rebuilds them from the positions).
+SUPPORTED_IMPLS = ("jax", "warp")
+
+
+def default_impl(backend: Optional[str] = None) -> str:
+    """The physics a Playground env gets when `impl` is None, for JAX backend `backend` (default: the current
+    one): MuJoCo Warp on an NVIDIA GPU, which it was written for ("to optimize performance specifically for
+    NVIDIA GPUs, resolving several performance bottlenecks exhibited in MJX-JAX", MuJoCo's MJX documentation),
+    MJX elsewhere: on a CPU MJX steps CheetahRun 2.4–8× faster (benchmarks/throughput.py), and Warp runs on
+    no other accelerator."""
+    backend = jax.default_backend() if backend is None else backend
+    return "warp" if backend in ("gpu", "cuda") else "jax"
 
 
 def menagerie_missing(name: str) -> Optional[str]:
@@ -177,7 +187,7 @@ class ActionRepeat(_Wrapper):
             current, total = carry
             stepped = self.env.step(current, action)
             done = current.done > 0.5
-            nxt = jax.tree.map(lambda old, new: jnp.where(done, old, new), current, stepped)
+            nxt = _per_env_map(self.env, lambda new, old: jnp.where(done, old, new), stepped, current)
             return (nxt, total + jnp.where(done, 0.0, stepped.reward)), None
 
         (state, total), _ = jax.lax.scan(body, (state, jnp.zeros_like(state.reward)), None, length=self.repeat)
@@ -186,8 +196,9 @@ class ActionRepeat(_Wrapper):
 
 def make(name: str, backend: Optional[str] = None, impl: Optional[str] = None):
     """The raw env `name` (no time limit, no auto-reset): Brax's (`backend`: its physics pipeline, None for
-    the env's default) or Playground's (`impl`: one of `SUPPORTED_IMPLS`, None for MJX), with dict observations
-    flattened (`DictObservations`) and the config's `action_repeat` applied to a Playground env."""
+    the env's default) or Playground's (`impl`: one of `SUPPORTED_IMPLS`, None for `default_impl()`), with
+    dict observations flattened (`DictObservations`) and the config's `action_repeat` applied to a Playground
+    env."""
     kind = family(name)
     if kind == BRAX:
         if impl is not None:
@@ -200,11 +211,7 @@ def make(name: str, backend: Optional[str] = None, impl: Optional[str] = None):
     if backend is not None:
         raise ValueError(f"invalid backend={backend!r} for MuJoCo Playground env {name!r}: backend selects a "
                          f"Brax env's pipeline; Playground envs take impl ({' or '.join(PLAYGROUND_IMPLS)})")
-    impl = SUPPORTED_IMPLS[0] if impl is None else impl
-    if impl not in SUPPORTED_IMPLS:
-        raise ValueError(f"invalid impl={impl!r}: purempo runs Playground envs on {' or '.join(SUPPORTED_IMPLS)} "
-                         f"(MJX); MuJoCo Warp's batched state needs resets through its Data.where, not supported yet")
-    env = playground_env(name, impl)
+    env = playground_env(name, default_impl() if impl is None else impl)
     registry = _playground()[0]
     if isinstance(jax.eval_shape(env.reset, jax.random.PRNGKey(0)).obs, Mapping):
         env = DictObservations(env)
@@ -259,11 +266,25 @@ class StepResult(NamedTuple):
     finished_return: chex.Array  # [E] return of the episode that ended at this step (0 where none ended)
 
 
+@functools.lru_cache(maxsize=None)
+def per_env_leaves(env: Any):
+    """A pytree like `env`'s state of bools: True for a leaf that `vmap(env.reset)` gives a batch axis, False
+    for one the batch shares (MuJoCo Warp's contact arrays and counts; none for MJX and Brax)."""
+    single = jax.eval_shape(env.reset, jax.random.PRNGKey(0))
+    batched = jax.eval_shape(jax.vmap(env.reset), jax.random.split(jax.random.PRNGKey(0), 2))
+    return jax.tree.map(lambda s, b: b.ndim == s.ndim + 1, single, batched)
+
+
+def _per_env_map(env: Any, fn, tree, *rest):
+    """`jax.tree.map(fn, tree, *rest)` on the per-env leaves; a shared leaf keeps `tree`'s value."""
+    return jax.tree.map(lambda per_env, x, *r: fn(x, *r) if per_env else x, per_env_leaves(env), tree, *rest)
+
+
 def reset(env: Any, key: chex.PRNGKey, num_envs: int, pool_size: int = 0) -> EnvState:
     """`num_envs` fresh envs and, if `pool_size` > 0, a pool of `pool_size` more initial states for restarts."""
     states = jax.vmap(env.reset)(jax.random.split(key, num_envs + pool_size))
-    sim_state = jax.tree.map(lambda x: x[:num_envs], states)
-    pool = jax.tree.map(lambda x: x[num_envs:], states) if pool_size > 0 else None
+    sim_state = _per_env_map(env, lambda x: x[:num_envs], states)
+    pool = _per_env_map(env, lambda x: x[num_envs:], states) if pool_size > 0 else None
     return EnvState(
         sim_state=sim_state,
         episode_step=jnp.zeros((num_envs,), jnp.int32),
@@ -273,12 +294,13 @@ def reset(env: Any, key: chex.PRNGKey, num_envs: int, pool_size: int = 0) -> Env
 
 
 def initial_states(env: Any, key: chex.PRNGKey, num: int, pool=None):
-    """`num` initial states: drawn uniformly from `pool` (leaves `[P, ...]`) if given, else from `env.reset`."""
+    """`num` initial states: drawn uniformly from `pool` (per-env leaves `[P, ...]`) if given, else from
+    `env.reset`."""
     if pool is None:
         return jax.vmap(env.reset)(jax.random.split(key, num))
-    size = jax.tree.leaves(pool)[0].shape[0]
+    size = jax.tree.leaves(pool.obs)[0].shape[0]
     index = jax.random.randint(key, (num,), 0, size)
-    return jax.tree.map(lambda x: x[index], pool)
+    return _per_env_map(env, lambda x: x[index], pool)
 
 
 def observation(state: EnvState) -> chex.Array:
@@ -304,7 +326,7 @@ def step(
         mask = done.reshape(done.shape + (1,) * (old.ndim - 1))
         return jnp.where(mask, new, old)
 
-    next_sim_state = jax.tree.map(pick, fresh, stepped)
+    next_sim_state = _per_env_map(env, lambda old, new: pick(new, old), stepped, fresh)
     next_state = EnvState(
         sim_state=next_sim_state,
         episode_step=jnp.where(done, 0, episode_step),

@@ -50,11 +50,47 @@ def test_an_env_needing_menagerie_fails_with_one_line_and_runs_no_git(monkeypatc
     ("CheetahRun", dict(backend="generalized"), "backend"),
     ("halfcheetah", dict(impl="jax"), "impl"),
     ("CheetahRun", dict(impl="cuda"), "impl"),
-    ("CartpoleBalance", dict(impl="warp"), "impl"),  # Warp's batched Data needs Data.where resets: refused
 ])
 def test_family_specific_settings_are_rejected_on_the_other_family(name, kwargs, field):
     with pytest.raises(ValueError, match=f"invalid {field}="):
         envs.make(name, **kwargs)
+
+
+def test_mujoco_warp_restarts_and_seeds_follow_mjx():
+    """MuJoCo Warp's batched state shares its contact arrays across envs; restarts from the reset pool must keep
+    them and still give, env by env and seed by seed (an outer vmap, as for seeds), MJX's trajectories."""
+
+    def rollout(impl):
+        env = envs.make("CartpoleBalance", impl=impl)
+
+        def run(key):
+            state = envs.reset(env, key, 3, pool_size=2)
+
+            def body(state, k):
+                state, result = envs.step(env, state, jnp.full((3, env.action_size), 0.3), k, episode_length=3)
+                return state, (envs.observation(state), result.final_obs, result.reward, result.truncated)
+
+            state, out = jax.lax.scan(body, state, jax.random.split(key, 5))
+            return out, state.reset_pool.obs
+
+        return env, jax.jit(jax.vmap(run))(jax.random.split(jax.random.PRNGKey(1), 2))
+
+    _, ((obs, final_obs, reward, truncated), pool) = rollout("jax")
+    env, ((w_obs, w_final_obs, w_reward, w_truncated), w_pool) = rollout("warp")
+    assert not all(jax.tree.leaves(envs.per_env_leaves(env)))  # Warp does share some leaves
+    assert all(jax.tree.leaves(envs.per_env_leaves(envs.make("CartpoleBalance", impl="jax"))))
+    np.testing.assert_array_equal(w_truncated, truncated)
+    assert truncated[:, 2].all() and not truncated[:, 1].any()  # every env restarted after its 3rd step
+    for ours, mjx in [(w_obs, obs), (w_final_obs, final_obs), (w_reward, reward), (w_pool, pool)]:
+        np.testing.assert_allclose(ours, mjx, atol=1e-5)
+    restarted = np.asarray(w_obs[:, 2])  # [seeds, envs, O]: the observation right after the restart
+    assert all(any(np.allclose(o, p) for p in np.asarray(w_pool[s])) for s in range(2) for o in restarted[s])
+
+
+@pytest.mark.parametrize("backend, impl", [("cpu", "jax"), ("gpu", "warp"), ("cuda", "warp"), ("tpu", "jax")])
+def test_the_default_physics_is_warp_on_an_nvidia_gpu_and_mjx_elsewhere(backend, impl):
+    assert envs.default_impl(backend) == impl
+    assert envs.default_impl() == envs.default_impl(jax.default_backend())
 
 
 def test_constructing_a_config_imports_no_simulator():
