@@ -89,14 +89,22 @@ def available() -> Tuple[str, ...]:
 SUPPORTED_IMPLS = ("jax", "warp")
 
 
-def default_impl(backend: Optional[str] = None) -> str:
-    """The physics a Playground env gets when `impl` is None, for JAX backend `backend` (default: the current
-    one): MuJoCo Warp on an NVIDIA GPU, which it was written for ("to optimize performance specifically for
-    NVIDIA GPUs, resolving several performance bottlenecks exhibited in MJX-JAX", MuJoCo's MJX documentation),
-    MJX elsewhere: on a CPU MJX steps CheetahRun 2.4–8× faster (benchmarks/throughput.py), and Warp runs on
-    no other accelerator."""
-    backend = jax.default_backend() if backend is None else backend
-    return "warp" if backend in ("gpu", "cuda") else "jax"
+def platform() -> str:
+    """The default device's platform: "cpu", "tpu", or for a GPU its vendor's stack, "cuda" or "rocm" (JAX
+    calls both "gpu")."""
+    backend = jax.default_backend()
+    if backend != "gpu":
+        return backend
+    return "rocm" if "rocm" in jax.devices()[0].client.platform_version.lower() else "cuda"
+
+
+def default_impl(on: Optional[str] = None) -> str:
+    """The physics a Playground env gets when `impl` is None, on `platform()` `on` (default: this process's):
+    MuJoCo Warp on an NVIDIA GPU, which it was written for ("to optimize performance specifically for NVIDIA
+    GPUs, resolving several performance bottlenecks exhibited in MJX-JAX", MuJoCo's MJX documentation), MJX
+    elsewhere: on a CPU MJX steps CheetahRun 2.4–8× faster (benchmarks/throughput.py), and Warp runs on no
+    other accelerator."""
+    return "warp" if (platform() if on is None else on) == "cuda" else "jax"
 
 
 def menagerie_missing(name: str) -> Optional[str]:

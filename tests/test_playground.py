@@ -87,10 +87,12 @@ def test_mujoco_warp_restarts_and_seeds_follow_mjx():
     assert all(any(np.allclose(o, p) for p in np.asarray(w_pool[s])) for s in range(2) for o in restarted[s])
 
 
-@pytest.mark.parametrize("backend, impl", [("cpu", "jax"), ("gpu", "warp"), ("cuda", "warp"), ("tpu", "jax")])
-def test_the_default_physics_is_warp_on_an_nvidia_gpu_and_mjx_elsewhere(backend, impl):
-    assert envs.default_impl(backend) == impl
-    assert envs.default_impl() == envs.default_impl(jax.default_backend())
+@pytest.mark.parametrize("platform, impl", [("cpu", "jax"), ("cuda", "warp"), ("rocm", "jax"), ("tpu", "jax")])
+def test_the_default_physics_is_warp_on_an_nvidia_gpu_and_mjx_elsewhere(platform, impl):
+    assert envs.default_impl(platform) == impl
+    assert envs.default_impl() == envs.default_impl(envs.platform())
+    if jax.default_backend() != "gpu":  # a GPU is named by its vendor's stack instead
+        assert envs.platform() == jax.default_backend()
 
 
 def test_constructing_a_config_imports_no_simulator():
