@@ -102,7 +102,7 @@ def default_impl(on: Optional[str] = None) -> str:
     """The physics a Playground env gets when `impl` is None, on `platform()` `on` (default: this process's):
     MuJoCo Warp on an NVIDIA GPU, which it was written for ("to optimize performance specifically for NVIDIA
     GPUs, resolving several performance bottlenecks exhibited in MJX-JAX", MuJoCo's MJX documentation), MJX
-    elsewhere: on a CPU MJX steps CheetahRun 2.4–8× faster (benchmarks/throughput.py), and Warp runs on no
+    elsewhere: on a CPU MJX steps CheetahRun 2.2–7.7× faster (benchmarks/throughput.py), and Warp runs on no
     other accelerator."""
     return "warp" if (platform() if on is None else on) == "cuda" else "jax"
 
