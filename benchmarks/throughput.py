@@ -16,7 +16,7 @@ scaled with E (and the unroll lengthened where fewer than one update would remai
 Then the default preset with 1, 4, 16... seeds vmapped in one program (cost per seed), and a profile of one
 learner step (FLOPs from XLA's cost analysis; time of the sampled-action critic pass, the largest part).
 For a MuJoCo Playground env, first the random-action ceiling of each physics implementation (`--impls`, default
-MJX `jax` and MuJoCo Warp `warp`) at every E, which is what `envs.SUPPORTED_IMPLS` was chosen by.
+MJX `jax` and MuJoCo Warp `warp`) at every E, which is what `envs.default_impl` was chosen by on a CPU.
 Writes benchmarks/results/throughput_<env>.json.
 """
 
@@ -120,7 +120,7 @@ def time_ceiling(env, num_envs: int, episode_length: int, pool_size: int, steps:
             tick = time.perf_counter()
             fn(start, jax.random.PRNGKey(1)).block_until_ready()
             rates.append(num_envs * steps / (time.perf_counter() - tick))
-        except Exception as error:  # e.g. MuJoCo Warp through purempo's wrapper: recorded, not fatal
+        except Exception as error:  # an implementation this machine cannot run: recorded, not fatal
             rates.append(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
     return tuple(rates)
 
