@@ -236,7 +236,8 @@ def summarise(args, config, seeds, threshold, chunks, times, complete, setting=N
             [f"--env {args.env}", "--seeds " + " ".join(map(str, seeds))] + [f"--set {s}" for s in args.set]
             + [f"--set {k}={v:g}" for k, v in (setting or {}).items()] + ([f"--name {args.name}"] if args.name else [])),
         sweep=args.sweep or None,
-        config=jsonable(config), action_dim=action_dim, threshold=threshold, drop_after=args.drop_after, wall_time_s=round(times[-1], 1),
+        config=jsonable(config), action_dim=action_dim, threshold=threshold, drop_after=args.drop_after,
+        wall_time_s=round(times[-1], 1),
         complete=complete, env_steps=steps, runs=runs, chunks=chunks, targets=targets(args.env, runs, threshold),
     )
 
