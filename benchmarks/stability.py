@@ -168,9 +168,9 @@ def main():
     out_dir.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
-    action_dim = envs.make(config.env, config.backend, config.impl).action_size
     compiled = compile_trainer(make_trainer(config), keys, hparams, batched=True)
     state = compiled.init(keys)
+    action_dim = state.exploration_noise.shape[-1]  # [seeds, E, A]
     chunks, times = [], []
     for index in range(config.num_evals):
         stats_before = jax.device_get(state.obs_stats)
