@@ -121,6 +121,8 @@ class Config:
     """Floor of the M-step multipliers α_μ, α_σ, so that they do not decay to nothing while their constraint is slack (a floor of 1 made inverted_pendulum dip more, RESULTS.md)."""
     alpha_gain: float = 1.0
     """Proportional gain of the KL multipliers: the policy's penalty uses α + alpha_gain · clip(KL/ε − 1, 0, 10) per constraint, where α is the learned (integral) part, so a violated trust region tightens in the same update rather than after the hundreds of updates Adam's bounded steps on log α take; it adds nothing while the bound holds and nothing accumulates (0: α alone)."""
+    normalize_penalty: bool = False
+    """Divide the policy's M-step loss by 1 + the sum of the KL multipliers it applies (gradient stopped): the same minimiser, but while a multiplier climbs by orders of magnitude after a violation, Adam's steps no longer outgrow the learning rate with it (`mpo.normalized_policy_loss`)."""
     critic_pessimism: float = 0.0
     """β of the ensemble's pessimistic value mean − β·std (2 critics, β = 1: the minimum, TD3's clipped double-Q); needs num_critics > 1."""
     policy_lr: float = 6e-4
@@ -258,7 +260,8 @@ CONCERNS: Dict[str, Tuple[str, ...]] = {
     "networks": ("policy_hidden", "critic_hidden", "num_critics", "init_std", "min_std", "obs_norm_preserves_outputs"),
     "mpo": ("discount", "retrace_lambda", "num_action_samples", "epsilon", "epsilon_mean", "epsilon_std",
             "epsilon_penalty", "epsilon_per_dimension", "per_dim_constraining", "action_penalization",
-            "init_temperature", "init_alpha_mean", "init_alpha_std", "min_alpha", "alpha_gain", "critic_pessimism",
+            "init_temperature", "init_alpha_mean", "init_alpha_std", "min_alpha", "alpha_gain", "normalize_penalty",
+            "critic_pessimism",
             "policy_lr", "policy_lr_decay_updates",
             "critic_lr", "dual_lr", "max_grad_norm", "target_update_period", "tau"),
     "run": ("total_steps", "unroll_length", "updates_per_iteration", "exploration_correlation",

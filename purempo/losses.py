@@ -73,6 +73,7 @@ class PolicyLossConfig(NamedTuple):
     per_dim_constraining: bool
     action_penalization: bool
     epsilon_per_dimension: bool = False
+    normalize_penalty: bool = False
 
 
 def policy_loss(
@@ -120,7 +121,8 @@ def policy_loss(
     alpha_mean, alpha_std = mpo.positive(duals.alpha_mean), mpo.positive(duals.alpha_std)
     m_loss, alpha_loss, kl = mpo.m_step(
         online_mean, online_std, target_mean, target_std, sampled_actions, weights, alpha_mean, alpha_std,
-        epsilon_mean, epsilon_std, static.per_dim_constraining, mask, alpha_gain, static.epsilon_per_dimension)
+        epsilon_mean, epsilon_std, static.per_dim_constraining, mask, alpha_gain, static.epsilon_per_dimension,
+        static.normalize_penalty)
     metrics: Dict[str, chex.Array] = dict(
         policy_loss=m_loss,
         temperature=temperature,

@@ -151,6 +151,7 @@ def m_step(
     mask: Optional[chex.Array] = None,
     proportional_gain: chex.Numeric = 0.0,
     epsilon_per_dimension: bool = False,
+    normalize_penalty: bool = False,
 ):
     """Decoupled weighted maximum likelihood with KL trust regions on mean and std.
 
@@ -168,6 +169,8 @@ def m_step(
         constraint (0: α alone); the multipliers' own loss is unchanged.
       epsilon_per_dimension: read ε as each dimension's bound instead (the summed KL may reach D·ε), so one
         setting moves every action dimension by as much whatever D is.
+      normalize_penalty: divide the policy's loss by `1 + Σ penalties` (gradient stopped; see
+        `normalized_policy_loss`).
 
     Returns:
       policy_loss: scalar for θ (multipliers held fixed).
@@ -204,12 +207,28 @@ def m_step(
     penalty_mean = sg(alpha_mean) + proportional_alpha(violation_mean, proportional_gain)
     penalty_std = sg(alpha_std) + proportional_alpha(violation_std, proportional_gain)
     policy_loss = weighted_nll + jnp.sum(penalty_mean * constrained_mean) + jnp.sum(penalty_std * constrained_std)
+    if normalize_penalty:
+        policy_loss = normalized_policy_loss(policy_loss, penalty_mean, penalty_std)
     alpha_loss = jnp.sum(alpha_mean * (epsilon_mean - sg(constrained_mean))) + jnp.sum(
         alpha_std * (epsilon_std - sg(constrained_std))
     )
     stats = MStepStats(kl_mean=kl_mean, kl_std=kl_std, violation_mean=violation_mean, violation_std=violation_std,
                        applied_alpha_mean=penalty_mean)
     return policy_loss, alpha_loss, stats
+
+
+def normalized_policy_loss(policy_loss: chex.Array, penalty_mean: chex.Array, penalty_std: chex.Array) -> chex.Array:
+    """`policy_loss / (1 + Σ penalty_mean + Σ penalty_std)`, the divisor's gradient stopped.
+
+    The M-step loss `NLL + Σ α·KL` has the same minimiser after division by a positive constant, but not the
+    same Adam steps. Adam divides by a running RMS of the gradient with a ~1/(1 − β₂) = 1,000-update memory, so
+    while a multiplier climbs by orders of magnitude (Adam on log α after a violation) the gradient outgrows that
+    RMS and the steps grow past the learning rate: the larger the penalty, the further the policy moves, the
+    further the KL overshoots, the faster α climbs. Dividing by the penalties keeps the gradient's scale that of
+    one weighted NLL or KL term whatever α is; the weighting between likelihood and trust region is unchanged.
+    """
+    sg = jax.lax.stop_gradient
+    return policy_loss / (1.0 + jnp.sum(sg(penalty_mean)) + jnp.sum(sg(penalty_std)))
 
 
 MAX_VIOLATION = 10.0

@@ -125,7 +125,7 @@ def mpo_loss(params, learner: LearnerState, obs_stats, reward_divisor, batch: Tr
         epsilon=hp.epsilon, epsilon_penalty=hp.epsilon_penalty,
         epsilon_mean=hp.epsilon_mean, epsilon_std=hp.epsilon_std,
         static=losses.PolicyLossConfig(config.per_dim_constraining, config.action_penalization,
-                                       config.epsilon_per_dimension),
+                                       config.epsilon_per_dimension, config.normalize_penalty),
         alpha_gain=hp.alpha_gain,
     )
     metrics.update(critic_loss=critic_loss, target_mean=jnp.mean(targets), q_mean=jnp.mean(q_online),

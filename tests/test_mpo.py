@@ -399,6 +399,44 @@ def test_proportional_gain_acts_as_a_larger_multiplier_in_the_policy_loss(per_di
     assert not np.allclose(np.asarray(grads[0]), np.asarray(grads_plain[0]))
 
 
+@pytest.mark.parametrize("per_dim,gain", [(True, 0.0), (False, 0.0), (True, 0.4), (False, 0.4)])
+def test_normalized_penalty_divides_the_policy_gradient_by_one_plus_the_applied_multipliers(per_dim, gain):
+    """normalize_penalty: the policy's loss and gradient are those without it divided by 1 + Σ α_μ + Σ α_σ as
+    applied (learned + proportional, recomputed here from the stats' violations); the multipliers' loss, their
+    gradient and the stats are unchanged, and no gradient flows through the divisor."""
+    rng = np.random.default_rng(11)
+    B, D, N = 6, 3, 4
+    tm = rng.normal(size=(B, D)).astype(np.float32)
+    ts = rng.uniform(0.3, 1.0, size=(B, D)).astype(np.float32)
+    om = jnp.asarray(tm + 0.3 * rng.normal(size=(B, D)), jnp.float32)
+    os_ = jnp.asarray(ts * np.exp(0.3 * rng.normal(size=(B, D))), jnp.float32)
+    actions = rng.normal(size=(N, B, D)).astype(np.float32)
+    weights = jnp.asarray(rng.dirichlet(np.ones(N), size=B).T, jnp.float32)
+    shape = (D,) if per_dim else (1,)
+    alpha_mean = jnp.asarray(rng.uniform(0.5, 50.0, size=shape), jnp.float32)
+    alpha_std = jnp.asarray(rng.uniform(10.0, 5000.0, size=shape), jnp.float32)
+
+    def run(normalize):
+        def f(om, os_, am, as_):
+            loss, alpha_loss, st = mpo.m_step(om, os_, tm, ts, actions, weights, am, as_, 0.02, 2e-4, per_dim,
+                                              proportional_gain=gain, normalize_penalty=normalize)
+            return loss + alpha_loss, (loss, alpha_loss, st)
+        return jax.value_and_grad(f, argnums=(0, 1, 2, 3), has_aux=True)(om, os_, alpha_mean, alpha_std)
+
+    (_, (loss, alpha_loss, st)), (g_om, g_os, g_am, g_as) = run(True)
+    (_, (loss0, alpha_loss0, st0)), (g_om0, g_os0, g_am0, g_as0) = run(False)
+    applied_mean = np.asarray(alpha_mean) + gain * np.clip(np.asarray(st0.violation_mean) - 1.0, 0.0, 10.0)
+    applied_std = np.asarray(alpha_std) + gain * np.clip(np.asarray(st0.violation_std) - 1.0, 0.0, 10.0)
+    divisor = 1.0 + applied_mean.sum() + applied_std.sum()
+    np.testing.assert_allclose(float(loss), float(loss0) / divisor, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(g_om), np.asarray(g_om0) / divisor, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(g_os), np.asarray(g_os0) / divisor, rtol=1e-4, atol=1e-9)
+    assert float(alpha_loss) == float(alpha_loss0)
+    np.testing.assert_array_equal(np.asarray(g_am), np.asarray(g_am0))
+    np.testing.assert_array_equal(np.asarray(g_as), np.asarray(g_as0))
+    np.testing.assert_array_equal(np.asarray(st.kl_mean), np.asarray(st0.kl_mean))
+
+
 @pytest.mark.parametrize("per_dim,eps_per_dim", [(True, False), (False, False), (True, True), (False, True)])
 def test_m_step_violation_is_constrained_kl_over_its_bound(per_dim, eps_per_dim):
     """MStepStats.violation_* = per-dimension KL / (ε/D) with per-dimension multipliers, Σ KL / ε otherwise

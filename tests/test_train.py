@@ -191,7 +191,7 @@ def test_without_reward_normalization_the_critic_sees_the_scale(reacher_scale_ru
 # Glue: the learner step's target networks, terminal masking, output-preserving normalisation, counters
 # ------------------------------------------------------------------------------------------------------------
 
-from purempo import envs, normalizer, replay, train  # noqa: E402
+from purempo import envs, mpo, normalizer, replay, train  # noqa: E402
 
 # 4 envs × 2 steps = 8 steps per iteration; 2 prefill iterations; 10 iterations, 2 per evaluation.
 GLUE = Config(
@@ -349,6 +349,28 @@ def test_alpha_gain_reaches_the_policy_penalty_only(learner_pieces):
     assert _trees_differ(policy1, policy0)
     _assert_trees_identical(critic1, critic0)
     _assert_trees_identical(duals1, duals0)
+
+
+def test_normalize_penalty_reaches_the_policy_loss_only(learner_pieces):
+    """Config.normalize_penalty travels to the M-step: the policy gradient is the plain one divided by
+    1 + Σ α_μ + Σ α_σ (the learner's multipliers, alpha_gain 0), while the critic's and the duals' gradients and
+    the reported metrics are unchanged."""
+    learner, batch, key = learner_pieces["learner"], learner_pieces["batches"][1], jax.random.PRNGKey(6)
+    config = GLUE.replace(alpha_gain=0.0)
+    out = {n: jax.device_get(learner_pieces["loss_and_grads"](learner, batch, key, config=config.replace(
+        normalize_penalty=n))) for n in (False, True)}
+    (_, metrics0), (policy0, critic0, duals0) = out[False]
+    (_, metrics1), (policy1, critic1, duals1) = out[True]
+    alpha_mean, alpha_std = (np.asarray(mpo.positive(a)) for a in (learner.dual_params.alpha_mean,
+                                                                    learner.dual_params.alpha_std))
+    divisor = 1.0 + alpha_mean.sum() + alpha_std.sum()
+    assert divisor > 100.0  # init_alpha_std: the scaling is far from 1
+    for g1, g0 in zip(jax.tree.leaves(policy1), jax.tree.leaves(policy0)):
+        np.testing.assert_allclose(g1, g0 / divisor, rtol=2e-4, atol=1e-9)
+    _assert_trees_identical(critic1, critic0)
+    _assert_trees_identical(duals1, duals0)
+    np.testing.assert_allclose(metrics1["policy_loss"], metrics0["policy_loss"] / divisor, rtol=1e-5)
+    assert metrics1["kl_mean"] == metrics0["kl_mean"] and metrics1["critic_loss"] == metrics0["critic_loss"]
 
 
 def _as_ensemble(params, k):
