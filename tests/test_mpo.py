@@ -405,14 +405,8 @@ def test_normalized_penalty_divides_the_policy_gradient_by_one_plus_the_applied_
     applied (learned + proportional, recomputed here from the stats' violations); the multipliers' loss, their
     gradient and the stats are unchanged, and no gradient flows through the divisor."""
     rng = np.random.default_rng(11)
-    B, D, N = 6, 3, 4
-    tm = rng.normal(size=(B, D)).astype(np.float32)
-    ts = rng.uniform(0.3, 1.0, size=(B, D)).astype(np.float32)
-    om = jnp.asarray(tm + 0.3 * rng.normal(size=(B, D)), jnp.float32)
-    os_ = jnp.asarray(ts * np.exp(0.3 * rng.normal(size=(B, D))), jnp.float32)
-    actions = rng.normal(size=(N, B, D)).astype(np.float32)
-    weights = jnp.asarray(rng.dirichlet(np.ones(N), size=B).T, jnp.float32)
-    shape = (D,) if per_dim else (1,)
+    om, os_, tm, ts, actions, weights = _random_m_step_inputs(rng)
+    shape = (D_,) if per_dim else (1,)
     alpha_mean = jnp.asarray(rng.uniform(0.5, 50.0, size=shape), jnp.float32)
     alpha_std = jnp.asarray(rng.uniform(10.0, 5000.0, size=shape), jnp.float32)
 
