@@ -265,12 +265,14 @@ def learner_pieces(glue_run):
 
         return step
 
+    # One jitted function for every test: calls with an equal config (and so equal networks) reuse its compile.
+    jitted_loss_and_grads = jax.jit(jax.value_and_grad(train.mpo_loss, has_aux=True), static_argnums=(7, 8))
+
     def loss_and_grads(learner, batch, key, hparams=None, config=GLUE):
         params = (learner.policy_params, learner.critic_params, learner.dual_params)
         hp = config.hparams if hparams is None else hparams
-        return jax.jit(jax.value_and_grad(train.mpo_loss, has_aux=True), static_argnums=(7, 8))(
-            params, learner, state.obs_stats, divisor, batch, key, hp, config,
-            train.make_networks(config, action_dim))
+        return jitted_loss_and_grads(params, learner, state.obs_stats, divisor, batch, key, hp, config,
+                                     train.make_networks(config, action_dim))
 
     # A learner whose targets differ from its online networks (4 learning updates, no copy yet) and which has
     # made no update yet by its own count.
@@ -356,9 +358,9 @@ def test_normalize_penalty_reaches_the_policy_loss_only(learner_pieces):
     1 + Σ α_μ + Σ α_σ (the learner's multipliers, alpha_gain 0), while the critic's and the duals' gradients and
     the reported metrics are unchanged."""
     learner, batch, key = learner_pieces["learner"], learner_pieces["batches"][1], jax.random.PRNGKey(6)
-    config = GLUE.replace(alpha_gain=0.0)
-    out = {n: jax.device_get(learner_pieces["loss_and_grads"](learner, batch, key, config=config.replace(
-        normalize_penalty=n))) for n in (False, True)}
+    hparams = GLUE.replace(alpha_gain=0.0).hparams
+    out = {n: jax.device_get(learner_pieces["loss_and_grads"](
+        learner, batch, key, hparams=hparams, config=GLUE.replace(normalize_penalty=n))) for n in (False, True)}
     (_, metrics0), (policy0, critic0, duals0) = out[False]
     (_, metrics1), (policy1, critic1, duals1) = out[True]
     alpha_mean, alpha_std = (np.asarray(mpo.positive(a)) for a in (learner.dual_params.alpha_mean,
