@@ -83,7 +83,13 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 _PLAYGROUND: Dict[str, Any] = dict(_LOCOMOTION, critic_lr=1e-3, episode_length=1000, reset_pool_size=256,
                                    epsilon_per_dimension=True, epsilon_mean=5e-3, epsilon_std=1e-5,
                                    updates_per_iteration=16)
-PLAYGROUND_OVERRIDES: Dict[str, Dict[str, Any]] = {}
+# WalkerWalk: normalize_penalty with a 3x looser ε_μ. The shared preset walks by 737k env steps but keeps
+# dropping single episodes (a fall in 7 evaluations after 300k, one at 1M: 849.3); with these two settings the
+# bound holds (KL_μ ≤ 0.36x), it walks ~80k env steps sooner, and no episode falls after 655k: 964.1 at 1M (SAC
+# 974.8; seed 0, RESULTS.md §7). CheetahRun trails the shared preset with them (2 seeds), so they stay per task.
+PLAYGROUND_OVERRIDES: Dict[str, Dict[str, Any]] = {
+    "WalkerWalk": dict(normalize_penalty=True, epsilon_mean=1.5e-2),
+}
 
 
 def preset(env: str, **overrides) -> Config:

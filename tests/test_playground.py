@@ -146,6 +146,11 @@ def test_playground_envs_get_the_shared_playground_preset_with_their_own_episode
     for name in envs.dm_control_names():
         assert presets.preset(name).episode_length == envs.episode_length(name), name
     assert presets.preset("nope").env == "nope"  # unknown names are reported when the trainer is built
+    # A per-task override changes only its own fields of its own task; the other tasks keep the shared values.
+    walker, cheetah = presets.preset("WalkerWalk"), presets.preset("CheetahRun")
+    assert walker.normalize_penalty and walker.epsilon_mean == 1.5e-2
+    assert not cheetah.normalize_penalty and cheetah.epsilon_mean == presets._PLAYGROUND["epsilon_mean"]
+    assert walker.replace(normalize_penalty=False, epsilon_mean=cheetah.epsilon_mean, env="CheetahRun") == cheetah
 
 
 TINY = dict(total_steps=256, num_envs=4, unroll_length=2, updates_per_iteration=1, prefill_steps=32, num_evals=2,
