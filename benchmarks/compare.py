@@ -124,24 +124,25 @@ def run_purempo(env_name, budget_s, seed, overrides):
     return curve, jsonable(config)
 
 
-def run_brax(algorithm, env_name, budget_s, seed, overrides):
-    """Brax's `algorithm` in a child process under `supervise`: (curve, settings)."""
+def run_brax(algorithm, env_name, budget_s, seed, overrides, env_overrides):
+    """Brax's `algorithm` in a child process under `supervise`: (curve, settings). `env_overrides`: the purempo
+    fields that choose the env (`backend`, `impl`), so that every trainer steps the same simulator."""
     curve = Curve(f"brax-{algorithm}", budget_s)
-    settings = supervise(curve, _brax_child, (algorithm, env_name, budget_s, seed, overrides),
+    settings = supervise(curve, _brax_child, (algorithm, env_name, budget_s, seed, overrides, env_overrides),
                          grace_s=max(60.0, 0.1 * budget_s))
     return curve, settings
 
 
-def _brax_child(messages, algorithm, env_name, budget_s, seed, overrides):
+def _brax_child(messages, algorithm, env_name, budget_s, seed, overrides, env_overrides):
     """Runs in the child process: sends ("settings", dict), then ("point", dict) per evaluation, then ("done",)."""
     try:
-        _train_brax(messages, algorithm, env_name, budget_s, seed, overrides)
+        _train_brax(messages, algorithm, env_name, budget_s, seed, overrides, env_overrides)
         messages.put(("done", None))
     except BaseException as error:  # reported to the parent, which raises
         messages.put(("error", f"{type(error).__name__}: {error}"))
 
 
-def _train_brax(messages, algorithm, env_name, budget_s, seed, overrides):
+def _train_brax(messages, algorithm, env_name, budget_s, seed, overrides, env_overrides):
     brax_compat.install()
     if algorithm == "ppo":
         from brax.training.agents.ppo import train as brax_train
@@ -169,7 +170,8 @@ def _train_brax(messages, algorithm, env_name, budget_s, seed, overrides):
     settings.update(episode_length=1000, action_repeat=1, seed=seed, num_eval_envs=eval_episodes,
                     deterministic_eval=True)
     curve = Curve(f"brax-{algorithm}", budget_s)
-    env = envs.make(env_name, preset(env_name).backend, preset(env_name).impl)
+    env_config = preset(env_name, **env_overrides)
+    env = envs.make(env_name, env_config.backend, env_config.impl)
 
     def progress(num_steps, metrics):
         spent = curve.add(num_steps, float(metrics["eval/walltime"]), metrics["eval/episode_reward"],
@@ -282,7 +284,9 @@ def main():
         if trainer == "purempo":
             curve, settings[trainer] = run_purempo(args.env, args.budget_s, args.seed, overrides)
         else:
-            curve, settings[trainer] = run_brax(trainer, args.env, args.budget_s, args.seed, brax_overrides)
+            env_overrides = {k: v for k, v in overrides.items() if k in ("backend", "impl")}
+            curve, settings[trainer] = run_brax(trainer, args.env, args.budget_s, args.seed, brax_overrides,
+                                                env_overrides)
         results.append(summarize(curve, args.threshold))
     summary = dict(
         env=args.env, date=today(), machine=machine(), versions=versions(), budget_s=args.budget_s,
