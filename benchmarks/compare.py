@@ -124,6 +124,11 @@ def run_purempo(env_name, budget_s, seed, overrides):
     return curve, jsonable(config)
 
 
+def env_fields(overrides):
+    """The purempo overrides that choose the simulator (`backend`, `impl`): every trainer's env gets them."""
+    return {key: value for key, value in overrides.items() if key in ("backend", "impl")}
+
+
 def run_brax(algorithm, env_name, budget_s, seed, overrides, env_overrides):
     """Brax's `algorithm` in a child process under `supervise`: (curve, settings). `env_overrides`: the purempo
     fields that choose the env (`backend`, `impl`), so that every trainer steps the same simulator."""
@@ -284,9 +289,8 @@ def main():
         if trainer == "purempo":
             curve, settings[trainer] = run_purempo(args.env, args.budget_s, args.seed, overrides)
         else:
-            env_overrides = {k: v for k, v in overrides.items() if k in ("backend", "impl")}
             curve, settings[trainer] = run_brax(trainer, args.env, args.budget_s, args.seed, brax_overrides,
-                                                env_overrides)
+                                                env_fields(overrides))
         results.append(summarize(curve, args.threshold))
     summary = dict(
         env=args.env, date=today(), machine=machine(), versions=versions(), budget_s=args.budget_s,

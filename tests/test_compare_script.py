@@ -117,3 +117,25 @@ def test_playground_settings_are_playgrounds_minus_what_brax_rejects(algorithm):
     if "network_factory" in published:
         assert settings["network_factory"].keywords == dict(published["network_factory"])
         assert settings["network_options"] == published["network_factory"]
+
+
+class _EnvBuilt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("algorithm", ["sac", "ppo"])
+def test_brax_trains_on_the_simulator_that_set_chooses(monkeypatch, algorithm):
+    """`--set impl=jax` must reach Brax's env too (on an NVIDIA GPU the default would be Warp): stop the child's
+    training where it builds its env and look at what it asked for."""
+    asked = {}
+
+    def make(name, backend=None, impl=None):
+        asked.update(name=name, backend=backend, impl=impl)
+        raise _EnvBuilt
+
+    monkeypatch.setattr(compare.envs, "make", make)
+    overrides = compare.parse_overrides(["impl=jax", "critic_lr=1e-3"])
+    assert compare.env_fields(overrides) == {"impl": "jax"}
+    with pytest.raises(_EnvBuilt):
+        compare._train_brax(None, algorithm, "CartpoleSwingup", 1.0, 0, {}, compare.env_fields(overrides))
+    assert asked == dict(name="CartpoleSwingup", backend=None, impl="jax")
