@@ -10,7 +10,9 @@ so compilation counts. The budget and the headline times are *training* wall tim
 the time spent in evaluations, so that how often a trainer is evaluated does not change its numbers. For Brax
 that subtracts its reported `eval/walltime`, which includes compiling its evaluator; for purempo evaluation
 is compiled up front with the rest and is not subtracted, so the comparison leans against purempo. Each
-trainer stops at its first evaluation after the budget is spent.
+trainer stops at its first evaluation after the budget is spent (or, with `--max-env-steps N`, at its first
+evaluation at or after N env steps, if that comes first: `--budget-s 3600 --max-env-steps 1000000` measures
+return at 1M env steps).
 
 Brax settings (`BRAX_SETTINGS`): PPO uses Brax's published training-notebook hyper-parameters for the env;
 Brax publishes SAC settings only for hopper/walker2d, so SAC uses those (reward_scaling 30, 128 envs, 64
@@ -86,8 +88,8 @@ class _BudgetSpent(Exception):
 class Curve:
     """Evaluation points of one trainer: env steps, elapsed and evaluation wall time, return."""
 
-    def __init__(self, name, budget_s):
-        self.name, self.budget_s, self.points = name, budget_s, []
+    def __init__(self, name, budget_s, max_env_steps=None):
+        self.name, self.budget_s, self.max_env_steps, self.points = name, budget_s, max_env_steps, []
         self.start = time.perf_counter()
         self.stopped_at_train_time_s = None  # set when stopped from outside between two evaluations
 
@@ -98,12 +100,13 @@ class Curve:
         self.points.append(point)
         print(f"  {self.name:8s} {point['env_steps']:>11,} steps  train {point['train_time_s']:7.1f} s  "
               f"(elapsed {elapsed:7.1f} s)  eval {mean:9.2f} ± {std:.1f}", flush=True)
-        return point["train_time_s"] >= self.budget_s
+        reached = self.max_env_steps is not None and point["env_steps"] >= self.max_env_steps
+        return point["train_time_s"] >= self.budget_s or reached
 
 
-def run_purempo(env_name, budget_s, seed, overrides):
+def run_purempo(env_name, budget_s, seed, overrides, max_env_steps=None):
     every = eval_every(env_name, "purempo")
-    curve = Curve("purempo", budget_s)
+    curve = Curve("purempo", budget_s, max_env_steps)
     base = preset(env_name, **overrides)
     iterations = max(1, every // base.steps_per_iteration)
     num_evals = 10_000
@@ -129,25 +132,26 @@ def env_fields(overrides):
     return {key: value for key, value in overrides.items() if key in ("backend", "impl")}
 
 
-def run_brax(algorithm, env_name, budget_s, seed, overrides, env_overrides):
+def run_brax(algorithm, env_name, budget_s, seed, overrides, env_overrides, max_env_steps=None):
     """Brax's `algorithm` in a child process under `supervise`: (curve, settings). `env_overrides`: the purempo
     fields that choose the env (`backend`, `impl`), so that every trainer steps the same simulator."""
-    curve = Curve(f"brax-{algorithm}", budget_s)
-    settings = supervise(curve, _brax_child, (algorithm, env_name, budget_s, seed, overrides, env_overrides),
+    curve = Curve(f"brax-{algorithm}", budget_s, max_env_steps)
+    settings = supervise(curve, _brax_child,
+                         (algorithm, env_name, budget_s, seed, overrides, env_overrides, max_env_steps),
                          grace_s=max(60.0, 0.1 * budget_s))
     return curve, settings
 
 
-def _brax_child(messages, algorithm, env_name, budget_s, seed, overrides, env_overrides):
+def _brax_child(messages, algorithm, env_name, budget_s, seed, overrides, env_overrides, max_env_steps=None):
     """Runs in the child process: sends ("settings", dict), then ("point", dict) per evaluation, then ("done",)."""
     try:
-        _train_brax(messages, algorithm, env_name, budget_s, seed, overrides, env_overrides)
+        _train_brax(messages, algorithm, env_name, budget_s, seed, overrides, env_overrides, max_env_steps)
         messages.put(("done", None))
     except BaseException as error:  # reported to the parent, which raises
         messages.put(("error", f"{type(error).__name__}: {error}"))
 
 
-def _train_brax(messages, algorithm, env_name, budget_s, seed, overrides, env_overrides):
+def _train_brax(messages, algorithm, env_name, budget_s, seed, overrides, env_overrides, max_env_steps=None):
     brax_compat.install()
     if algorithm == "ppo":
         from brax.training.agents.ppo import train as brax_train
@@ -174,7 +178,7 @@ def _train_brax(messages, algorithm, env_name, budget_s, seed, overrides, env_ov
     eval_episodes = preset(env_name).eval_episodes
     settings.update(episode_length=1000, action_repeat=1, seed=seed, num_eval_envs=eval_episodes,
                     deterministic_eval=True)
-    curve = Curve(f"brax-{algorithm}", budget_s)
+    curve = Curve(f"brax-{algorithm}", budget_s, max_env_steps)
     env_config = preset(env_name, **env_overrides)
     env = envs.make(env_name, env_config.backend, env_config.impl)
 
@@ -263,6 +267,8 @@ def main():
     parser.add_argument("--threshold", type=float, default=None, help="return whose first crossing is timed")
     parser.add_argument("--trainers", nargs="+", default=["purempo", "ppo", "sac"], choices=["purempo", "ppo", "sac"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-env-steps", type=int, default=None,
+                        help="also stop each trainer at its first evaluation at or after this many env steps")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a purempo field")
     parser.add_argument("--brax-set", action="append", default=[], metavar="ARG=VALUE",
                         help="override an argument of the Brax trainers")
@@ -287,17 +293,19 @@ def main():
     for trainer in args.trainers:
         print(f"{trainer}: {args.budget_s:g} s training budget on {args.env}", flush=True)
         if trainer == "purempo":
-            curve, settings[trainer] = run_purempo(args.env, args.budget_s, args.seed, overrides)
+            curve, settings[trainer] = run_purempo(args.env, args.budget_s, args.seed, overrides, args.max_env_steps)
         else:
             curve, settings[trainer] = run_brax(trainer, args.env, args.budget_s, args.seed, brax_overrides,
-                                                env_fields(overrides))
+                                                env_fields(overrides), args.max_env_steps)
         results.append(summarize(curve, args.threshold))
     summary = dict(
         env=args.env, date=today(), machine=machine(), versions=versions(), budget_s=args.budget_s,
+        max_env_steps=args.max_env_steps,
         threshold=args.threshold, seed=args.seed,
         command="python benchmarks/compare.py " + " ".join(
             [f"--env {args.env}", f"--budget-s {args.budget_s:g}"]
             + ([f"--threshold {args.threshold:g}"] if args.threshold is not None else [])
+            + ([f"--max-env-steps {args.max_env_steps}"] if args.max_env_steps is not None else [])
             + ([f"--trainers {' '.join(args.trainers)}"] if args.trainers != ["purempo", "ppo", "sac"] else [])
             + [f"--set {s}" for s in args.set] + [f"--brax-set {s}" for s in args.brax_set]),
         settings={k: {a: (list(b) if isinstance(b, tuple) else b) for a, b in v.items()} for k, v in settings.items()},
@@ -314,7 +322,8 @@ def _fmt(value, spec):
 
 
 def report(summary):
-    print(f"\n{summary['env']}, {summary['budget_s']:g} s training budget each; {summary['machine']}; "
+    cap = f" (or {summary['max_env_steps']:,} env steps)" if summary.get("max_env_steps") else ""
+    print(f"\n{summary['env']}, {summary['budget_s']:g} s training budget each{cap}; {summary['machine']}; "
           f"jax {summary['versions'].get('jax')}, brax {summary['versions'].get('brax')}; {summary['date']}")
     print(f"command: {summary['command']}\n")
     threshold = summary["threshold"]

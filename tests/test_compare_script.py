@@ -139,3 +139,12 @@ def test_brax_trains_on_the_simulator_that_set_chooses(monkeypatch, algorithm):
     with pytest.raises(_EnvBuilt):
         compare._train_brax(None, algorithm, "CartpoleSwingup", 1.0, 0, {}, compare.env_fields(overrides))
     assert asked == dict(name="CartpoleSwingup", backend=None, impl="jax")
+
+
+def test_a_curve_stops_at_its_budget_or_at_max_env_steps_whichever_comes_first():
+    timed = compare.Curve("t", budget_s=1e9)
+    assert not timed.add(5_000_000, 0.0, 1.0, 0.0)  # no step cap: only the clock stops it
+    capped = compare.Curve("c", budget_s=1e9, max_env_steps=1_000_000)
+    assert not capped.add(999_999, 0.0, 1.0, 0.0)
+    assert capped.add(1_000_000, 0.0, 1.0, 0.0)
+    assert compare.Curve("b", budget_s=0.0, max_env_steps=1_000_000).add(10, 0.0, 1.0, 0.0)  # budget first
