@@ -288,6 +288,8 @@ def main():
         return
     if args.budget_s is None or args.budget_s <= 0:
         raise SystemExit(f"error: --budget-s must be given and > 0, got {args.budget_s}")
+    if args.max_env_steps is not None and args.max_env_steps <= 0:
+        raise SystemExit(f"error: --max-env-steps must be > 0 (or left out), got {args.max_env_steps}")
     overrides, brax_overrides = parse_overrides(args.set), parse_overrides(args.brax_set)
     results, settings = [], {}
     for trainer in args.trainers:
