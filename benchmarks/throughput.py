@@ -13,6 +13,9 @@ scaled with E (and the unroll lengthened where fewer than one update would remai
 - the ceiling: env steps/s of a jitted random-action rollout at the same E, both through purempo's env
   wrapper (time limit + auto-reset from the config's reset pool) and the env's bare `vmap(env.step)`; the
   ratio is training / bare ceiling.
+With `--compile-breakdown`, the preset's three programs (init, training chunk, evaluation) compiled one after
+the other (what one core pays; `compile_trainer` compiles them on concurrent threads), and the run time of
+init (the reset pool) and of the first chunk.
 Then the default preset with 1, 4, 16... seeds vmapped in one program (cost per seed), and a profile of one
 learner step (FLOPs from XLA's cost analysis; time of the sampled-action critic pass, the largest part).
 For a MuJoCo Playground env, first the random-action ceiling of each physics implementation (`--impls`, default
@@ -78,6 +81,37 @@ def time_training(config, num_seeds: int, chunks: int):
     seconds = time.perf_counter() - tick
     steps = chunks * config.iterations_per_eval * config.steps_per_iteration
     return compile_s, steps / seconds, updates / seconds
+
+
+def compile_breakdown(config):
+    """Seconds to build the trainer, to compile each of its programs alone (sequentially), and to run init and one
+    training chunk and one evaluation: where a run's start-up goes."""
+    out = {}
+    tick = time.perf_counter()
+    trainer = make_trainer(config)
+    out["make_trainer_s"] = time.perf_counter() - tick
+    key = jax.random.PRNGKey(0)
+    state_shape = jax.eval_shape(trainer.init, key)
+    programs = dict(init=(jax.jit(trainer.init), (key,)),
+                    train_chunk=(jax.jit(trainer.train_chunk), (state_shape,)),
+                    evaluate_state=(jax.jit(trainer.evaluate_state), (state_shape,)))
+    compiled = {}
+    for name, (fn, args) in programs.items():
+        tick = time.perf_counter()
+        lowered = fn.lower(*args)
+        out[f"{name}_trace_s"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        compiled[name] = lowered.compile()
+        out[f"{name}_compile_s"] = time.perf_counter() - tick
+    for name, run in (("init", lambda: compiled["init"](key)),
+                      ("train_chunk", lambda: compiled["train_chunk"](state)),
+                      ("evaluate_state", lambda: compiled["evaluate_state"](state))):
+        tick = time.perf_counter()
+        result = jax.block_until_ready(run())
+        out[f"{name}_run_s"] = time.perf_counter() - tick
+        if name == "init":
+            state = result
+    return {k: round(v, 1) for k, v in out.items()}
 
 
 def time_ceiling(env, num_envs: int, episode_length: int, pool_size: int, steps: int = 64):
@@ -179,11 +213,13 @@ def profile_learner(config, repeats: int = 20):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="inverted_pendulum")
-    parser.add_argument("--num-envs", type=int, nargs="+", default=[16, 64, 256, 1024])
+    parser.add_argument("--num-envs", type=int, nargs="*", default=[16, 64, 256, 1024])
     parser.add_argument("--seeds", type=int, nargs="*", default=[1, 4, 16], help="vmapped seed counts to time")
     parser.add_argument("--chunks", type=int, default=3, help=f"timed chunks of {CHUNK_ITERATIONS} iterations")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--compile-breakdown", action="store_true",
+                        help="time the preset's programs' compilation one by one (and init, one chunk, one evaluation)")
     parser.add_argument("--name", default=None, help="output file stem (default: throughput_ENV)")
     parser.add_argument("--impls", nargs="+", default=list(envs.PLAYGROUND_IMPLS),
                         help="Playground physics implementations whose ceilings to compare (Playground envs only)")
@@ -206,6 +242,11 @@ def main():
                 impls.append(row)
                 print(f"impl {impl:>4}  E={num_envs:>6}  ceiling {_show(wrapped)} (wrapper)  {_show(bare)} (bare)  "
                       f"{row['seconds_with_compile']} s with compilation", flush=True)
+
+    breakdown = None
+    if args.compile_breakdown:
+        breakdown = compile_breakdown(base)
+        print("compile breakdown (s): " + ", ".join(f"{k} {v}" for k, v in breakdown.items()), flush=True)
 
     sweep = []
     for num_envs in args.num_envs:
@@ -247,10 +288,11 @@ def main():
                         "--seeds " + " ".join(map(str, args.seeds))]
                        + ([f"--chunks {args.chunks}"] if args.chunks != 3 else [])
                        + (["--no-profile"] if args.no_profile else [])
+                       + (["--compile-breakdown"] if args.compile_breakdown else [])
                        + ([f"--impls {' '.join(args.impls)}"] if impls and args.impls != list(envs.PLAYGROUND_IMPLS) else [])
                        + [f"--set {s}" for s in args.set]),
                    replay_ratio=replay_ratio(base), config=jsonable(base), playground_impls=impls, num_envs_sweep=sweep,
-                   vmapped_seeds=seeds, learner_profile=profile)
+                   vmapped_seeds=seeds, learner_profile=profile, compile_breakdown=breakdown)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name or 'throughput_' + args.env}.json").write_text(json.dumps(summary, indent=1) + "\n")
     print("\n| num_envs | unroll | updates/iter | compile (s) | train env steps/s | updates/s | ceiling (wrapper) "
