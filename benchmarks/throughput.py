@@ -15,7 +15,7 @@ scaled with E (and the unroll lengthened where fewer than one update would remai
   ratio is training / bare ceiling.
 With `--compile-breakdown`, the preset's three programs (init, training chunk, evaluation) compiled one after
 the other (what one core pays; `compile_trainer` compiles them on concurrent threads), and the run time of
-init (the reset pool) and of the first chunk.
+init (the reset pool), of the first chunk and of one evaluation.
 Then the default preset with 1, 4, 16... seeds vmapped in one program (cost per seed), and a profile of one
 learner step (FLOPs from XLA's cost analysis; time of the sampled-action critic pass, the largest part).
 For a MuJoCo Playground env, first the random-action ceiling of each physics implementation (`--impls`, default
