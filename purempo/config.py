@@ -54,7 +54,7 @@ class Config:
     backend: Optional[str] = None
     """Brax physics backend (generalized, positional, spring, mjx); None uses the env's default. Brax envs only."""
     impl: Optional[str] = None
-    """MuJoCo Playground physics implementation, jax (MJX) or warp (MuJoCo Warp); None: warp on an NVIDIA GPU (written for it), jax elsewhere (on a CPU 2.2–7.7× Warp's steps/s). Playground envs only."""
+    """MuJoCo Playground physics implementation, jax (MJX) or warp (MuJoCo Warp); None: warp on an NVIDIA GPU with warp-lang installed (written for it), jax elsewhere (on a CPU 2.2–7.7× Warp's steps/s). Playground envs only."""
     episode_length: int = 1000
     """Time limit in env steps; reaching it truncates (bootstraps), it does not terminate."""
     num_envs: int = 256

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import io
 import os
 import warnings
@@ -103,8 +104,11 @@ def default_impl(on: Optional[str] = None) -> str:
     MuJoCo Warp on an NVIDIA GPU, which it was written for ("to optimize performance specifically for NVIDIA
     GPUs, resolving several performance bottlenecks exhibited in MJX-JAX", MuJoCo's MJX documentation), MJX
     elsewhere: on a CPU MJX steps CheetahRun 2.2–7.7× faster (benchmarks/throughput.py), and Warp runs on no
-    other accelerator."""
-    return "warp" if (platform() if on is None else on) == "cuda" else "jax"
+    other accelerator. An NVIDIA GPU without the `warp` package (a machine that could not install warp-lang)
+    gets MJX rather than an error at the first env."""
+    if (platform() if on is None else on) != "cuda":
+        return "jax"
+    return "warp" if importlib.util.find_spec("warp") is not None else "jax"
 
 
 def menagerie_missing(name: str) -> Optional[str]:

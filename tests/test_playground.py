@@ -95,6 +95,15 @@ def test_the_default_physics_is_warp_on_an_nvidia_gpu_and_mjx_elsewhere(platform
         assert envs.platform() == jax.default_backend()
 
 
+def test_an_nvidia_gpu_without_warp_gets_mjx(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "warp" else real(name, *a))
+    assert envs.default_impl("cuda") == "jax"
+    assert envs.default_impl("cpu") == "jax"
+
+
 def test_constructing_a_config_imports_no_simulator():
     code = ("import sys; from purempo import Config; from purempo.presets import PRESETS, preset; "
             "Config(env='CheetahRun', impl='jax'); preset('halfcheetah'); "
