@@ -1,17 +1,27 @@
-"""Test-session settings.
+"""Test-session settings, set before JAX starts a back end so that every process the tests start (xdist workers,
+CLI runs, the notebook's kernel, benchmark scripts) inherits them. A user's own setting of either is left alone.
 
-Most tests train tiny configs for a few iterations, so their time goes to XLA compiling the trainer, not to
-running it. The suite therefore compiles without XLA's CPU back-end optimisation (LLVM -O0, no expensive
-passes): about 30% less time per compiled trainer, at the cost of slower run time that a tiny config does not
-feel. Set here, before JAX starts a back end, so every process the tests start (CLI runs, the notebook's kernel,
-benchmark scripts) inherits it. Bit-identity tests compare programs compiled the same way. A test whose time
-goes to running (the learning test) passes XLA's defaults back as `jax.jit(..., compiler_options=...)`; a user's own
-`--xla_backend_optimization_level` in XLA_FLAGS is left alone.
+- Most tests train tiny configs for a few iterations, so their time goes to XLA compiling the trainer, not to
+  running it. The suite compiles without XLA's CPU back-end optimisation (LLVM -O0, no expensive passes): about
+  30% less time per compiled trainer, and a slower run time that a tiny config does not feel. Bit-identity tests
+  compare programs compiled the same way. The learning test, whose time goes to running, passes XLA's defaults
+  back with `jax.jit(..., compiler_options=...)`.
+- Several tests compile the same program again in another process (a CLI run killed and resumed, the CLI's run
+  against the library loop), so the session shares one persistent compilation cache in a temporary directory,
+  removed when the session ends. A cached executable is the compiled code itself: its results are the same bits.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAGS}".strip()
+
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the controller makes it; xdist workers inherit it
+    cache_dir = tempfile.mkdtemp(prefix="purempo-test-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = cache_dir
+    atexit.register(shutil.rmtree, cache_dir, ignore_errors=True)
