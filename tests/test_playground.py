@@ -160,6 +160,9 @@ def test_playground_envs_get_the_shared_playground_preset_with_their_own_episode
     assert walker.normalize_penalty and walker.epsilon_mean == 1.5e-2
     assert not cheetah.normalize_penalty and cheetah.epsilon_mean == presets._PLAYGROUND["epsilon_mean"]
     assert walker.replace(normalize_penalty=False, epsilon_mean=cheetah.epsilon_mean, env="CheetahRun") == cheetah
+    swingup = presets.preset("CartpoleSwingup")  # Polyak-averaged targets; the others copy every 50 updates
+    assert swingup.target_update_period == 0 and cheetah.target_update_period == walker.target_update_period == 50
+    assert swingup.replace(target_update_period=50, env="CheetahRun") == cheetah
 
 
 TINY = dict(total_steps=256, num_envs=4, unroll_length=2, updates_per_iteration=1, prefill_steps=32, num_evals=2,
