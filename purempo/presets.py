@@ -88,10 +88,11 @@ _PLAYGROUND: Dict[str, Any] = dict(_LOCOMOTION, critic_lr=1e-3, episode_length=1
 # bound holds (KL_μ ≤ 0.43x) and no episode falls once it walks: 964.1 and 915.9 at 1M on seeds 0 and 1 (SAC
 # 974.8; RESULTS.md §7). CheetahRun trails the shared preset with them (2 seeds), so they stay per task.
 # CartpoleSwingup: Polyak-averaged targets (τ 0.005, Brax SAC's) instead of a hard copy every 50 updates. With the
-# copies its largest per-update KL_μ reached 100-2,700x ε_μ and α_μ 10⁴-10⁵ right before each fall (857 -> 425 at
-# 573k, 854 -> 509 at 1M on seed 0; raw rewards instead of the normalised ones did not change that); with Polyak
-# targets KL_μ stays within 7x ε_μ after 330k, α_μ rests on its floor and neither of 2 seeds falls once it swings
-# up (RESULTS.md §7, session 9). Not yet measured on the other tasks, so it stays per task.
+# copies, chunks whose largest per-update KL_μ reached 136-202x ε_μ, with α_μ swinging to 10⁴-10⁵, came right
+# before its falls (857 -> 425 at 573k, 854 -> 509 at 1M on seed 0; raw rewards instead of the normalised ones
+# fell the same way at 532k). With Polyak targets the applied α_μ stays ≤ 0.08 after 330k, and 3 seeds never
+# fall once they swing up (≥ 826 from 330-370k to 860k / 860k / 492k; RESULTS.md §7, session 9). Not yet measured
+# on the other tasks, so it stays per task.
 PLAYGROUND_OVERRIDES: Dict[str, Dict[str, Any]] = {
     "WalkerWalk": dict(normalize_penalty=True, epsilon_mean=1.5e-2),
     "CartpoleSwingup": dict(target_update_period=0),
