@@ -251,7 +251,7 @@ def targets(env, runs, threshold):
         out["every seed holds it in >= 98% of later evaluations"] = bool(reached) and all(
             r["fraction_at_threshold_after"] >= 0.98 for r in reached) and len(reached) == len(runs)
         out["every seed ends at or above it"] = all(r["final"] >= threshold for r in runs)
-        if reached:
+        if reached and env == "inverted_pendulum":  # its stability issue's target; other tasks have none
             out["mean steps to threshold <= 35k"] = float(np.mean([r["steps_to_threshold"] for r in reached])) <= 35_000
     else:
         out["no evaluation after drop_after below 85% of the running best"] = all(

@@ -91,8 +91,8 @@ _PLAYGROUND: Dict[str, Any] = dict(_LOCOMOTION, critic_lr=1e-3, episode_length=1
 # copies, chunks whose largest per-update KL_μ reached 136-202x ε_μ, with α_μ swinging to 10⁴-10⁵, came right
 # before its falls (857 -> 425 at 573k, 854 -> 509 at 1M on seed 0; raw rewards instead of the normalised ones
 # fell the same way at 532k). With Polyak targets the applied α_μ stays ≤ 0.08 after 330k, and 3 seeds never
-# fall once they swing up (≥ 826 from 330-370k to 860k / 860k / 492k; RESULTS.md §7, session 9). Not yet measured
-# on the other tasks, so it stays per task.
+# fall once they swing up (≥ 826 from 330-370k to 860k / 860k / 492k; RESULTS.md §7, session 9); to 1M, 2 more
+# seeds end at 863.7 and 856.1 (SAC 845.6), never below 817.9 after first reaching 800 (session 10).
 PLAYGROUND_OVERRIDES: Dict[str, Dict[str, Any]] = {
     "WalkerWalk": dict(normalize_penalty=True, epsilon_mean=1.5e-2),
     "CartpoleSwingup": dict(target_update_period=0),

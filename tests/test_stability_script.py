@@ -57,3 +57,15 @@ def test_plotted_kl_bound_is_the_one_m_step_holds_the_summed_kl_to(per_dimension
     assert float(jnp.sum(stats.kl_mean)) / bound_mean == pytest.approx(float(stats.violation_mean[0]), rel=1e-5)
     assert float(jnp.sum(stats.kl_std)) / bound_std == pytest.approx(float(stats.violation_std[0]), rel=1e-5)
     assert bound_mean == pytest.approx(5e-3 * (dims if per_dimension else 1))
+
+
+def test_steps_to_threshold_target_is_inverted_pendulums_only():
+    """The 35k-step target is inverted_pendulum's own; another task's threshold run checks holding only."""
+    runs = [dict(steps_to_threshold=368_640, fraction_at_threshold_after=1.0, final=863.7),
+            dict(steps_to_threshold=327_680, fraction_at_threshold_after=0.95, final=840.0)]
+    cartpole = stability.targets("CartpoleSwingup", runs, 800.0)
+    assert cartpole == {"every seed reaches the threshold": True,
+                        "every seed holds it in >= 98% of later evaluations": False,
+                        "every seed ends at or above it": True}
+    pendulum = stability.targets("inverted_pendulum", [dict(r, final=1000.0) for r in runs], 950.0)
+    assert pendulum["mean steps to threshold <= 35k"] is False
