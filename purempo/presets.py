@@ -93,6 +93,8 @@ _PLAYGROUND: Dict[str, Any] = dict(_LOCOMOTION, critic_lr=1e-3, episode_length=1
 # fell the same way at 532k). With Polyak targets the applied α_μ stays ≤ 0.08 after 330k, and 3 seeds never
 # fall once they swing up (≥ 826 from 330-370k to 860k / 860k / 492k; RESULTS.md §7, session 9); to 1M, 2 more
 # seeds end at 863.7 and 856.1 (SAC 845.6), never below 817.9 after first reaching 800 (session 10).
+# On CheetahRun and WalkerWalk Polyak targets hold the bound too but learn no faster (584.6 at 1M against the
+# preset's 618.3 / 671.1; 961.4 against 964.1; one seed each, session 10), so they stay CartpoleSwingup's.
 PLAYGROUND_OVERRIDES: Dict[str, Dict[str, Any]] = {
     "WalkerWalk": dict(normalize_penalty=True, epsilon_mean=1.5e-2),
     "CartpoleSwingup": dict(target_update_period=0),
