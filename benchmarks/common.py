@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import os
 import platform
+import shlex
+import sys
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -37,6 +39,12 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             pass
     return found
+
+
+def command_line(script: str, argv=None) -> str:
+    """The command that ran, as typed: `python benchmarks/<script> <argv[1:]>`, each argument quoted for the
+    shell, so a result file names every flag it was made with (its seed and output name included)."""
+    return f"python benchmarks/{script} " + shlex.join((sys.argv if argv is None else argv)[1:])
 
 
 def today() -> str:

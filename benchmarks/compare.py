@@ -35,7 +35,7 @@ import jax
 import numpy as np
 
 import brax_compat
-from common import RESULTS, jsonable, machine, parse_overrides, today, versions
+from common import RESULTS, command_line, jsonable, machine, parse_overrides, today, versions
 from supervisor import supervise
 from purempo import envs
 from purempo.presets import preset
@@ -304,12 +304,7 @@ def main():
         env=args.env, date=today(), machine=machine(), versions=versions(), budget_s=args.budget_s,
         max_env_steps=args.max_env_steps,
         threshold=args.threshold, seed=args.seed,
-        command="python benchmarks/compare.py " + " ".join(
-            [f"--env {args.env}", f"--budget-s {args.budget_s:g}"]
-            + ([f"--threshold {args.threshold:g}"] if args.threshold is not None else [])
-            + ([f"--max-env-steps {args.max_env_steps}"] if args.max_env_steps is not None else [])
-            + ([f"--trainers {' '.join(args.trainers)}"] if args.trainers != ["purempo", "ppo", "sac"] else [])
-            + [f"--set {s}" for s in args.set] + [f"--brax-set {s}" for s in args.brax_set]),
+        command=command_line("compare.py"),
         settings={k: {a: (list(b) if isinstance(b, tuple) else b) for a, b in v.items()} for k, v in settings.items()},
         results=results,
     )

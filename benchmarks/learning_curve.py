@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from common import RESULTS, jsonable, machine, parse_overrides, today, versions
+from common import RESULTS, command_line, jsonable, machine, parse_overrides, today, versions
 from purempo.presets import preset
 from purempo.train import compile_trainer, make_trainer
 
@@ -74,9 +74,7 @@ def main():
         date=today(),
         machine=machine(),
         versions=versions(),
-        command="python benchmarks/learning_curve.py " + " ".join(
-            [f"--env {args.env}"] + ([f"--budget-s {args.budget_s:g}"] if args.budget_s else [])
-            + [f"--set {s}" for s in args.set]),
+        command=command_line("learning_curve.py"),
         config=jsonable(config),
         first_chunk_s=round(compile_s, 2),
         env_steps_per_s=round(steady_steps / steady_s, 1) if steady_s > 0 else None,

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common import RESULTS, jsonable, machine, parse_overrides, today, versions
+from common import RESULTS, command_line, jsonable, machine, parse_overrides, today, versions
 from purempo.presets import preset
 from purempo.train import compile_trainer, make_trainer
 
@@ -92,9 +92,7 @@ def main():
                                all_finite=all(r["all_finite"] for r in scaled)))
     summary = dict(
         env=args.env, date=today(), machine=machine(), versions=versions(),
-        command="python benchmarks/robustness.py " + " ".join(
-            [f"--env {args.env}", f"--num-seeds {args.num_seeds}", f"--scale-seeds {args.scale_seeds}",
-             "--reward-scales " + " ".join(f"{x:g}" for x in args.reward_scales)] + [f"--set {s}" for s in args.set]),
+        command=command_line("robustness.py"),
         config=jsonable(config), threshold=args.threshold, wall_time_s=round(wall, 1), env_steps=steps,
         seeds_reaching_threshold=f"{len(reached)}/{len(base)}", reward_scales=scale_rows, runs=runs,
         epsilon_mean=config.epsilon_mean, epsilon_std=config.epsilon_std,

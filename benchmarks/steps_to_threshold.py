@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, jsonable, machine, parse_overrides, today, versions  # noqa: E402
+from common import RESULTS, command_line, jsonable, machine, parse_overrides, today, versions  # noqa: E402
 
 from purempo.presets import preset  # noqa: E402
 from purempo.train import compile_trainer, make_trainer  # noqa: E402
@@ -92,7 +92,7 @@ def main():
     out.write_text(json.dumps(dict(
         env=args.env, overrides={k: str(v) for k, v in overrides.items()}, threshold=args.threshold,
         summary=summary, runs=runs, compile_s=round(compile_s, 1), config=jsonable(config), machine=machine(),
-        versions=versions(), date=today(), command="python benchmarks/steps_to_threshold.py " + " ".join(sys.argv[1:]),
+        versions=versions(), date=today(), command=command_line("steps_to_threshold.py"),
     ), indent=1))
     print(f"wrote {out}")
 

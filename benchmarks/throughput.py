@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common import RESULTS, jsonable, machine, parse_overrides, today, versions
+from common import RESULTS, command_line, jsonable, machine, parse_overrides, today, versions
 from purempo import envs, replay
 from purempo.presets import preset
 from purempo.train import compile_trainer, learner_step, make_networks, make_optimizer, make_trainer
@@ -283,14 +283,7 @@ def main():
               f"= {profile['sampled_action_critic_share']:.0%} of the step", flush=True)
 
     summary = dict(env=args.env, date=today(), machine=machine(), versions=versions(),
-                   command="python benchmarks/throughput.py " + " ".join(
-                       [f"--env {args.env}", "--num-envs " + " ".join(map(str, args.num_envs)),
-                        "--seeds " + " ".join(map(str, args.seeds))]
-                       + ([f"--chunks {args.chunks}"] if args.chunks != 3 else [])
-                       + (["--no-profile"] if args.no_profile else [])
-                       + (["--compile-breakdown"] if args.compile_breakdown else [])
-                       + ([f"--impls {' '.join(args.impls)}"] if impls and args.impls != list(envs.PLAYGROUND_IMPLS) else [])
-                       + [f"--set {s}" for s in args.set]),
+                   command=command_line("throughput.py"),
                    replay_ratio=replay_ratio(base), config=jsonable(base), playground_impls=impls, num_envs_sweep=sweep,
                    vmapped_seeds=seeds, learner_profile=profile, compile_breakdown=breakdown)
     RESULTS.mkdir(exist_ok=True)

@@ -86,7 +86,9 @@ _PLAYGROUND: Dict[str, Any] = dict(_LOCOMOTION, critic_lr=1e-3, episode_length=1
 # WalkerWalk: normalize_penalty with a 3x looser ε_μ. The shared preset walks by 737k env steps but keeps
 # dropping single episodes (a fall in 7 evaluations after 300k, one at 1M: 849.3); with these two settings the
 # bound holds (KL_μ ≤ 0.43x) and no episode falls once it walks: 964.1 and 915.9 at 1M on seeds 0 and 1 (SAC
-# 974.8; RESULTS.md §7). CheetahRun trails the shared preset with them (2 seeds), so they stay per task.
+# 974.8 / 969.5; RESULTS.md §7). CheetahRun trails the shared preset with them (2 seeds), so they stay per task.
+# It walks sooner with an E-step ε of 0.3 (800 at 532k) or 32 updates per iteration (451k; 1.9x the cost per env
+# step), but ends no higher (942.9, 959.0; one seed each, session 11), so neither is used.
 # CartpoleSwingup: Polyak-averaged targets (τ 0.005, Brax SAC's) instead of a hard copy every 50 updates. With the
 # copies, chunks whose largest per-update KL_μ reached 136-202x ε_μ, with α_μ swinging to 10⁴-10⁵, came right
 # before its falls (857 -> 425 at 573k, 854 -> 509 at 1M on seed 0; raw rewards instead of the normalised ones

@@ -2,6 +2,7 @@
 it hands to Brax, and the summary row (the script itself is a long benchmark)."""
 
 import inspect
+import shlex
 import os
 import signal
 import subprocess
@@ -148,3 +149,14 @@ def test_a_curve_stops_at_its_budget_or_at_max_env_steps_whichever_comes_first()
     assert not capped.add(999_999, 0.0, 1.0, 0.0)
     assert capped.add(1_000_000, 0.0, 1.0, 0.0)
     assert compare.Curve("b", budget_s=0.0, max_env_steps=1_000_000).add(10, 0.0, 1.0, 0.0)  # budget first
+
+
+def test_the_recorded_command_is_the_one_that_ran_seed_and_name_included():
+    """A result file must name every flag it came from: a seed-1 run recorded without `--seed 1` reads as seed 0."""
+    import common
+
+    argv = ["benchmarks/compare.py", "--env", "WalkerWalk", "--budget-s", "3000", "--trainers", "sac", "--seed", "1",
+            "--name", "compare WalkerWalk", "--set", "policy_hidden=(64, 64)"]
+    command = common.command_line("compare.py", argv)
+    assert command.startswith("python benchmarks/compare.py ")
+    assert shlex.split(command)[2:] == argv[1:]
