@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common import RESULTS, jsonable, machine, parse_overrides, today, versions
+from common import RESULTS, command_line, jsonable, machine, parse_overrides, today, versions
 from purempo import envs, normalizer
 from purempo.config import HParams
 from purempo.presets import preset
@@ -232,10 +232,9 @@ def summarise(args, config, seeds, threshold, chunks, times, complete, setting=N
                          **seed_summary(steps, times, det, threshold, args.drop_after)))
     return dict(
         env=args.env, date=today(), machine=machine(), versions=versions(),
-        command="python benchmarks/stability.py " + " ".join(
-            [f"--env {args.env}", "--seeds " + " ".join(map(str, seeds))] + [f"--set {s}" for s in args.set]
-            + [f"--set {k}={v:g}" for k, v in (setting or {}).items()] + ([f"--name {args.name}"] if args.name else [])),
+        command=command_line("stability.py"),
         sweep=args.sweep or None,
+        setting=setting,  # this file's member of a `--sweep` grid (None without one)
         config=jsonable(config), action_dim=action_dim, threshold=threshold, drop_after=args.drop_after,
         wall_time_s=round(times[-1], 1),
         complete=complete, env_steps=steps, runs=runs, chunks=chunks, targets=targets(args.env, runs, threshold),
