@@ -81,6 +81,8 @@ class Config:
     """Hidden layer sizes of the policy network."""
     critic_hidden: Tuple[int, ...] = (64, 64)
     """Hidden layer sizes of the critic network."""
+    critic_norm_all: bool = False
+    """LayerNorm after every hidden layer of the critic, not only the first (Acme's trunk): Brax SAC's `q_network_layer_norm`, which Playground's DM Control settings turn on."""
     num_critics: int = 1
     """Independently initialised critics trained on the same targets; with more than one, every target value (Retrace, E-step) is their mean − critic_pessimism × their standard deviation."""
     init_std: float = 0.7
@@ -257,7 +259,8 @@ CONCERNS: Dict[str, Tuple[str, ...]] = {
     "env": ("env", "backend", "impl", "episode_length", "num_envs", "reset_pool_size", "reward_scale",
             "reward_normalization"),
     "replay": ("replay_size", "prefill_steps", "batch_size", "sequence_length"),
-    "networks": ("policy_hidden", "critic_hidden", "num_critics", "init_std", "min_std", "obs_norm_preserves_outputs"),
+    "networks": ("policy_hidden", "critic_hidden", "critic_norm_all", "num_critics", "init_std", "min_std",
+                 "obs_norm_preserves_outputs"),
     "mpo": ("discount", "retrace_lambda", "num_action_samples", "epsilon", "epsilon_mean", "epsilon_std",
             "epsilon_penalty", "epsilon_per_dimension", "per_dim_constraining", "action_penalization",
             "init_temperature", "init_alpha_mean", "init_alpha_std", "min_alpha", "alpha_gain", "normalize_penalty",

@@ -1,10 +1,11 @@
 """Policy and critic networks (flax.linen).
 
 Both use Acme's layer-norm MLP trunk: Dense → LayerNorm → tanh, then Dense → ELU layers. The layer norm on
-the first layer keeps the critic well conditioned across reward scales. Each reads its `view` `[start, stop)` of
-the (normalised) observation, all of it by default: with a Playground env whose observation separates the
-actor's `state` from a `privileged_state`, the policy sees only the first and the critic the second
-(`purempo.envs.DictObservations`).
+the first layer keeps the critic well conditioned across reward scales; the critic can also normalise every
+later layer (Dense → LayerNorm → ELU), as Brax SAC's layer-normed Q networks under Playground's settings do.
+Each reads its `view` `[start, stop)` of the (normalised) observation, all of it by default: with a Playground
+env whose observation separates the actor's `state` from a `privileged_state`, the policy sees only the first and
+the critic the second (`purempo.envs.DictObservations`).
 """
 
 from __future__ import annotations
@@ -27,14 +28,18 @@ def _view(obs: chex.Array, view: View) -> chex.Array:
 
 
 class LayerNormMLP(nn.Module):
+    """`every_layer`: a LayerNorm before each later ELU too, not only before the first layer's tanh."""
+
     hidden: Sequence[int]
+    every_layer: bool = False
 
     @nn.compact
     def __call__(self, x):
         x = nn.Dense(self.hidden[0], kernel_init=nn.initializers.lecun_uniform())(x)
         x = jnp.tanh(nn.LayerNorm()(x))
         for size in self.hidden[1:]:
-            x = nn.elu(nn.Dense(size, kernel_init=nn.initializers.lecun_uniform())(x))
+            x = nn.Dense(size, kernel_init=nn.initializers.lecun_uniform())(x)
+            x = nn.elu(nn.LayerNorm()(x) if self.every_layer else x)
         return x
 
 
@@ -61,10 +66,11 @@ class QHead(nn.Module):
     """One Q network on the concatenated (observation, action) input."""
 
     hidden: Sequence[int]
+    every_layer: bool = False
 
     @nn.compact
     def __call__(self, x: chex.Array) -> chex.Array:
-        return nn.Dense(1)(LayerNormMLP(self.hidden)(x))[..., 0]
+        return nn.Dense(1)(LayerNormMLP(self.hidden, self.every_layer)(x))[..., 0]
 
 
 class Critic(nn.Module):
@@ -72,11 +78,13 @@ class Critic(nn.Module):
 
     `num_members` > 1 makes an ensemble of independently initialised Q networks (parameters stacked on a leading
     axis under "members") and the output gains a leading `[K]` axis; 1 keeps a single network and no such axis.
+    `norm_all_layers`: normalise every hidden layer, not only the first (`LayerNormMLP.every_layer`).
     """
 
     hidden: Sequence[int]
     num_members: int = 1
     view: View = None
+    norm_all_layers: bool = False
 
     @nn.compact
     def __call__(self, obs: chex.Array, action: chex.Array) -> chex.Array:
@@ -84,11 +92,11 @@ class Critic(nn.Module):
         obs = jnp.broadcast_to(obs, action.shape[:-1] + obs.shape[-1:])
         x = jnp.concatenate([obs, action], axis=-1)
         if self.num_members == 1:
-            h = LayerNormMLP(self.hidden)(x)
+            h = LayerNormMLP(self.hidden, self.norm_all_layers)(x)
             return nn.Dense(1)(h)[..., 0]
         members = nn.vmap(QHead, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=None,
                           out_axes=0, axis_size=self.num_members)
-        return members(self.hidden, name="members")(x)
+        return members(self.hidden, self.norm_all_layers, name="members")(x)
 
 
 def distribution(mean: chex.Array, std: chex.Array) -> distrax.MultivariateNormalDiag:

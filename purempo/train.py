@@ -54,7 +54,8 @@ def make_networks(config: Config, action_dim: int, views: envs.Views = envs.View
     """The policy and critic of `config`, each reading its part of the observation (`envs.views(env)`)."""
     return Networks(
         policy=GaussianPolicy(config.policy_hidden, action_dim, config.min_std, config.init_std, view=views.policy),
-        critic=Critic(config.critic_hidden, config.num_critics, view=views.critic),
+        critic=Critic(config.critic_hidden, config.num_critics, view=views.critic,
+                      norm_all_layers=config.critic_norm_all),
     )
 
 
