@@ -28,10 +28,10 @@ def _view(obs: chex.Array, view: View) -> chex.Array:
 
 
 class LayerNormMLP(nn.Module):
-    """`every_layer`: a LayerNorm before each later ELU too, not only before the first layer's tanh."""
+    """`norm_all_layers`: a LayerNorm before each later ELU too, not only before the first layer's tanh."""
 
     hidden: Sequence[int]
-    every_layer: bool = False
+    norm_all_layers: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -39,7 +39,7 @@ class LayerNormMLP(nn.Module):
         x = jnp.tanh(nn.LayerNorm()(x))
         for size in self.hidden[1:]:
             x = nn.Dense(size, kernel_init=nn.initializers.lecun_uniform())(x)
-            x = nn.elu(nn.LayerNorm()(x) if self.every_layer else x)
+            x = nn.elu(nn.LayerNorm()(x) if self.norm_all_layers else x)
         return x
 
 
@@ -66,11 +66,11 @@ class QHead(nn.Module):
     """One Q network on the concatenated (observation, action) input."""
 
     hidden: Sequence[int]
-    every_layer: bool = False
+    norm_all_layers: bool = False
 
     @nn.compact
     def __call__(self, x: chex.Array) -> chex.Array:
-        return nn.Dense(1)(LayerNormMLP(self.hidden, self.every_layer)(x))[..., 0]
+        return nn.Dense(1)(LayerNormMLP(self.hidden, self.norm_all_layers)(x))[..., 0]
 
 
 class Critic(nn.Module):
@@ -78,7 +78,7 @@ class Critic(nn.Module):
 
     `num_members` > 1 makes an ensemble of independently initialised Q networks (parameters stacked on a leading
     axis under "members") and the output gains a leading `[K]` axis; 1 keeps a single network and no such axis.
-    `norm_all_layers`: normalise every hidden layer, not only the first (`LayerNormMLP.every_layer`).
+    `norm_all_layers`: normalise every hidden layer, not only the first (see `LayerNormMLP`).
     """
 
     hidden: Sequence[int]
