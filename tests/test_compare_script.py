@@ -2,8 +2,8 @@
 it hands to Brax, and the summary row (the script itself is a long benchmark)."""
 
 import inspect
-import shlex
 import os
+import shlex
 import signal
 import subprocess
 import sys
