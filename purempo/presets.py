@@ -90,7 +90,8 @@ _PLAYGROUND: Dict[str, Any] = dict(_LOCOMOTION, critic_lr=1e-3, episode_length=1
 # It walks sooner with an E-step ε of 0.3 (800 at 532k) or 32 updates per iteration (451k; 1.9x the cost per env
 # step), but ends no higher (942.9, 959.0; one seed each, session 11), so neither is used.
 # So does policy_lr 1e-3 (532k / 655k; 961.8 / 946.3 at 1M, 2 seeds), but it moves the mean up to 7.3x the bound
-# and drops single episodes again; a critic layer-normed on every layer learned no sooner (session 12).
+# and drops single episodes again; a critic layer-normed on every layer learned no sooner (session 12). Without
+# the action penalty it walks at 532k / 655k but ends at 965.1 / 718.6, a single episode falling (session 13).
 # CartpoleSwingup: Polyak-averaged targets (τ 0.005, Brax SAC's) instead of a hard copy every 50 updates. With the
 # copies, chunks whose largest per-update KL_μ reached 136-202x ε_μ, with α_μ swinging to 10⁴-10⁵, came right
 # before its falls (857 -> 425 at 573k, 854 -> 509 at 1M on seed 0; raw rewards instead of the normalised ones
