@@ -8,14 +8,15 @@ Two steps, each its own sub-command:
   python benchmarks/final_policies.py compare --env WalkerWalk --purempo-run RUN_DIR --sac OUT --name NAME
       Loads purempo's newest checkpoint from RUN_DIR (`purempo train`) and SAC's parameters, then, on the same
       --episodes starts (fresh `env.reset` draws):
-      1. returns and the task's reward terms (`reward/*` of Playground's metrics, per-step means) of each
+      1. returns, reward per step in the first --start-steps steps and after them, and the task's reward terms
+         (`reward/*` of Playground's metrics, per-step means) of each
          policy's deterministic action, of purempo's sampled actions, and of SAC's deterministic action plus
          Gaussian noise with purempo's own std at each state: the two gaits under the same noise;
       2. purempo's critic against what it estimates: Q_φ(s_t, a_t) on purempo's sampled-action episodes next to
          the Monte-Carlo discounted return from (s_t, a_t), for t < --horizon (the tail beyond the episode's end
-         is at most γ^(1000−t)/(1−γ) · max reward: reported);
+         is at most γ^(1000−t)/(1−γ) · max reward: reported), over all of them and per phase;
       3. whether that critic prefers SAC's action: Q_φ(s, a_SAC(s)) − Q_φ(s, μ_θ(s)) at the states of both
-         deterministic gaits.
+         deterministic gaits, overall and per phase.
       Writes benchmarks/results/final_policies_NAME.json (and prints a table).
 
 Why: at 1M env steps purempo's WalkerWalk ends at ~955–965 and SAC's at ~965–980 (RESULTS.md §7). (1) says
@@ -134,7 +135,8 @@ def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
     return returns
 
 
-def compare_policies(env_name: str, run_dir: Path, sac_dir: Path, episodes: int, horizon: int, seed: int):
+def compare_policies(env_name: str, run_dir: Path, sac_dir: Path, episodes: int, horizon: int, split: int,
+                     seed: int):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from purempo.cli import _restore_policies
 
@@ -194,8 +196,8 @@ def compare_policies(env_name: str, run_dir: Path, sac_dir: Path, episodes: int,
         table[name] = dict(return_mean=float(returns.mean()), return_std=float(returns.std()),
                            return_min=float(returns.min()), return_max=float(returns.max()),
                            reward_terms=terms, policy_std=float(np.mean(traj["extra"])),
-                           reward_first_100=float(traj["reward"][:100].mean()),
-                           reward_after_100=float(traj["reward"][100:].mean()))
+                           reward_start=float(traj["reward"][:split].mean()),
+                           reward_after_start=float(traj["reward"][split:].mean()))
 
     # (2) purempo's critic on its own sampled-action episodes against the discounted Monte-Carlo return.
     sampled = trajs["purempo_sampled"]
@@ -203,10 +205,15 @@ def compare_policies(env_name: str, run_dir: Path, sac_dir: Path, episodes: int,
     mc = discounted_returns(np.asarray(sampled["reward"], np.float64), gamma)[:horizon]
     q_taken = np.asarray(jax.jit(q)(sampled["obs"][:horizon], sampled["action"][:horizon]))
     reward_max = float(np.max(sampled["reward"]))
-    critic = dict(horizon=horizon, q_mean=float(q_taken.mean()), mc_return_mean=float(mc.mean()),
-                  bias_mean=float((q_taken - mc).mean()), abs_error_mean=float(np.abs(q_taken - mc).mean()),
-                  correlation=float(np.corrcoef(q_taken.ravel(), mc.ravel())[0, 1]),
-                  tail_bound=float(gamma ** (length - horizon) / (1 - gamma) * reward_max))
+
+    def critic_error(q_part, mc_part):
+        return dict(q_mean=float(q_part.mean()), mc_return_mean=float(mc_part.mean()),
+                    bias_mean=float((q_part - mc_part).mean()), abs_error_mean=float(np.abs(q_part - mc_part).mean()),
+                    correlation=float(np.corrcoef(q_part.ravel(), mc_part.ravel())[0, 1]))
+
+    critic = dict(horizon=horizon, tail_bound=float(gamma ** (length - horizon) / (1 - gamma) * reward_max),
+                  **critic_error(q_taken, mc), start=critic_error(q_taken[:split], mc[:split]),
+                  after_start=critic_error(q_taken[split:], mc[split:]))
 
     # (3) does that critic prefer SAC's action? Q(s, a_SAC(s)) − Q(s, μ_θ(s)) at both gaits' states.
     def preference(obs):
@@ -215,26 +222,32 @@ def compare_policies(env_name: str, run_dir: Path, sac_dir: Path, episodes: int,
 
     prefer = {}
     for name in ("purempo_mean", "sac_mean"):
-        diff = np.asarray(jax.jit(jax.vmap(preference))(trajs[name]["obs"]))
-        prefer[f"at_{name}_states"] = dict(mean=float(diff.mean()), fraction_positive=float((diff > 0).mean()))
-    return dict(policies=table, critic=critic, sac_action_preference=prefer, discount=gamma,
+        diff = np.asarray(jax.jit(jax.vmap(preference))(trajs[name]["obs"]))  # [T, K]
+        prefer[f"at_{name}_states"] = {
+            phase: dict(mean=float(part.mean()), fraction_positive=float((part > 0).mean()))
+            for phase, part in (("all", diff), ("start", diff[:split]), ("after_start", diff[split:]))}
+    return dict(policies=table, critic=critic, sac_action_preference=prefer, discount=gamma, start_steps=split,
                 purempo_env_steps=int(state.iteration) * config.steps_per_iteration,
                 purempo_checkpoint=restored.step, reward_divisor=divisor)
 
 
 def report(result):
-    print(f"{'policy':16s} {'return':>16s} {'min':>7s} {'first 100 / later':>18s}  reward terms (per-step means)")
+    split = result["start_steps"]
+    print(f"{'policy':16s} {'return':>16s} {'min':>7s}  reward per step, t < {split} / later;  reward terms "
+          f"(per-step means)")
     for name, row in result["policies"].items():
         terms = "  ".join(f"{k} {v:.4f}" for k, v in row["reward_terms"].items())
-        print(f"{name:16s} {row['return_mean']:8.2f} ± {row['return_std']:5.2f} {row['return_min']:7.1f} "
-              f"{row['reward_first_100']:8.4f} / {row['reward_after_100']:.4f}  {terms}")
+        print(f"{name:16s} {row['return_mean']:8.2f} ± {row['return_std']:5.2f} {row['return_min']:7.1f}  "
+              f"{row['reward_start']:.4f} / {row['reward_after_start']:.4f};  {terms}")
     c = result["critic"]
-    print(f"critic on purempo's sampled episodes (t < {c['horizon']}): Q {c['q_mean']:.2f}, Monte-Carlo "
-          f"{c['mc_return_mean']:.2f}, bias {c['bias_mean']:+.2f}, |error| {c['abs_error_mean']:.2f}, "
-          f"corr {c['correlation']:.3f} (tail ≤ {c['tail_bound']:.3f})")
-    for name, row in result["sac_action_preference"].items():
-        print(f"Q(s, a_SAC) − Q(s, μ_θ) {name}: {row['mean']:+.3f} (SAC's action preferred at "
-              f"{100 * row['fraction_positive']:.1f}% of states)")
+    print(f"critic on purempo's sampled episodes, t < {c['horizon']} (tail ≤ {c['tail_bound']:.3f}):")
+    for phase, row in (("all", c), (f"t < {split}", c["start"]), (f"{split} ≤ t", c["after_start"])):
+        print(f"  {phase:10s} Q {row['q_mean']:8.2f}  Monte-Carlo {row['mc_return_mean']:8.2f}  bias "
+              f"{row['bias_mean']:+6.2f}  |error| {row['abs_error_mean']:5.2f}  corr {row['correlation']:.3f}")
+    for name, phases in result["sac_action_preference"].items():
+        print(f"Q(s, a_SAC) − Q(s, μ_θ) {name}: " + ";  ".join(
+            f"{phase} {row['mean']:+.3f} ({100 * row['fraction_positive']:.1f}% prefer SAC's)"
+            for phase, row in phases.items()))
 
 
 def main(argv=None):
@@ -253,6 +266,8 @@ def main(argv=None):
     cmp.add_argument("--sac", type=Path, required=True, help="the train-sac --out directory")
     cmp.add_argument("--episodes", type=int, default=64)
     cmp.add_argument("--horizon", type=int, default=500)
+    cmp.add_argument("--start-steps", type=int, default=100,
+                     help="the first steps of an episode, reported apart (getting up and going)")
     cmp.add_argument("--seed", type=int, default=123)
     cmp.add_argument("--name", required=True)
     args = parser.parse_args(argv)
@@ -266,13 +281,21 @@ def main(argv=None):
         raise SystemExit(f"error: {out} exists: pick another --name (nothing is overwritten)")
     if not 0 < args.horizon < envs.episode_length(args.env):
         raise SystemExit(f"error: --horizon {args.horizon}: must be in (0, episode length)")
+    if not 0 < args.start_steps < args.horizon:
+        raise SystemExit(f"error: --start-steps {args.start_steps}: must be in (0, --horizon)")
     start = time.perf_counter()
-    result = compare_policies(args.env, args.purempo_run, args.sac, args.episodes, args.horizon, args.seed)
+    result = compare_policies(args.env, args.purempo_run, args.sac, args.episodes, args.horizon, args.start_steps,
+                              args.seed)
     sac_record = json.loads((args.sac / "curve.json").read_text())
+    purempo_record = json.loads((args.purempo_run / "config.json").read_text())
+    rows = [json.loads(line) for line in (args.purempo_run / "metrics.jsonl").read_text().splitlines() if line]
+    purempo_curve = [dict(env_steps=row["env_steps"], eval_return=row["eval_return"],
+                          eval_return_min=row["eval_return_min"]) for row in rows if "eval_return" in row]
     result.update(env=args.env, date=today(), machine=machine(), versions=versions(),
                   command=command_line("final_policies.py"), episodes=args.episodes,
                   sac=dict(steps=sac_record["steps"], seed=sac_record["seed"], curve=sac_record["curve"],
                            command=sac_record["command"]),
+                  purempo=dict(run_config=purempo_record, curve=purempo_curve),
                   wall_time_s=round(time.perf_counter() - start, 1))
     report(result)
     out.write_text(json.dumps(result, indent=1))

@@ -92,6 +92,8 @@ _PLAYGROUND: Dict[str, Any] = dict(_LOCOMOTION, critic_lr=1e-3, episode_length=1
 # So does policy_lr 1e-3 (532k / 655k; 961.8 / 946.3 at 1M, 2 seeds), but it moves the mean up to 7.3x the bound
 # and drops single episodes again; a critic layer-normed on every layer learned no sooner (session 12). Without
 # the action penalty it walks at 532k / 655k but ends at 965.1 / 718.6, a single episode falling (session 13).
+# The gap to SAC at 1M is the policy's, not the critic's (benchmarks/final_policies.py, 64 shared starts: 949.9
+# against 969.2): 80% of it is getting up, and under purempo's own σ ≈ 0.5 SAC's gait is no better (session 14).
 # CartpoleSwingup: Polyak-averaged targets (τ 0.005, Brax SAC's) instead of a hard copy every 50 updates. With the
 # copies, chunks whose largest per-update KL_μ reached 136-202x ε_μ, with α_μ swinging to 10⁴-10⁵, came right
 # before its falls (857 -> 425 at 573k, 854 -> 509 at 1M on seed 0; raw rewards instead of the normalised ones
