@@ -9,9 +9,9 @@ Two steps, each its own sub-command:
       Loads purempo's newest checkpoint from RUN_DIR (`purempo train`) and SAC's parameters, then, on the same
       --episodes starts (fresh `env.reset` draws):
       1. returns, reward per step in the first --start-steps steps and after them, and the task's reward terms
-         (`reward/*` of Playground's metrics, per-step means) of each
-         policy's deterministic action, of purempo's sampled actions, and of SAC's deterministic action plus
-         Gaussian noise with purempo's own std at each state: the two gaits under the same noise;
+         (`reward/*` of Playground's metrics, per-step means) of each policy's deterministic action, of
+         purempo's sampled actions, and of SAC's deterministic action plus Gaussian noise with purempo's own std
+         at each state: the two gaits under the same noise;
       2. purempo's critic against what it estimates: Q_φ(s_t, a_t) on purempo's sampled-action episodes next to
          the Monte-Carlo discounted return from (s_t, a_t), for t < --horizon (the tail beyond the episode's end
          is at most γ^(1000−t)/(1−γ) · max reward: reported), over all of them and per phase;
@@ -43,7 +43,9 @@ import brax_compat  # noqa: E402
 import compare  # noqa: E402
 from common import RESULTS, command_line, machine, today, versions  # noqa: E402
 
-from purempo import acting, envs, normalizer  # noqa: E402
+from purempo import acting, checkpoint, envs, normalizer  # noqa: E402
+from purempo.cli import load_run_config  # noqa: E402
+from purempo.train import make_networks, make_trainer  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -137,18 +139,19 @@ def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
 
 def compare_policies(env_name: str, run_dir: Path, sac_dir: Path, episodes: int, horizon: int, split: int,
                      seed: int):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from purempo.cli import _restore_policies
-
-    config, trainer, record, restored = _restore_policies(run_dir, None)
+    config, record = load_run_config(run_dir)
     if record["num_seeds"] != 1:
         raise SystemExit(f"error: {run_dir} holds {record['num_seeds']} seeds; this compares a one-seed run")
     if config.env != env_name:
         raise SystemExit(f"error: {run_dir} trained {config.env}, not {env_name}")
+    trainer = make_trainer(config)
+    keys = jax.random.split(jax.random.PRNGKey(record["seed"]), 1)
+    try:
+        restored = checkpoint.restore(run_dir, jax.eval_shape(jax.vmap(trainer.init), keys), with_replay=False)
+    except checkpoint.CheckpointError as error:
+        raise SystemExit(f"error: {error}") from None
     state = jax.tree.map(lambda x: x[0], restored.state)
     learner = state.learner
-    from purempo.train import make_networks
-
     env = envs.make(env_name, impl="jax")
     nets = make_networks(config, env.action_size, envs.views(env))
     obs_stats = state.obs_stats
@@ -271,7 +274,11 @@ def main(argv=None):
     cmp.add_argument("--seed", type=int, default=123)
     cmp.add_argument("--name", required=True)
     args = parser.parse_args(argv)
-    if envs.family(args.env) != envs.PLAYGROUND:
+    try:
+        family = envs.family(args.env)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    if family != envs.PLAYGROUND:
         raise SystemExit(f"error: --env {args.env!r}: this compares MuJoCo Playground tasks only")
     if args.command == "train-sac":
         train_sac(args.env, args.steps, args.seed, args.out, args.eval_episodes, args.num_evals)
@@ -283,6 +290,11 @@ def main(argv=None):
         raise SystemExit(f"error: --horizon {args.horizon}: must be in (0, episode length)")
     if not 0 < args.start_steps < args.horizon:
         raise SystemExit(f"error: --start-steps {args.start_steps}: must be in (0, --horizon)")
+    for needed in (args.sac / "params.pkl", args.sac / "curve.json", args.purempo_run / "config.json",
+                   args.purempo_run / "metrics.jsonl"):
+        if not needed.is_file():
+            raise SystemExit(f"error: {needed} is missing (--sac: a train-sac --out; --purempo-run: a purempo "
+                             f"train --run-dir)")
     start = time.perf_counter()
     result = compare_policies(args.env, args.purempo_run, args.sac, args.episodes, args.horizon, args.start_steps,
                               args.seed)
