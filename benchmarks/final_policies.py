@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -43,9 +42,9 @@ import brax_compat  # noqa: E402
 import compare  # noqa: E402
 from common import RESULTS, command_line, machine, today, versions  # noqa: E402
 
-from purempo import acting, checkpoint, envs, normalizer  # noqa: E402
-from purempo.cli import load_run_config  # noqa: E402
-from purempo.train import make_networks, make_trainer  # noqa: E402
+from purempo import acting, envs, losses, normalizer, plotting  # noqa: E402
+from purempo.cli import UsageError, restore_run  # noqa: E402
+from purempo.train import make_networks  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -139,17 +138,14 @@ def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
 
 def compare_policies(env_name: str, run_dir: Path, sac_dir: Path, episodes: int, horizon: int, split: int,
                      seed: int):
-    config, record = load_run_config(run_dir)
+    try:
+        config, _, record, restored = restore_run(run_dir)
+    except UsageError as error:
+        raise SystemExit(f"error: {error}") from None
     if record["num_seeds"] != 1:
         raise SystemExit(f"error: {run_dir} holds {record['num_seeds']} seeds; this compares a one-seed run")
     if config.env != env_name:
         raise SystemExit(f"error: {run_dir} trained {config.env}, not {env_name}")
-    trainer = make_trainer(config)
-    keys = jax.random.split(jax.random.PRNGKey(record["seed"]), 1)
-    try:
-        restored = checkpoint.restore(run_dir, jax.eval_shape(jax.vmap(trainer.init), keys), with_replay=False)
-    except checkpoint.CheckpointError as error:
-        raise SystemExit(f"error: {error}") from None
     state = jax.tree.map(lambda x: x[0], restored.state)
     learner = state.learner
     env = envs.make(env_name, impl="jax")
@@ -165,9 +161,11 @@ def compare_policies(env_name: str, run_dir: Path, sac_dir: Path, episodes: int,
     def pi(obs):
         return nets.policy.apply(learner.policy_params, normalizer.normalize(obs_stats, obs))
 
-    def q(obs, action):
+    def q(obs, action):  # an ensemble's members reduced as the learner reduces them
         values = nets.critic.apply(learner.critic_params, normalizer.normalize(obs_stats, obs), action)
-        return (jnp.mean(values, axis=0) if config.num_critics > 1 else values) * to_env_units
+        values = losses.pessimistic_value(values if config.num_critics > 1 else values[None],
+                                          config.hparams.critic_pessimism)
+        return values * to_env_units
 
     def purempo_mean(obs, key):
         mean, std = pi(obs)
@@ -299,15 +297,14 @@ def main(argv=None):
     result = compare_policies(args.env, args.purempo_run, args.sac, args.episodes, args.horizon, args.start_steps,
                               args.seed)
     sac_record = json.loads((args.sac / "curve.json").read_text())
-    purempo_record = json.loads((args.purempo_run / "config.json").read_text())
-    rows = [json.loads(line) for line in (args.purempo_run / "metrics.jsonl").read_text().splitlines() if line]
+    purempo_run = plotting.load_run(args.purempo_run)  # one row per evaluation, a resumed run's included
     purempo_curve = [dict(env_steps=row["env_steps"], eval_return=row["eval_return"],
-                          eval_return_min=row["eval_return_min"]) for row in rows if "eval_return" in row]
+                          eval_return_min=row["eval_return_min"]) for row in purempo_run.rows]
     result.update(env=args.env, date=today(), machine=machine(), versions=versions(),
                   command=command_line("final_policies.py"), episodes=args.episodes,
                   sac=dict(steps=sac_record["steps"], seed=sac_record["seed"], curve=sac_record["curve"],
                            command=sac_record["command"]),
-                  purempo=dict(run_config=purempo_record, curve=purempo_curve),
+                  purempo=dict(run_config=purempo_run.config, curve=purempo_curve),
                   wall_time_s=round(time.perf_counter() - start, 1))
     report(result)
     out.write_text(json.dumps(result, indent=1))

@@ -406,8 +406,9 @@ def run_training(args: TrainArgs) -> Path:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _restore_policies(run_dir: Path, step: Optional[int], config_changes: Optional[dict] = None):
-    """(config, trainer, record, restored checkpoint without replay) of the run in `run_dir`."""
+def restore_run(run_dir: Path, step: Optional[int] = None, config_changes: Optional[dict] = None):
+    """(config, trainer, record, restored checkpoint without replay) of the run in `run_dir`; `UsageError` (one
+    line) when it has no readable checkpoint."""
     import jax
 
     from purempo import checkpoint
@@ -432,7 +433,7 @@ def run_eval(args: EvalArgs) -> Dict[str, Any]:
 
     if args.episodes < 1:
         raise UsageError(f"invalid --episodes={args.episodes}: must be >= 1")
-    config, trainer, record, restored = _restore_policies(args.run_dir, args.step, dict(eval_episodes=args.episodes))
+    config, trainer, record, restored = restore_run(args.run_dir, args.step, dict(eval_episodes=args.episodes))
     state = restored.state
     keys = jax.random.split(jax.random.PRNGKey(args.seed), record["num_seeds"])
     returns = np.asarray(jax.jit(jax.vmap(trainer.evaluate))(
@@ -465,7 +466,7 @@ def run_render(args: RenderArgs) -> Path:
         raise UsageError(f"invalid --max-steps={args.max_steps}: must be >= 1")
     if args.height < 1:
         raise UsageError(f"invalid --height={args.height}: must be >= 1")
-    config, _, record, restored = _restore_policies(args.run_dir, args.step)
+    config, _, record, restored = restore_run(args.run_dir, args.step)
     if not 0 <= args.run_seed < record["num_seeds"]:
         raise UsageError(f"invalid --run-seed={args.run_seed}: the run has seeds 0..{record['num_seeds'] - 1}")
     pick = lambda tree: jax.tree.map(lambda x: x[args.run_seed], tree)  # noqa: E731
