@@ -4,6 +4,7 @@
     python benchmarks/throughput.py --env halfcheetah --num-envs 16 64 256 --seeds 1 4
     python benchmarks/throughput.py --env ant --num-envs 256 1024 4096 16384 --seeds 1 4 16   # on a GPU
     python benchmarks/throughput.py --env CheetahRun --num-envs 64 256   # a MuJoCo Playground env: MJX vs Warp too
+    python benchmarks/throughput.py --scale gpu --env humanoid   # H100 estimate of the GPU preset (runs on a CPU)
 
 For each num_envs E the env's preset is run at its *default replay ratio* (sampled transitions per env step,
 `updates_per_iteration * batch_size * sequence_length / (num_envs * unroll_length)`): updates per iteration are
@@ -21,6 +22,16 @@ learner step (FLOPs from XLA's cost analysis; time of the sampled-action critic 
 For a MuJoCo Playground env, first the random-action ceiling of each physics implementation (`--impls`, default
 MJX `jax` and MuJoCo Warp `warp`) at every E, which is what `envs.default_impl` was chosen by on a CPU.
 Writes benchmarks/results/throughput_<env>.json.
+
+`--scale gpu` instead *estimates* the env's GPU preset (`preset(env, scale="gpu")`) on an H100 SXM without one:
+it compiles, at the preset's full size, one learner step (`train.learner_step` on a batch shaped like
+`replay.sample`'s), one acting step (`acting.rollout` of one lockstep step of all num_envs envs with the policy)
+and the bare random-action `vmap(env.step)`, reads XLA's cost analysis of each ('flops', 'bytes accessed'),
+and turns them into roofline times (`roofline_seconds`: max(FLOPs / peak FLOP/s, bytes / bandwidth)) and
+training rates at the preset's replay ratio (`training_estimate`). The ratio to the simulation rate uses a
+published figure where one fits (`PUBLISHED_SIMULATION`) next to the bare step's roofline. It also times a few
+calls of the same compiled programs on this machine and reports the replay's bytes per transition. Writes
+benchmarks/results/throughput_<env>_gpu_estimate.json. Every rate it derives is an estimate, labelled so.
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from common import RESULTS, command_line, jsonable, machine, parse_overrides, today, versions
-from purempo import envs, replay
+from purempo import acting, envs, replay
 from purempo.presets import preset
 from purempo.train import compile_trainer, learner_step, make_networks, make_optimizer, make_trainer
 
@@ -210,6 +221,239 @@ def profile_learner(config, repeats: int = 20):
     return out
 
 
+# --- --scale gpu: roofline estimates -------------------------------------------------------------------------
+
+# NVIDIA H100 SXM5 (datasheet): FP32 67 TFLOP/s (CUDA cores), TF32 tensor cores 494.7 TFLOP/s dense (989.4 with
+# sparsity), HBM3 3.35 TB/s. The estimate uses the FP32 peak: the learner's matmuls are small (K = 256-512 wide
+# layers, fused with elementwise work), JAX's default f32 precision is not guaranteed to take the TF32 path, and
+# the one GPU throughput measured here bounds the effective rate near it: CheetahRun on one H200 at 1,024 envs,
+# 2 seeds, 32 sampled transitions per env step ran 173.7k env steps/s in all (RESULTS.md §7, session 8), i.e.
+# ~3.7 MFLOP × 32 × 173.7k ≈ 21 TFLOP/s of learner work with the simulation included: 0.3× the FP32 peak (the
+# H200's FP32 peak equals the H100's), 0.04× the TF32 one. TF32 figures are reported too, as "tf32" alternatives.
+H100_SXM = dict(name="NVIDIA H100 SXM5", peak_flops=67e12, peak_flops_label="FP32 (non-tensor) 67 TFLOP/s",
+                tf32_flops=494.7e12, tf32_label="TF32 tensor 494.7 TFLOP/s dense",
+                bandwidth=3.35e12, bandwidth_label="HBM3 3.35 TB/s")
+
+# Published simulation rates (env steps/s) that fit an env's GPU preset, with their source.
+PUBLISHED_SIMULATION = {
+    # Brax PPO's *training* rate (learning included, so the bare simulation is at least this fast) on one A100.
+    "CheetahRun": dict(env_steps_per_s=435_162.0, source=(
+        "MuJoCo Playground (Zakka et al. 2025, arXiv 2502.08844) Table IV: Brax PPO trains CheetahRun at 435,162 "
+        "env steps/s on one A100 (MJX), its learning included: a lower bound of the simulation rate")),
+    # MJX-JAX physics steps of one humanoid per scene; Brax humanoid takes 5 physics steps (dt 0.015 / 0.003).
+    "humanoid": dict(env_steps_per_s=950_000.0 / 5, source=(
+        "MuJoCo MJX documentation (doc/mjx.rst, 'Large, complex scenes'): 950K physics steps/s for one humanoid "
+        "on an A100 at a batch of 8,192 (MJX-JAX); / 5 physics steps per Brax humanoid env step = 190k env "
+        "steps/s. purempo's Brax humanoid runs Brax's default (generalized) physics, not MJX: the nearest "
+        "published figure, not the same program")),
+}
+
+
+def roofline_seconds(flops: float, bytes_accessed: float, peak_flops: float, bandwidth: float) -> float:
+    """Roofline time of one program: max(flops / peak_flops, bytes_accessed / bandwidth) seconds."""
+    return max(flops / peak_flops, bytes_accessed / bandwidth)
+
+
+def training_estimate(learn_s: float, act_s: float, bare_s: float, num_envs: int, unroll_length: int,
+                      updates_per_iteration: int, simulation_env_steps_per_s=None) -> dict:
+    """Rates of a training loop of iterations of `unroll_length` acting steps (`act_s` each: policy + env step of
+    all `num_envs` envs) and `updates_per_iteration` learner steps (`learn_s` each), run one after the other.
+
+    `bare_s` is one bare `vmap(env.step)` of all envs. With a published `simulation_env_steps_per_s`, the acting
+    step's simulation part is replaced by that rate (what the policy and wrapper add, act_s − bare_s, is kept).
+    """
+    iteration_s = unroll_length * act_s + updates_per_iteration * learn_s
+    steps = num_envs * unroll_length
+    out = dict(iteration_s=iteration_s, train_env_steps_per_s=steps / iteration_s,
+               updates_per_s=updates_per_iteration / iteration_s,
+               simulation_env_steps_per_s_roofline=num_envs / bare_s,
+               learner_share=updates_per_iteration * learn_s / iteration_s)
+    out["ratio_to_roofline_simulation"] = out["train_env_steps_per_s"] / out["simulation_env_steps_per_s_roofline"]
+    if simulation_env_steps_per_s:
+        step_s = num_envs / simulation_env_steps_per_s + max(0.0, act_s - bare_s)
+        iteration_pub = unroll_length * step_s + updates_per_iteration * learn_s
+        out["train_env_steps_per_s_with_published_simulation"] = steps / iteration_pub
+        out["updates_per_s_with_published_simulation"] = updates_per_iteration / iteration_pub
+        out["ratio_to_published_simulation"] = steps / iteration_pub / simulation_env_steps_per_s
+    return out
+
+
+def _cost(compiled) -> dict:
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    return dict(flops=float(analysis.get("flops", 0.0)), bytes_accessed=float(analysis.get("bytes accessed", 0.0)))
+
+
+def _random_like(shapes, key):
+    """Concrete arrays shaped like `shapes` (ShapeDtypeStructs): normal floats, zero ints, False bools."""
+    leaves, tree = jax.tree.flatten(shapes)
+    keys = jax.random.split(key, len(leaves))
+    def one(s, k):
+        if jnp.issubdtype(s.dtype, jnp.floating):
+            return jax.random.normal(k, s.shape, s.dtype)
+        return jnp.zeros(s.shape, s.dtype)
+    return jax.tree.unflatten(tree, [one(s, k) for s, k in zip(leaves, keys)])
+
+
+def gpu_programs(config):
+    """The three programs of `config` at full size: {name: (jitted fn, concrete-args builder, abstract args)}."""
+    env = envs.make(config.env, config.backend, config.impl)
+    trainer = make_trainer(config)
+    key = jax.random.PRNGKey(0)
+    state = jax.eval_shape(trainer.init, key)
+    nets = make_networks(config, env.action_size, envs.views(env))
+    optimizer, hp = make_optimizer(config), config.hparams
+    batch = jax.eval_shape(lambda r, k: replay.sample(r, k, config.batch_size, config.sequence_length),
+                           state.replay, key)
+
+    def learn(learner, obs_stats, batch, k):
+        return learner_step(learner, obs_stats, 1.0, batch, k, hp, config, nets, optimizer)
+
+    def act(policy_params, obs_stats, env_state, noise, k):
+        return acting.rollout(env, nets.policy, policy_params, obs_stats, env_state, k, 1, config.episode_length,
+                              hp.reward_scale, noise, hp.exploration_correlation)
+
+    def bare(sim_state, k):
+        action = jax.random.uniform(k, (config.num_envs, env.action_size), minval=-1.0, maxval=1.0)
+        return jax.vmap(env.step)(sim_state, action)
+
+    # Concrete inputs without the replay (12M+ transitions): jit drops what the returned parts do not need.
+    def learner_inputs():
+        learner, obs_stats = jax.jit(lambda k: (lambda s: (s.learner, s.obs_stats))(trainer.init(k)))(key)
+        return learner, obs_stats, _random_like(batch, jax.random.PRNGKey(1)), jax.random.PRNGKey(2)
+
+    def act_inputs():
+        params, obs_stats, env_state, noise = jax.jit(lambda k: (lambda s: (
+            s.learner.policy_params, s.obs_stats, s.env_state, s.exploration_noise))(trainer.init(k)))(key)
+        return params, obs_stats, env_state, noise, jax.random.PRNGKey(3)
+
+    def bare_inputs():
+        sim = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(4), config.num_envs))
+        return sim, jax.random.PRNGKey(5)
+
+    programs = dict(
+        learner_step=(learn, learner_inputs, (state.learner, state.obs_stats, batch, key)),
+        acting_step=(act, act_inputs, (state.learner.policy_params, state.obs_stats, state.env_state,
+                                       state.exploration_noise, key)),
+        bare_env_step=(bare, bare_inputs, (state.env_state.sim_state, key)),
+    )
+    return programs, state
+
+
+def gpu_estimate(config, cpu_calls: int = 2, peaks=H100_SXM) -> dict:
+    """Cost analysis, roofline estimates and measured CPU rates of `config`'s three programs (see the docstring)."""
+    programs, state = gpu_programs(config)
+    rows = {}
+    for name, (fn, inputs, abstract) in programs.items():
+        tick = time.perf_counter()
+        compiled = jax.jit(fn).lower(*abstract).compile()
+        compile_s = time.perf_counter() - tick
+        cost = _cost(compiled)
+        hlo = compiled.as_text() or ""
+        row = dict(compile_s=round(compile_s, 1), **cost, while_loops_in_hlo=hlo.count(" while("),
+                   estimate_h100_s=roofline_seconds(cost["flops"], cost["bytes_accessed"], peaks["peak_flops"],
+                                                    peaks["bandwidth"]),
+                   estimate_h100_tf32_s=roofline_seconds(cost["flops"], cost["bytes_accessed"], peaks["tf32_flops"],
+                                                         peaks["bandwidth"]))
+        row["estimate_bound"] = ("compute" if cost["flops"] / peaks["peak_flops"] >= cost["bytes_accessed"] /
+                                 peaks["bandwidth"] else "memory")
+        args = inputs()
+        jax.block_until_ready(compiled(*args))  # warm-up
+        tick = time.perf_counter()
+        for _ in range(cpu_calls):
+            jax.block_until_ready(compiled(*args))
+        row["cpu_measured_s"] = (time.perf_counter() - tick) / cpu_calls
+        del args, compiled
+        rows[name] = row
+        print(f"{name}: compiled in {compile_s:.1f} s; {cost['flops'] / 1e9:,.2f} GFLOP, "
+              f"{cost['bytes_accessed'] / 1e9:,.3f} GB accessed; estimate on H100 {row['estimate_h100_s'] * 1e3:.3f} ms "
+              f"({row['estimate_bound']} bound); measured here {row['cpu_measured_s'] * 1e3:,.1f} ms per call",
+              flush=True)
+
+    ratio = replay_ratio(config)
+    published = PUBLISHED_SIMULATION.get(config.env)
+    sim = published["env_steps_per_s"] if published else None
+    args = (config.num_envs, config.unroll_length, config.updates_per_iteration)
+    learn, act, bare = rows["learner_step"], rows["acting_step"], rows["bare_env_step"]
+    estimate = training_estimate(learn["estimate_h100_s"], act["estimate_h100_s"], bare["estimate_h100_s"], *args, sim)
+    estimate_tf32 = training_estimate(learn["estimate_h100_tf32_s"], act["estimate_h100_tf32_s"],
+                                      bare["estimate_h100_tf32_s"], *args, sim)
+    measured = training_estimate(learn["cpu_measured_s"], act["cpu_measured_s"], bare["cpu_measured_s"], *args)
+    per_transition = replay.nbytes_per_transition(state.replay)
+    transitions = config.capacity_per_env * config.num_envs
+    return dict(
+        peaks=peaks, replay_ratio=ratio, programs=rows,
+        estimate_h100=estimate, estimate_h100_tf32_alternative=estimate_tf32,
+        published_simulation=published,
+        simulation_env_steps_per_s_used=sim or estimate["simulation_env_steps_per_s_roofline"],
+        simulation_source=(published["source"] if published else
+                           "no published figure fits: the roofline estimate of the bare vmap(env.step)"),
+        ratio_to_simulation_estimate=(estimate["ratio_to_published_simulation"] if published
+                                      else estimate["ratio_to_roofline_simulation"]),
+        cpu_measured=dict(machine=machine(), train_env_steps_per_s=measured["train_env_steps_per_s"],
+                          updates_per_s=measured["updates_per_s"],
+                          bare_env_steps_per_s=measured["simulation_env_steps_per_s_roofline"],
+                          acting_env_steps_per_s=config.num_envs / act["cpu_measured_s"],
+                          calls_timed=cpu_calls),
+        learner_flops_per_sampled_transition=learn["flops"] / (config.batch_size * config.sequence_length),
+        replay=dict(bytes_per_transition=per_transition, transitions=transitions,
+                    steps_per_env=config.capacity_per_env, obs_dtype=config.replay_obs_dtype,
+                    total_bytes=per_transition * transitions),
+    )
+
+
+def main_gpu(args):
+    overrides = parse_overrides(args.set)
+    config = preset(args.env, scale="gpu", **overrides)
+    if envs.family(config.env) == envs.PLAYGROUND and "impl" not in overrides:
+        config = config.replace(impl="jax")  # XLA's cost analysis sees MJX's ops, not Warp's CUDA kernels
+    print(f"{args.env} GPU preset on {machine()}: {config.num_envs:,} envs, unroll {config.unroll_length}, "
+          f"{config.updates_per_iteration} updates/iteration of {config.batch_size:,} x {config.sequence_length} "
+          f"(replay ratio {replay_ratio(config):g}); estimates for {H100_SXM['name']} at "
+          f"{H100_SXM['peak_flops_label']}, {H100_SXM['bandwidth_label']}", flush=True)
+    result = gpu_estimate(config, cpu_calls=args.cpu_calls)
+    e, m, r = result["estimate_h100"], result["cpu_measured"], result["replay"]
+    summary = dict(env=args.env, scale="gpu", date=today(), machine=machine(), versions=versions(),
+                   command=command_line("throughput.py"), config=jsonable(config),
+                   note=("every *estimate* field is a roofline estimate for an H100 SXM from XLA's cost analysis of "
+                         "programs compiled for this machine's CPU back end (GPU fusion differs, so 'bytes accessed' "
+                         "is indicative; XLA counts a while loop's body once, so physics with inner loops is "
+                         "under-counted and its roofline rate is optimistic); cpu_measured fields are measured here"),
+                   **result)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{args.name or 'throughput_' + args.env + '_gpu_estimate'}.json"
+    out.write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"\n| program | GFLOP | GB accessed | estimate H100 (ms) | bound | measured here (ms) |\n|---|---:|---:|---:|---|---:|")
+    for name, row in result["programs"].items():
+        print(f"| {name} | {row['flops'] / 1e9:,.2f} | {row['bytes_accessed'] / 1e9:,.3f} | "
+              f"{row['estimate_h100_s'] * 1e3:.3f} | {row['estimate_bound']} | {row['cpu_measured_s'] * 1e3:,.1f} |")
+    print(f"\n| quantity | value |\n|---|---:|")
+    rows = [("replay ratio (sampled transitions per env step)", f"{result['replay_ratio']:g}"),
+            ("learner FLOPs per sampled transition", f"{result['learner_flops_per_sampled_transition'] / 1e6:.2f} M"),
+            ("estimate: updates/s (H100, roofline)", f"{e['updates_per_s']:,.0f}"),
+            ("estimate: training env steps/s (H100, roofline sim)", f"{e['train_env_steps_per_s']:,.0f}"),
+            ("estimate: random-action env steps/s (H100, roofline of bare step)",
+             f"{e['simulation_env_steps_per_s_roofline']:,.0f}"),
+            ("estimate: training / roofline simulation", f"{e['ratio_to_roofline_simulation']:.3f}")]
+    if "ratio_to_published_simulation" in e:
+        rows += [("published simulation env steps/s", f"{result['published_simulation']['env_steps_per_s']:,.0f}"),
+                 ("estimate: training env steps/s with the published simulation",
+                  f"{e['train_env_steps_per_s_with_published_simulation']:,.0f}"),
+                 ("estimate: training / published simulation", f"{e['ratio_to_published_simulation']:.3f}")]
+    rows += [("estimate (TF32 alternative): training env steps/s",
+              f"{result['estimate_h100_tf32_alternative']['train_env_steps_per_s']:,.0f}"),
+             ("measured here: training env steps/s (programs one after the other)", f"{m['train_env_steps_per_s']:,.1f}"),
+             ("measured here: updates/s", f"{m['updates_per_s']:,.3f}"),
+             ("measured here: bare env steps/s", f"{m['bare_env_steps_per_s']:,.0f}"),
+             ("replay bytes per transition", f"{r['bytes_per_transition']:,.1f} ({r['obs_dtype']} observations)"),
+             ("replay total", f"{r['total_bytes'] / 1e9:,.2f} GB ({r['transitions']:,} transitions)")]
+    for label, value in rows:
+        print(f"| {label} | {value} |")
+    print(f"\nsimulation rate: {result['simulation_source']}")
+    print(f"target (training >= 0.5x simulation): estimate {result['ratio_to_simulation_estimate']:.3f} -> "
+          f"{'met' if result['ratio_to_simulation_estimate'] >= 0.5 else 'NOT met'}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="inverted_pendulum")
@@ -223,7 +467,13 @@ def main():
     parser.add_argument("--name", default=None, help="output file stem (default: throughput_ENV)")
     parser.add_argument("--impls", nargs="+", default=list(envs.PLAYGROUND_IMPLS),
                         help="Playground physics implementations whose ceilings to compare (Playground envs only)")
+    parser.add_argument("--scale", choices=("cpu", "gpu"), default="cpu",
+                        help="gpu: H100 roofline estimate of the env's GPU preset instead of the CPU sweep")
+    parser.add_argument("--cpu-calls", type=int, default=2,
+                        help="--scale gpu: timed calls of each full-size program on this machine")
     args = parser.parse_args()
+    if args.scale == "gpu":
+        return main_gpu(args)
     base = preset(args.env, **parse_overrides(args.set))
     env = envs.make(base.env, base.backend, base.impl)
     print(f"{args.env} on {machine()}; default replay ratio {replay_ratio(base):.1f} sampled transitions per env step",

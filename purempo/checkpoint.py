@@ -21,7 +21,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 import jax
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the replay stores each observation once (replay.Stored, final_obs)
 CHECKPOINT_DIR = "checkpoints"
 
 logging.getLogger("absl").setLevel(logging.ERROR)  # orbax reports routine steps as absl warnings
@@ -138,8 +138,10 @@ def restore(run_dir: Path, abstract_state, fresh_replay=None, step: Optional[int
         _check_signature(run_dir, step, "replay", meta["replay_signature"], replay_abstract)
 
     def restore_args(abstract):
-        return ocp.args.StandardRestore(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                                                     _leaf_dict(abstract)))
+        # Leaves come back with the abstract state's shardings where it has them (a run over several devices).
+        return ocp.args.StandardRestore(jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+            _leaf_dict(abstract)))
 
     items = dict(state=restore_args(rest_abstract))
     if load_replay:

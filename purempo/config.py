@@ -8,6 +8,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 KNOWN_BACKENDS = ("generalized", "positional", "spring", "mjx")
 PLAYGROUND_IMPLS = ("jax", "warp")
+REPLAY_OBS_DTYPES = ("float32", "bfloat16")
 
 
 class HParams(NamedTuple):
@@ -75,6 +76,8 @@ class Config:
     """Sequences per SGD update."""
     sequence_length: int = 8
     """Length L of each sampled sequence (Retrace horizon)."""
+    replay_obs_dtype: str = "float32"
+    """Dtype the replay stores observations in (once per step): float32, or bfloat16 to halve their bytes, the replay's dominant cost; the learner gets them back as float32, rounded to bfloat16's 8 significant bits."""
 
     # --- networks. Networks: policy and critic architecture, initial and minimum policy std, input normalisation.
     policy_hidden: Tuple[int, ...] = (64, 64)
@@ -179,16 +182,19 @@ class Config:
         need(len(self.critic_hidden) >= 1 and min(self.critic_hidden) >= 1, "critic_hidden", "non-empty positive sizes")
         need(self.replay_size % self.num_envs == 0, "replay_size",
              f"a multiple of num_envs ({self.num_envs}): every env keeps replay_size // num_envs steps")
-        need(self.capacity_per_env >= self.sequence_length + self.unroll_length, "replay_size",
-             f">= num_envs * (sequence_length + unroll_length) = {self.num_envs * (self.sequence_length + self.unroll_length)}")
+        # A sampled sequence reads sequence_length + 1 rows (the next observations are the following row's).
+        need(self.capacity_per_env >= self.sequence_length + 1 + self.unroll_length, "replay_size",
+             f">= num_envs * (sequence_length + 1 + unroll_length) = "
+             f"{self.num_envs * (self.sequence_length + 1 + self.unroll_length)}")
+        need(self.replay_obs_dtype in REPLAY_OBS_DTYPES, "replay_obs_dtype", f"one of {REPLAY_OBS_DTYPES}")
         need(self.batch_size <= self.replay_size, "batch_size", f"<= replay_size ({self.replay_size})")
         need(self.iterations_per_eval >= 1, "total_steps",
              f">= num_evals * num_envs * unroll_length = {self.num_evals * self.steps_per_iteration}")
         need(self.prefill_iterations < self.num_iterations, "prefill_steps",
              f"< the run's env steps ({self.env_steps}) so that some iterations learn")
-        need((self.prefill_iterations + 1) * self.unroll_length >= self.sequence_length, "prefill_steps",
-             f">= {max(0, self.sequence_length - self.unroll_length) * self.num_envs} so the replay holds "
-             f"sequence_length={self.sequence_length} steps per env at the first update")
+        need((self.prefill_iterations + 1) * self.unroll_length >= self.sequence_length + 1, "prefill_steps",
+             f">= {max(0, self.sequence_length + 1 - self.unroll_length) * self.num_envs} so the replay holds "
+             f"sequence_length + 1 = {self.sequence_length + 1} steps per env at the first update")
         need(0.0 <= self.discount < 1.0, "discount", "in [0, 1)")
         need(0.0 <= self.retrace_lambda <= 1.0, "retrace_lambda", "in [0, 1]")
         for field in ("epsilon", "epsilon_mean", "epsilon_std", "epsilon_penalty", "policy_lr", "critic_lr",
@@ -258,7 +264,7 @@ class Config:
 CONCERNS: Dict[str, Tuple[str, ...]] = {
     "env": ("env", "backend", "impl", "episode_length", "num_envs", "reset_pool_size", "reward_scale",
             "reward_normalization"),
-    "replay": ("replay_size", "prefill_steps", "batch_size", "sequence_length"),
+    "replay": ("replay_size", "prefill_steps", "batch_size", "sequence_length", "replay_obs_dtype"),
     "networks": ("policy_hidden", "critic_hidden", "critic_norm_all", "num_critics", "init_std", "min_std",
                  "obs_norm_preserves_outputs"),
     "mpo": ("discount", "retrace_lambda", "num_action_samples", "epsilon", "epsilon_mean", "epsilon_std",

@@ -219,16 +219,34 @@ def make(name: str, backend: Optional[str] = None, impl: Optional[str] = None):
         kwargs = {} if backend is None else {"backend": backend}
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Brax System, piplines and environments")
-            return _brax_envs().get_environment(name, **kwargs)
+            with _local_devices_only():
+                return _brax_envs().get_environment(name, **kwargs)
     if backend is not None:
         raise ValueError(f"invalid backend={backend!r} for MuJoCo Playground env {name!r}: backend selects a "
                          f"Brax env's pipeline; Playground envs take impl ({' or '.join(PLAYGROUND_IMPLS)})")
-    env = playground_env(name, default_impl() if impl is None else impl)
+    with _local_devices_only():
+        env = playground_env(name, default_impl() if impl is None else impl)
     registry = _playground()[0]
     if isinstance(jax.eval_shape(env.reset, jax.random.PRNGKey(0)).obs, Mapping):
         env = DictObservations(env)
     repeat = int(registry.get_default_config(name).get("action_repeat", 1))
     return ActionRepeat(env, repeat) if repeat > 1 else env
+
+
+@contextlib.contextmanager
+def _local_devices_only():
+    """While building an env: `jax.devices()` lists this process's devices only. MJX puts a model on
+    `jax.devices()[0]`, which in a multi-process run (`jax.distributed.initialize`) belongs to process 0, so
+    another process would hold arrays it cannot read (nor compile a program that closes over them)."""
+    if jax.process_count() == 1:
+        yield
+        return
+    devices = jax.devices
+    jax.devices = lambda backend=None: jax.local_devices(backend=backend)
+    try:
+        yield
+    finally:
+        jax.devices = devices
 
 
 def playground_env(name: str, impl: str):

@@ -7,10 +7,28 @@ manipulation presets use the same CPU-sized settings (critic learning rate 3e-4)
 network size scaled to the task (humanoid: 244-dim observations, 17 actions); they have not been tuned yet.
 A MuJoCo Playground env gets the shared `_PLAYGROUND` settings (plus `PLAYGROUND_OVERRIDES[env]`); any other
 env without a preset gets the defaults with `env` set. Every field can be overridden.
+
+Two scales (`preset(env, scale=...)`; `default_scale()` picks "gpu" on a GPU/TPU back end, else "cpu"):
+
+- ``"cpu"`` (the default): `PRESETS` / `_PLAYGROUND` above, 64-256 envs, sized for a CPU (all measured
+  results in RESULTS.md are at this scale).
+- ``"gpu"``: the same per-env settings (networks, learning rates, KL bounds, per-task overrides) with the
+  scale fields replaced by `gpu_settings(env)` for every locomotion/Brax preset (ant, humanoid, halfcheetah,
+  hopper, walker2d, reacher, pusher, and Brax envs without a preset) and every MuJoCo Playground env:
+  1,024-8,192 envs, batches of thousands of sequences, `updates_per_iteration` from a target replay ratio
+  (`updates_for_replay_ratio`), a replay of >= 3 episodes per env, a reset pool of num_envs starts, 128
+  evaluation episodes, a prefill of a few iterations, Polyak targets and tens of millions of env steps.
+  The tiny envs in `CPU_ONLY` (inverted_pendulum, inverted_double_pendulum, fast) keep their CPU settings: a
+  100k-step run has nothing to gain from 4,096 envs. GPU presets are sized from published settings and
+  `benchmarks/throughput.py --scale gpu` estimates; they have not been trained with yet.
+
+Replay ratio = sampled transitions per env step = updates_per_iteration * batch_size * sequence_length /
+(num_envs * unroll_length) (`replay_ratio`). CPU presets: 16 (locomotion), 32 (Playground).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict
 
 from purempo.config import Config
@@ -108,15 +126,127 @@ PLAYGROUND_OVERRIDES: Dict[str, Dict[str, Any]] = {
 }
 
 
-def preset(env: str, **overrides) -> Config:
-    """The preset config for `env` with `overrides` applied (validated): `PRESETS[env]`, else the shared
-    Playground settings for a MuJoCo Playground env, else the defaults."""
+SCALES = ("cpu", "gpu")
+
+# Tiny tasks whose whole run is 100k env steps: they keep their CPU settings at scale "gpu".
+CPU_ONLY = frozenset({"inverted_pendulum", "inverted_double_pendulum", "fast"})
+
+
+def default_scale() -> str:
+    """"gpu" when JAX's default back end is an accelerator (gpu, cuda, rocm, tpu), else "cpu"."""
+    import jax
+
+    return "gpu" if jax.default_backend().lower() in ("gpu", "cuda", "rocm", "tpu") else "cpu"
+
+
+def replay_ratio(num_envs: int, unroll_length: int, updates_per_iteration: int, batch_size: int,
+                 sequence_length: int) -> float:
+    """Sampled transitions per env step: updates_per_iteration·batch_size·sequence_length / (num_envs·unroll_length)."""
+    return updates_per_iteration * batch_size * sequence_length / (num_envs * unroll_length)
+
+
+def updates_for_replay_ratio(ratio: float, num_envs: int, unroll_length: int, batch_size: int,
+                             sequence_length: int) -> int:
+    """The updates per iteration (>= 1) whose `replay_ratio` is nearest `ratio` (exact where it divides)."""
+    if not (math.isfinite(ratio) and ratio > 0):
+        raise ValueError(f"invalid replay ratio {ratio!r}: must be a finite number > 0")
+    return max(1, round(ratio * num_envs * unroll_length / (batch_size * sequence_length)))
+
+
+def _gpu(num_envs: int, unroll_length: int, batch_size: int, ratio: float, total_steps: int,
+         episode_length: int = 1000, episodes_in_replay: int = 3, prefill_iterations: int = 4,
+         sequence_length: int = 8, **extra) -> Dict[str, Any]:
+    """The scale fields of a GPU preset: `ratio` sampled transitions per env step in updates of `batch_size`
+    sequences, a replay of `episodes_in_replay` episodes per env (rounded up to a multiple of 1,024 steps), a
+    reset pool of num_envs starts, a prefill of `prefill_iterations` iterations and Polyak targets."""
+    steps_per_env = -(-episodes_in_replay * episode_length // 1024) * 1024
+    return dict(
+        num_envs=num_envs, unroll_length=unroll_length, batch_size=batch_size, sequence_length=sequence_length,
+        updates_per_iteration=updates_for_replay_ratio(ratio, num_envs, unroll_length, batch_size, sequence_length),
+        replay_size=steps_per_env * num_envs, reset_pool_size=num_envs,
+        prefill_steps=prefill_iterations * num_envs * unroll_length, eval_episodes=128, num_evals=20,
+        total_steps=total_steps, target_update_period=0, tau=0.1, **extra)
+
+
+# GPU scale. Published settings these follow:
+# - FastTD3 on Playground (Seo et al. 2025, arXiv 2505.22642): 1,024 envs, batches of 32,768 transitions,
+#   2 updates per lockstep step (64 sampled transitions per env step), 10,240 replay steps per env, γ 0.97, τ 0.1.
+# - FastSAC (Seo et al. 2025, arXiv 2512.01996): batches of 8,192 transitions, 8 updates per step, τ 0.125.
+# - Playground's Brax configs (`mujoco_playground.config`): DM Control PPO 2,048 envs, γ 0.995; DM Control SAC
+#   128 envs, batch 512, 8 updates per step (32 sampled transitions per env step), γ 0.99, 4M replay; locomotion
+#   and manipulation PPO 1,024-8,192 envs, γ 0.97.
+# Every GPU preset: batches of 4,096 sequences × 8 steps = 32,768 transitions (FastTD3's batch), so one update
+# per lockstep step of 4,096 envs is 8 sampled transitions per env step; an unroll of 8 steps per iteration;
+# Polyak targets with FastTD3's τ 0.1 (a hard copy every 50 updates would be 50 × 32k env steps apart at these
+# sizes); 3 episodes of replay per env (3,072 steps: FastTD3 keeps 10,240 per env at 1,024 envs, about the same
+# 10-12M transitions in all); 128 evaluation episodes. Replay ratios are far below FastTD3's 64 because the
+# issue's target is training at >= 0.5× the simulation rate on one H100 (`benchmarks/throughput.py --scale
+# gpu`, roofline estimates at the FP32 peak): few, large updates keep the GPU busy, many small sequential ones
+# idle it. On one H200, CheetahRun with 1,024 envs, batches of 1,024 sequences and 32 sampled transitions per
+# env step trained at 86.9k env steps/s per seed but learnt more slowly per env step than the CPU preset
+# (RESULTS.md §7, session 8): these sizes trade sample efficiency for wall time and have not been trained yet.
+_GPU_BATCH = 4096
+# Brax locomotion (generalized physics). Replay ratio 8: one update of 32,768 transitions per lockstep step of
+# 4,096 envs. No published simulation rate fits Brax's generalized ant, and against the roofline of its bare step
+# (18.0M env steps/s, an over-estimate: XLA's cost analysis counts each of the step's 6 while-loop bodies once,
+# Brax's 5 physics steps per env step among them) the estimate is 0.085× (1.54M env steps/s;
+# benchmarks/results/throughput_ant_gpu_estimate.json); meeting 0.5× against that ceiling would take under one
+# sampled transition per env step, so ratio 8 is kept. The same roofline over-states CheetahRun's published
+# simulation rate 50×; with ant's ceiling scaled down alike (~360k env steps/s) the estimate is ~0.8×.
+_GPU_LOCOMOTION = dict(num_envs=4096, unroll_length=8, batch_size=_GPU_BATCH, ratio=8.0)
+GPU_TOTAL_STEPS: Dict[str, int] = {
+    "ant": 50_000_000, "humanoid": 100_000_000, "halfcheetah": 20_000_000, "hopper": 20_000_000,
+    "walker2d": 20_000_000, "reacher": 10_000_000, "pusher": 20_000_000,
+}
+# humanoid: 244-dim observations and wider networks (27 MFLOP per sampled transition against ant's 3.9, XLA's
+# count). Simulation: MJX's documentation gives 950k physics steps/s for one humanoid on an A100 at a batch of
+# 8,192, i.e. 190k env steps/s at Brax humanoid's 5 physics steps per env step; at ratio 8 the estimate is
+# >= 0.5× that (throughput_humanoid_gpu_estimate.json). Replay observations in bfloat16: 3,072 steps × 4,096 envs
+# = 12.6M transitions at ~567 B each (244 × 2 B observation, 17 × 4 B action, reward, flags, behaviour log-prob)
+# is 7.1 GB, against 13.3 GB in float32 (1,055 B each); throughput.py prints the exact figure.
+_GPU_HUMANOID = dict(_GPU_LOCOMOTION, replay_obs_dtype="bfloat16")
+# DM Control Suite (Playground): Playground's DM Control PPO env count (2,048) and ratio 16, half the CPU
+# preset's 32 (Brax SAC's): 8 updates of 32,768 transitions per 8-step unroll of 2,048 envs, one update per
+# lockstep step. Simulation rate: Playground's Table IV reports Brax PPO training CheetahRun at 435,162 env
+# steps/s on one A100 (its learning included, so the simulation is at least that fast); at ratio 32 the learner
+# would take as long as that simulation (estimate ~0.5×), at 16 the estimate is above 0.5×
+# (benchmarks/results/throughput_CheetahRun_gpu_estimate.json).
+_GPU_DM_CONTROL = dict(num_envs=2048, unroll_length=8, batch_size=_GPU_BATCH, ratio=16.0, total_steps=20_000_000)
+# Playground locomotion and manipulation: 8,192 envs (Playground's locomotion PPO), γ 0.97 (FastTD3 and
+# Playground's PPO configs for both families), ratio 8, 50M env steps (Playground's PPO uses 100-200M).
+_GPU_PLAYGROUND_ROBOTS = dict(num_envs=8192, unroll_length=8, batch_size=_GPU_BATCH, ratio=8.0,
+                              total_steps=50_000_000, discount=0.97)
+
+
+def gpu_settings(env: str) -> Dict[str, Any]:
+    """The fields `preset(env, scale="gpu")` replaces in env's CPU preset (see the comments above)."""
+    if env == "humanoid":
+        return _gpu(total_steps=GPU_TOTAL_STEPS[env], **_GPU_HUMANOID)
+    if env in PRESETS or not _is_playground(env):
+        return _gpu(total_steps=GPU_TOTAL_STEPS.get(env, 20_000_000), **_GPU_LOCOMOTION)
+    from purempo import envs
+
+    if env in envs.dm_control_names():
+        return _gpu(**_GPU_DM_CONTROL)
+    return _gpu(**_GPU_PLAYGROUND_ROBOTS)
+
+
+def preset(env: str, scale: str = "cpu", **overrides) -> Config:
+    """The preset config for `env` at `scale` ("cpu" or "gpu", see the module docstring) with `overrides`
+    applied (validated): `PRESETS[env]`, else the shared Playground settings for a MuJoCo Playground env, else
+    the defaults; at scale "gpu" the scale fields are then replaced by `gpu_settings(env)`."""
+    if scale not in SCALES:
+        raise ValueError(f"invalid scale={scale!r}: must be one of {SCALES}")
     if env in PRESETS:
         base = PRESETS[env]
     elif _is_playground(env):
         base = dict(_PLAYGROUND, **PLAYGROUND_OVERRIDES.get(env, {}))
     else:
         base = {}
+    if scale == "gpu" and env not in CPU_ONLY:
+        if not base:  # a Brax env without a preset: the locomotion settings
+            base = _LOCOMOTION
+        base = dict(base, **gpu_settings(env))
     return Config(env=env, **{**base, **overrides})
 
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from purempo import acting, envs, losses, mpo, networks, normalizer, replay
+from purempo import acting, envs, losses, mpo, networks, normalizer, replay, sharding
 from purempo.config import Config, HParams
 from purempo.networks import Critic, GaussianPolicy
 from purempo.types import Transition
@@ -147,11 +147,19 @@ def policy_learning_rate(hp: HParams, num_updates: chex.Array) -> chex.Array:
 
 
 def learner_step(learner: LearnerState, obs_stats, reward_divisor, batch: Transition, key, hp: HParams,
-                 config: Config, nets: Networks, optimizer):
-    """One SGD update of critic, policy and duals, then the target-network update."""
+                 config: Config, nets: Networks, optimizer, axis_name: Optional[str] = None):
+    """One SGD update of critic, policy and duals, then the target-network update.
+
+    With `axis_name` (inside `shard_map` over devices, each with its own part of the batch) the gradients
+    are averaged over the devices before any optimiser sees them, so every device applies the same update
+    to the same (replicated) parameters; metrics are reduced likewise (`sharding.reduce_metrics`).
+    """
     params = (learner.policy_params, learner.critic_params, learner.dual_params)
     grads, metrics = jax.grad(mpo_loss, has_aux=True)(params, learner, obs_stats, reward_divisor, batch, key, hp,
                                                        config, nets)
+    if axis_name is not None:
+        grads = jax.lax.pmean(grads, axis_name)
+        metrics = sharding.reduce_metrics(metrics, axis_name)
     policy_grads, critic_grads, dual_grads = grads
     policy_params, policy_opt = apply_updates(optimizer, policy_grads, learner.policy_opt_state,
                                               learner.policy_params, policy_learning_rate(hp, learner.num_updates))
@@ -205,9 +213,18 @@ class Trainer(NamedTuple):
     run_chunk: Callable  # (state, hparams=None) -> train_chunk then evaluate_state, metrics merged
     train: Callable  # (key, hparams=None) -> (state, metrics stacked over num_evals chunks)
     evaluate: Callable  # (policy_params, obs_stats, key, stochastic=False, num_episodes=None) -> envs.Episodes
+    env_axes: Callable  # (state) -> per leaf, the index of its env axis (split over devices) or sharding.SHARED
+    num_devices: int  # 1, or D: the pieces above are per-device programs for shard_map over sharding.AXIS
 
 
-def make_trainer(config: Config) -> Trainer:
+def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
+    """The pure pieces of a run. With `num_devices` D > 1 they are per-device programs for `shard_map` over
+    `sharding.AXIS` (`compile_trainer` with a mesh): each device steps num_envs / D envs, keeps their replay,
+    samples batch_size / D sequences and runs eval_episodes / D of each kind of evaluation episode."""
+    sharding.check_divisible(config, num_devices)
+    axis = sharding.AXIS if num_devices > 1 else None
+    num_envs, pool_size = config.num_envs // num_devices, config.reset_pool_size // num_devices
+    batch_size = config.batch_size // num_devices
     env = envs.make(config.env, config.backend, config.impl)
     obs_dim, action_dim = envs.observation_size(env), env.action_size
     views = envs.views(env)
@@ -224,7 +241,7 @@ def make_trainer(config: Config) -> Trainer:
 
     def collect(state: TrainState, policy_params, key, hp: HParams):
         env_state, transitions, episodes, noise = acting.rollout(
-            env, nets.policy, policy_params, state.obs_stats, state.env_state, key,
+            env, nets.policy, policy_params, state.obs_stats, state.env_state, sharding.per_device(key, axis),
             config.unroll_length, config.episode_length, hp.reward_scale,
             state.exploration_noise,
             jnp.where(env_steps(state) >= hp.exploration_correlation_from_step, hp.exploration_correlation, 0.0),
@@ -232,9 +249,11 @@ def make_trainer(config: Config) -> Trainer:
         estimating = state.iteration < reward_estimation_iterations
         reward_stats = jax.tree.map(
             lambda new, old: jnp.where(estimating, new, old),
-            normalizer.update_reward_scale(state.reward_stats, transitions.reward), state.reward_stats,
+            normalizer.update_reward_scale(state.reward_stats, sharding.gather(transitions.reward, axis, 1)),
+            state.reward_stats,
         )
-        obs_stats = normalizer.update(state.obs_stats, transitions.obs)
+        # Statistics of every device's envs (all-gathered in env order): the same on every device.
+        obs_stats = normalizer.update(state.obs_stats, sharding.gather(transitions.obs, axis, 1))
         learner = state.learner
         if config.obs_norm_preserves_outputs:
             learner = preserve_outputs(learner, state.obs_stats, obs_stats, views)
@@ -247,12 +266,15 @@ def make_trainer(config: Config) -> Trainer:
             replay=replay.add(state.replay, transitions),
             iteration=state.iteration + 1,
         )
-        return state, episodes
+        return state, episodes._replace(return_sum=sharding.total(episodes.return_sum, axis),
+                                        count=sharding.total(episodes.count, axis))
 
     def init(key, hparams: Optional[HParams] = None) -> TrainState:
         hp = config.hparams if hparams is None else hparams
         key, env_key, policy_key, critic_key = jax.random.split(key, 4)
-        env_state = envs.reset(env, env_key, config.num_envs, config.reset_pool_size)
+        # Every device draws its own envs; the networks start from the same key, so they start replicated.
+        env_key = sharding.per_device(env_key, axis)
+        env_state = envs.reset(env, env_key, num_envs, pool_size)
         dummy_obs, dummy_action = jnp.zeros((obs_dim,)), jnp.zeros((action_dim,))
         policy_params = nets.policy.init(policy_key, dummy_obs)
         critic_params = nets.critic.init(critic_key, dummy_obs, dummy_action)
@@ -270,22 +292,23 @@ def make_trainer(config: Config) -> Trainer:
             num_updates=jnp.zeros((), jnp.int32),
         )
         example = Transition(
-            obs=jnp.zeros((config.num_envs, obs_dim)),
-            action=jnp.zeros((config.num_envs, action_dim)),
-            reward=jnp.zeros((config.num_envs,)),
-            terminated=jnp.zeros((config.num_envs,), bool),
-            truncated=jnp.zeros((config.num_envs,), bool),
-            next_obs=jnp.zeros((config.num_envs, obs_dim)),
-            behaviour_log_prob=jnp.zeros((config.num_envs,)),
+            obs=jnp.zeros((num_envs, obs_dim)),
+            action=jnp.zeros((num_envs, action_dim)),
+            reward=jnp.zeros((num_envs,)),
+            terminated=jnp.zeros((num_envs,), bool),
+            truncated=jnp.zeros((num_envs,), bool),
+            next_obs=jnp.zeros((num_envs, obs_dim)),
+            behaviour_log_prob=jnp.zeros((num_envs,)),
         )
         return TrainState(
             learner=learner,
             obs_stats=normalizer.init(obs_dim),
             reward_stats=normalizer.init_reward_scale(),
-            replay=replay.init(example, config.capacity_per_env),
+            replay=replay.init(example, config.capacity_per_env, config.episode_length,
+                               jnp.dtype(config.replay_obs_dtype)),
             env_state=env_state,
             # Stationary from the first step: N(0, I), like every later step's noise.
-            exploration_noise=jax.random.normal(jax.random.fold_in(env_key, 1), (config.num_envs, action_dim)),
+            exploration_noise=jax.random.normal(jax.random.fold_in(env_key, 1), (num_envs, action_dim)),
             key=key,
             iteration=jnp.zeros((), jnp.int32),
         )
@@ -301,9 +324,10 @@ def make_trainer(config: Config) -> Trainer:
         divisor = normalizer.reward_divisor(state.reward_stats) if config.reward_normalization else 1.0
 
         def update(learner, k):
-            sample_key, loss_key = jax.random.split(k)
-            batch = replay.sample(state.replay, sample_key, config.batch_size, config.sequence_length)
-            return learner_step(learner, state.obs_stats, divisor, batch, loss_key, hp, config, nets, optimizer)
+            sample_key, loss_key = jax.random.split(sharding.per_device(k, axis))  # each device its own envs
+            batch = replay.sample(state.replay, sample_key, batch_size, config.sequence_length)
+            return learner_step(learner, state.obs_stats, divisor, batch, loss_key, hp, config, nets, optimizer,
+                                axis)
 
         def learn(learner):
             learner, metrics = jax.lax.scan(update, learner, jax.random.split(update_key, config.updates_per_iteration))
@@ -346,9 +370,12 @@ def make_trainer(config: Config) -> Trainer:
     def evaluate_state(state: TrainState):
         # eval_episodes of the mean action and as many of the stochastic policy, in one lockstep rollout.
         key, eval_key = jax.random.split(state.key)
-        num = config.eval_episodes
-        stochastic = jnp.arange(2 * num) >= num
-        episodes = evaluate(state.learner.policy_params, state.obs_stats, eval_key, stochastic, 2 * num)
+        num, local = config.eval_episodes, 2 * config.eval_episodes // num_devices
+        first = 0 if axis is None else jax.lax.axis_index(axis) * local  # this device's episodes, in global order
+        stochastic = first + jnp.arange(local) >= num
+        episodes = evaluate(state.learner.policy_params, state.obs_stats, sharding.per_device(eval_key, axis),
+                            stochastic, local)
+        episodes = jax.tree.map(lambda x: sharding.gather(x, axis), episodes)
         deterministic, sampled = episodes.returns[:num], episodes.returns[num:]
         metrics = dict(
             eval_return=jnp.mean(deterministic), eval_return_std=jnp.std(deterministic),
@@ -370,8 +397,21 @@ def make_trainer(config: Config) -> Trainer:
         state = init(key, hparams)
         return jax.lax.scan(lambda s, _: run_chunk(s, hparams), state, None, length=config.num_evals)
 
+    def env_axes(state: TrainState) -> TrainState:
+        # Sim states and the reset pool: per-env leaves have the env (or pool) axis first, shared ones none.
+        sim = jax.tree.map(lambda batched: 0 if batched else sharding.SHARED, envs.per_env_leaves(env))
+        shared = lambda tree: jax.tree.map(lambda _: sharding.SHARED, tree)  # noqa: E731
+        return TrainState(
+            learner=shared(state.learner), obs_stats=shared(state.obs_stats), reward_stats=shared(state.reward_stats),
+            replay=jax.tree.map(lambda axis: sharding.SHARED if axis is None else axis, replay.env_axes(state.replay),
+                                is_leaf=lambda x: x is None),
+            env_state=envs.EnvState(sim_state=sim, episode_step=0, episode_return=0,
+                                    reset_pool=None if state.env_state.reset_pool is None else sim),
+            exploration_noise=0, key=sharding.SHARED, iteration=sharding.SHARED,
+        )
+
     return Trainer(config=config, init=init, train_chunk=train_chunk, evaluate_state=evaluate_state,
-                   run_chunk=run_chunk, train=train, evaluate=evaluate)
+                   run_chunk=run_chunk, train=train, evaluate=evaluate, env_axes=env_axes, num_devices=num_devices)
 
 
 def make_train(config: Config) -> Callable:
@@ -392,18 +432,15 @@ class CompiledTrainer(NamedTuple):
     init: Callable  # (keys) -> state
     train_chunk: Callable  # (state) -> (state, per-iteration metrics); donates its input
     evaluate_state: Callable  # (state) -> (state, evaluation metrics); donates its input
+    state_shape: Any  # the state's jax.ShapeDtypeStructs, with their shardings when distributed over a mesh
+    state_sharding: Any  # the state's NamedShardings on the mesh (None without one)
 
 
-def compile_trainer(trainer: Trainer, keys: chex.Array, hparams: Optional[HParams] = None,
-                    batched: bool = False) -> CompiledTrainer:
-    """Compiles `init`, `train_chunk` and `evaluate_state` at once, on concurrent threads.
-
-    `batched=False`: `keys` is one PRNG key. `batched=True`: `keys` is `[S, 2]` and every piece is vmapped over
-    the S runs; `hparams` is then either shared (leaves are scalars) or per run (leaves `[S]`).
-    Numerically this is `Trainer.run_chunk` split in two (tests check it against the fused `train`).
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
+def distribute(trainer: Trainer, mesh=None, batched: bool = False, hp_axis: Optional[int] = None):
+    """(init, train_chunk, evaluate_state) of `trainer` over global arrays: vmapped over runs (`batched`;
+    hyper-parameters per run if `hp_axis` is 0, shared if None) and, with a `mesh`, split over its devices by
+    `shard_map` (env-axis leaves split, the rest replicated; `sharding`). Also returns the state's
+    PartitionSpecs (None without a mesh)."""
     def init(k, hp):
         return trainer.init(k, hp)
 
@@ -413,14 +450,49 @@ def compile_trainer(trainer: Trainer, keys: chex.Array, hparams: Optional[HParam
     def evaluate_state(state):
         return trainer.evaluate_state(state)
 
+    specs = None
+    if mesh is not None:
+        if mesh.size != trainer.num_devices:
+            raise ValueError(f"the mesh has {mesh.size} devices but the trainer was made for {trainer.num_devices}")
+        if trainer.num_devices > 1:
+            from jax.sharding import PartitionSpec as P
+
+            def shard(fn, in_specs, out_specs):
+                return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+
+            # Every output declared replicated gives the per-device shapes: the state's structure and local sizes.
+            local = jax.eval_shape(shard(init, (P(), P()), P()), jax.random.PRNGKey(0), trainer.config.hparams)
+            specs = sharding.state_specs(trainer.env_axes(local))
+            init = shard(init, (P(), P()), specs)
+            train_chunk = shard(train_chunk, (specs, P()), (specs, P()))
+            evaluate_state = shard(evaluate_state, (specs,), (specs, P()))
     if batched:
-        hp_axis = None if hparams is None or jnp.ndim(jax.tree.leaves(hparams)[0]) == 0 else 0
         init = jax.vmap(init, in_axes=(0, hp_axis))
         train_chunk = jax.vmap(train_chunk, in_axes=(0, hp_axis))
         evaluate_state = jax.vmap(evaluate_state)
+    return init, train_chunk, evaluate_state, specs
+
+
+def compile_trainer(trainer: Trainer, keys: chex.Array, hparams: Optional[HParams] = None,
+                    batched: bool = False, mesh=None) -> CompiledTrainer:
+    """Compiles `init`, `train_chunk` and `evaluate_state` at once, on concurrent threads.
+
+    `batched=False`: `keys` is one PRNG key. `batched=True`: `keys` is `[S, 2]` and every piece is vmapped over
+    the S runs; `hparams` is then either shared (leaves are scalars) or per run (leaves `[S]`). `mesh`
+    (`sharding.make_mesh`, as many devices as `trainer.num_devices`) splits the envs over its devices.
+    Numerically this is `Trainer.run_chunk` split in two (tests check it against the fused `train`).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    hp_axis = None if hparams is None or jnp.ndim(jax.tree.leaves(hparams)[0]) == 0 else 0
+    init, train_chunk, evaluate_state, specs = distribute(trainer, mesh, batched, hp_axis)
+    state_sharding = None if specs is None else sharding.named(mesh, specs, batched)
     state_shape = jax.eval_shape(init, keys, hparams)
+    if state_sharding is not None:
+        state_shape = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                   state_shape, state_sharding)
     lowered = (
-        jax.jit(init).lower(keys, hparams),
+        jax.jit(init, out_shardings=state_sharding).lower(keys, hparams),
         jax.jit(train_chunk, donate_argnums=0).lower(state_shape, hparams),
         jax.jit(evaluate_state, donate_argnums=0).lower(state_shape),
     )
@@ -430,4 +502,6 @@ def compile_trainer(trainer: Trainer, keys: chex.Array, hparams: Optional[HParam
         init=lambda k: init_c(k, hparams),
         train_chunk=lambda s: chunk_c(s, hparams),
         evaluate_state=eval_c,
+        state_shape=state_shape,
+        state_sharding=state_sharding,
     )

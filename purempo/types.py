@@ -8,7 +8,8 @@ import chex
 
 
 class Transition(NamedTuple):
-    """One env step. Stored time-major in replay as `[capacity, num_envs, ...]`, sampled as `[B, L, ...]`."""
+    """One env step. Stored time-major in replay as `[capacity, num_envs, ...]` without `next_obs` (rebuilt from
+    the next row's `obs`, or kept aside where truncated: `purempo.replay`), sampled whole as `[B, L, ...]`."""
 
     obs: chex.Array  # [O] raw (unnormalised) observation s_t
     action: chex.Array  # [A] unclipped sample from the behaviour policy; the env received clip(a, -1, 1)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from purempo import cli
+from purempo import cli, driver
 
 TINY_FLAGS = [
     "--total-steps", "6400", "--num-envs", "8", "--unroll-length", "2", "--updates-per-iteration", "2",
@@ -149,7 +149,7 @@ def _chunk_metrics(critic_loss):
 
 def test_metrics_row_counts_env_steps_from_the_iteration_and_averages_learned_iterations():
     metrics = _chunk_metrics([[float("nan"), 1.0, 3.0], [float("nan"), 5.0, 7.0]])
-    row = cli._metrics_row(metrics, index=6, iterations_per_eval=3, steps_per_iteration=256, wall_time_s=1.23456)
+    row = driver.metrics_row(metrics, index=6, iterations_per_eval=3, steps_per_iteration=256, wall_time_s=1.23456)
     assert row["eval"] == 7 and row["wall_time_s"] == 1.235
     assert row["env_steps"] == 3_000_001 * 256 and isinstance(row["env_steps"], int)
     assert row["eval_return"] == 15.0 and row["eval_return_per_seed"] == [10.0, 20.0]
@@ -165,7 +165,7 @@ def test_metrics_row_names_the_first_non_finite_metric_and_its_iteration():
     metrics = _chunk_metrics([[float("nan"), 1.0, float("inf")], [float("nan"), 5.0, 7.0]])
     expected = r"non-finite critic_loss at iteration 9 \(evaluation period 3, seed 0\)"  # 2 · 3 + 3rd iteration
     with pytest.raises(cli.UsageError, match=expected):
-        cli._metrics_row(metrics, index=2, iterations_per_eval=3, steps_per_iteration=256, wall_time_s=0.0)
+        driver.metrics_row(metrics, index=2, iterations_per_eval=3, steps_per_iteration=256, wall_time_s=0.0)
 
 
 def test_train_help_lists_main_flags():
@@ -219,8 +219,7 @@ def test_overwrite_removes_only_the_previous_runs_files(tmp_path):
         (run_dir / name).mkdir(parents=True)
     for name in ("config.json", "metrics.jsonl", "checkpoints/3/x", "tb/events", "notes.txt"):
         (run_dir / name).write_text(name)
-    args = cli.TrainArgs(run_dir=run_dir, overwrite=True)
-    assert cli._prepare_new_run_dir(args) == run_dir
+    assert driver.prepare_new_run_dir(run_dir, overwrite=True) == run_dir
     assert _snapshot(run_dir) == {"notes.txt": b"notes.txt"}
 
 

@@ -29,15 +29,17 @@ def test_default_config_is_valid():
         (dict(discount=-0.1), "discount"),
         (dict(retrace_lambda=1.5), "retrace_lambda"),
         (dict(num_envs=0), "num_envs"),
-        # 256 envs need >= 256 * (sequence_length 8 + unroll_length 2) = 2560 slots.
-        (dict(replay_size=2_559), "replay_size"),
+        # 256 envs need >= 256 * (sequence_length 8 + 1 + unroll_length 2) = 2816 slots.
+        (dict(replay_size=2_560), "replay_size"),
         (dict(replay_size=262_200), "replay_size"),  # not a multiple of num_envs=256 (262,144 + 56)
         # 10 evals need at least one iteration (256 * 2 = 512 steps) each: 5120.
         (dict(total_steps=5_119), "total_steps"),
         # prefill 2048 = 4 iterations of 512 must leave some of the 10 iterations to learn.
         (dict(total_steps=5_120, prefill_steps=10 * 512), "prefill_steps"),
-        # the first update needs sequence_length 8 steps per env: prefill >= (8 - 2) * 256 - 511.
+        # the first update needs sequence_length + 1 = 9 steps per env: 5 iterations of 2, prefill > 3 * 512.
         (dict(prefill_steps=0), "prefill_steps"),
+        (dict(prefill_steps=3 * 512), "prefill_steps"),
+        (dict(replay_obs_dtype="float16"), "replay_obs_dtype"),
         (dict(backend="nope"), "backend"),
         (dict(tau=0.0), "tau"),
         (dict(tau=1.5), "tau"),
@@ -69,7 +71,9 @@ def test_invalid_field_raises_value_error_naming_it(changes, field):
 
 def test_boundary_values_are_accepted():
     """Values right at the allowed limits are valid (independent check of the inequalities above)."""
-    Config(replay_size=2_560)
+    Config(replay_size=2_816)
+    Config(prefill_steps=3 * 512 + 1)
+    Config(replay_obs_dtype="bfloat16")
     Config(total_steps=5_120)
     Config(discount=0.0, retrace_lambda=1.0, tau=1.0, sequence_length=2)
     Config(num_envs=1, replay_size=128, batch_size=128)
@@ -190,6 +194,6 @@ def test_concerns_partition_the_fields_in_the_order_the_class_declares_them():
 def test_concern_reads_one_section_and_rejects_unknown_names():
     config = Config(batch_size=32, sequence_length=4)
     assert config.concern("replay") == dict(replay_size=config.replay_size, prefill_steps=config.prefill_steps,
-                                            batch_size=32, sequence_length=4)
+                                            batch_size=32, sequence_length=4, replay_obs_dtype="float32")
     with pytest.raises(ValueError, match="unknown concern 'learner': must be one of"):
         config.concern("learner")

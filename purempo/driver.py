@@ -1,0 +1,566 @@
+"""The run loop shared by the CLI, the benchmarks and the notebook: `train(config, run_dir, options)`.
+
+A run directory holds `config.json`, `metrics.jsonl` (one row per evaluation), `tb/` (TensorBoard) and
+`checkpoints/` (orbax, `purempo.checkpoint`). `train` compiles the trainer's chunks once (`compile_trainer`),
+runs them one evaluation period at a time (the same numerics as `make_train`'s fused scan), writes a row and a
+checkpoint after each, and stops with a `RunError` naming the first non-finite metric. `resume=True`
+continues the run in `run_dir` from its newest checkpoint and ends bit-identical to an uninterrupted run
+(with the replay checkpointed, on the same devices).
+
+- Seeds (`Options.num_seeds`) and a hyper-parameter grid (`Options.sweep`, any `HParams` field) run as one
+  vmapped program: members × seeds runs. A sweep writes `sweep.json` and one complete run directory per
+  member (`RUN_DIR/critic_lr=0.001`), which `purempo eval`, `render` and `plot` read like any other run.
+- Devices (`Options.num_devices`, default all): envs, replay and batches split over a mesh
+  (`purempo.sharding`); with several processes (`jax.distributed.initialize`) the mesh spans every host and
+  only process 0 writes the run's files.
+- `Callbacks` receive progress (the CLI draws a progress bar with them); `enable_compile_cache` turns on
+  JAX's persistent compilation cache so that a second run of the same config skips XLA compilation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple
+
+from purempo.config import Config, HParams
+
+RUN_FILES = ("config.json", "metrics.jsonl", "sweep.json")  # a directory holding any of them holds a run
+OWNED_PATHS = ("config.json", "metrics.jsonl", "sweep.json", "checkpoints", "tb")  # what overwrite removes
+REPLAY_CHECKPOINT_AUTO_BYTES = 1 << 30
+"""`checkpoint_replay="auto"` includes the replay in checkpoints while it is at most this big (all runs
+together): a GPU-sized replay is gigabytes per evaluation otherwise."""
+
+
+class RunError(Exception):
+    """A problem with the user's input or run, reported as one line (the CLI exits with code 2)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """How a run is executed and recorded (the `Config` says what is trained)."""
+
+    seed: int = 0
+    """Base seed; seed i of --num-seeds uses jax.random.split(PRNGKey(seed), num_seeds)[i]."""
+    num_seeds: int = 1
+    """Independent seeds trained in parallel with jax.vmap (per sweep member)."""
+    num_devices: Optional[int] = None
+    """Devices the envs, replay and batches are split over (default: all that JAX sees, over every process); num_envs, batch_size, eval_episodes and reset_pool_size must be multiples of it."""
+    sweep: Tuple[str, ...] = ()
+    """Hyper-parameter grid, NAME=V1,V2,... for any float hyper-parameter (e.g. critic_lr=3e-4,1e-3); several give their product. Every member × seed runs in one vmapped program; each member gets a run directory of its own inside the run dir."""
+    checkpoint_every: int = 1
+    """Save a checkpoint every this many evaluation periods (the initial state and the end are always saved)."""
+    keep_checkpoints: int = 3
+    """Checkpoints kept on disk (the newest)."""
+    checkpoint_replay: Literal["auto", "always", "never"] = "auto"
+    """Include the replay buffer in checkpoints: auto does while it is at most 1 GiB (all runs together). Without it checkpoints are small, but a resumed run first refills its replay with the current policy, so it is no longer identical to an uninterrupted one."""
+    tensorboard: bool = True
+    """Also write metrics as TensorBoard events to RUN_DIR/tb."""
+
+    def check(self) -> None:
+        for name, least in (("num_seeds", 1), ("checkpoint_every", 1), ("keep_checkpoints", 1)):
+            if getattr(self, name) < least:
+                raise RunError(f"invalid --{name.replace('_', '-')}={getattr(self, name)}: must be >= {least}")
+        if self.num_devices is not None and self.num_devices < 1:
+            raise RunError(f"invalid --num-devices={self.num_devices}: must be >= 1")
+
+
+class Callbacks:
+    """Progress of a run; every method is optional (the defaults do nothing)."""
+
+    def started(self, description: str, total_steps: int, done_steps: int) -> None: ...
+
+    def compiled(self, seconds: float) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+    def evaluated(self, row: Dict[str, Any], steps_per_second: float) -> None: ...
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sweeps: a grid of hyper-parameter values, one member run directory each
+# ----------------------------------------------------------------------------------------------------------
+
+
+class Member(NamedTuple):
+    name: str  # "critic_lr=0.001,epsilon=0.1"; "" for a run without a sweep
+    config: Config
+    run_dir: Path
+
+
+def parse_sweep(specs: Sequence[str]) -> List[Tuple[str, Tuple[float, ...]]]:
+    """`["critic_lr=3e-4,1e-3"]` → `[("critic_lr", (3e-4, 1e-3))]`; RunError (one line) for bad input."""
+    grid, seen = [], set()
+    for spec in specs:
+        name, sep, values = spec.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in HParams._fields:
+            raise RunError(f"invalid --sweep {spec!r}: must be NAME=V1,V2,... with NAME one of {', '.join(HParams._fields)}")
+        if name in seen:
+            raise RunError(f"invalid --sweep {spec!r}: {name} is swept twice")
+        try:
+            numbers = tuple(float(v) for v in values.split(","))
+        except ValueError:
+            raise RunError(f"invalid --sweep {spec!r}: the values must be numbers separated by commas") from None
+        if len(set(numbers)) != len(numbers):
+            raise RunError(f"invalid --sweep {spec!r}: a value is repeated")
+        seen.add(name)
+        grid.append((name, numbers))
+    return grid
+
+
+def sweep_members(config: Config, run_dir: Path, sweep: Sequence[str]) -> List[Member]:
+    """One member per point of the grid (its config validated), or the run itself without a sweep."""
+    grid = parse_sweep(sweep)
+    if not grid:
+        return [Member("", config, Path(run_dir))]
+    members = []
+    for point in itertools.product(*(values for _, values in grid)):
+        changes = {name: value for (name, _), value in zip(grid, point)}
+        name = ",".join(f"{key}={value:g}" for key, value in changes.items())
+        try:
+            members.append(Member(name, config.replace(**changes), Path(run_dir) / name))
+        except ValueError as error:
+            raise RunError(f"invalid --sweep member {name}: {error}") from None
+    return members
+
+
+def sweep_member_dirs(run_dir: Path) -> Optional[List[Path]]:
+    """The member directories of a sweep run directory (its `sweep.json`), or None if it is no sweep."""
+    path = Path(run_dir) / "sweep.json"
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        return [Path(run_dir) / name for name in record["members"]]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise RunError(f"cannot read {path}: {error}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Run directories and their config.json
+# ----------------------------------------------------------------------------------------------------------
+
+
+def config_record(config: Config, options: Options, **extra) -> Dict[str, Any]:
+    import jax
+
+    return dict(dataclasses.asdict(config), seed=options.seed, num_seeds=options.num_seeds,
+                env_steps_per_seed=config.env_steps, jax_version=jax.__version__,
+                device=str(jax.devices()[0].device_kind), **extra)
+
+
+def load_run_config(run_dir: Path) -> Tuple[Config, Dict[str, Any]]:
+    """(Config, the whole record) of the run in `run_dir` (its `sweep.json` for a sweep, whose config is the
+    grid's base); RunError if there is none or it is bad."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"no run in {run_dir}: the directory does not exist")
+    path = run_dir / ("sweep.json" if (run_dir / "sweep.json").is_file() else "config.json")
+    if not path.is_file():
+        raise RunError(f"no run in {run_dir}: config.json is missing")
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise RunError(f"cannot read {path}: {error}") from None
+    if not isinstance(record, dict):
+        raise RunError(f"cannot read {path}: not a JSON object")
+    fields = {}
+    for field in dataclasses.fields(Config):
+        if field.name not in record:
+            raise RunError(f"{path} lacks the config field {field.name!r}; it was not written by this purempo")
+        value = record[field.name]
+        fields[field.name] = tuple(value) if isinstance(value, list) else value
+    try:
+        config = Config(**fields)
+    except (TypeError, ValueError) as error:
+        raise RunError(f"{path} does not hold a valid config: {error}") from None
+    for name in ("seed", "num_seeds"):
+        if not isinstance(record.get(name), int):
+            raise RunError(f"{path} lacks an integer {name!r}")
+    return config, record
+
+
+def check_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".purempo-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise RunError(f"cannot write to {directory}: {error.strerror or error}") from None
+
+
+def prepare_new_run_dir(run_dir: Path, overwrite: bool) -> Path:
+    """Checks that `run_dir` holds no run (or removes its run's files with `overwrite`) and is writable."""
+    run_dir = Path(run_dir)
+    held = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if held and not overwrite:
+        raise RunError(f"run dir {run_dir} already holds a run ({held[0]}); "
+                       f"use --resume {run_dir} to continue it, --overwrite to replace it, or another --run-dir")
+    check_writable(run_dir)
+    if overwrite:
+        members = sweep_member_dirs(run_dir) or []
+        for directory in [run_dir, *members]:
+            for name in OWNED_PATHS:
+                path = directory / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+    return run_dir
+
+
+def check_resume(run_dir: Path, config: Config, options: Options) -> None:
+    """RunError unless `config` and `options` are the setup the run in `run_dir` was started with."""
+    stored, record = load_run_config(run_dir)
+    changed = [f"{f.name}={getattr(config, f.name)!r} (run has {getattr(stored, f.name)!r})"
+               for f in dataclasses.fields(Config) if getattr(config, f.name) != getattr(stored, f.name)]
+    changed += [f"{name}={getattr(options, name)!r} (run has {record[name]!r})"
+                for name in ("seed", "num_seeds") if getattr(options, name) != record[name]]
+    if list(options.sweep) != list(record.get("sweep", [])):
+        changed.append(f"sweep={list(options.sweep)!r} (run has {record.get('sweep', [])!r})")
+    if changed:
+        raise RunError(f"cannot resume {run_dir} with a different setup: {', '.join(changed)}; "
+                       "a resumed run keeps its config and seeds")
+    check_writable(Path(run_dir))
+
+
+def kept_metric_rows(path: Path, last_eval: int) -> List[str]:
+    """Lines of metrics.jsonl for evaluations <= last_eval (later ones are recomputed; a torn line is dropped)."""
+    if not path.exists():
+        return []
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("eval"), int) and row["eval"] <= last_eval:
+            kept.append(line)
+    return kept
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Writes `text` to `path` atomically (a kill leaves the old or the new file, never a mix)."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Metrics rows and TensorBoard
+# ----------------------------------------------------------------------------------------------------------
+
+
+def metrics_row(metrics: Dict[str, Any], index: int, iterations_per_eval: int, steps_per_iteration: int,
+                wall_time_s: float) -> Dict[str, Any]:
+    """One metrics.jsonl row from a chunk's metrics (leaves `[S, I]` per iteration, `[S]` per evaluation).
+
+    Raises RunError naming the first iteration (1-based, over the whole run) whose learner metrics are not
+    finite, and the metrics that are not.
+    """
+    import numpy as np
+
+    finished = np.sum(metrics["episodes_finished"], axis=1)
+    episode_return = np.sum(metrics["episode_return_sum"], axis=1) / np.maximum(finished, 1)
+    per_seed = [float(x) for x in metrics["eval_return"]]
+    row = dict(
+        eval=index + 1,
+        env_steps=int(metrics["eval_iteration"][0]) * steps_per_iteration,
+        wall_time_s=round(wall_time_s, 3),
+        eval_return=float(np.mean(per_seed)),
+        eval_return_per_seed=per_seed,
+        train_episode_return=float(np.mean(episode_return)),
+    )
+    learned = np.asarray(metrics["updates"]) > 0  # [S, I]; prefill iterations report NaN learner metrics
+    skip = {"env_steps", "updates", "episode_return_sum", "episodes_finished", "eval_return", "eval_env_steps",
+            "eval_iteration", "eval_episodes"}
+    per_iteration = {name: np.asarray(value) for name, value in metrics.items()
+                     if name not in skip and np.shape(value) == learned.shape}
+    bad = {name: learned & ~np.isfinite(value) for name, value in per_iteration.items()}
+    bad_iterations = [np.flatnonzero(mask.any(axis=0)) for mask in bad.values()]
+    if any(indices.size for indices in bad_iterations):
+        first = min(int(indices[0]) for indices in bad_iterations if indices.size)
+        names = sorted(name for name, mask in bad.items() if mask[:, first].any())
+        seeds = sorted({int(s) for mask in bad.values() for s in np.flatnonzero(mask[:, first])})
+        raise RunError(f"training diverged: non-finite {', '.join(names)} at iteration "
+                       f"{index * iterations_per_eval + first + 1} (evaluation period {index + 1}, "
+                       f"seed {', '.join(map(str, seeds))})")
+    if not all(math.isfinite(r) for r in per_seed):
+        raise RunError(f"training diverged: non-finite eval_return at evaluation {index + 1}")
+    for name, value in metrics.items():
+        if name in skip:
+            continue
+        value = np.asarray(value)
+        if name in per_iteration:
+            value = value[learned] if learned.any() else np.full(1, np.nan)
+        row[name] = float(np.mean(value))
+    return row
+
+
+class TensorBoard:
+    """Scalars of every metrics row under `purempo/<metric>`, with env steps (per seed) as the global step."""
+
+    def __init__(self, log_dir: Path, purge_after_step: Optional[int]):
+        from tensorboardX import SummaryWriter
+
+        # On resume, hide the events of evaluations that are recomputed (those after the checkpoint).
+        purge_step = None if purge_after_step is None else purge_after_step + 1
+        self._writer = SummaryWriter(str(log_dir), purge_step=purge_step)
+
+    def write(self, row: Dict[str, Any]) -> None:
+        step = row["env_steps"]
+        for name, value in row.items():
+            if name in ("eval", "env_steps"):
+                continue
+            if isinstance(value, list):
+                for seed, seed_value in enumerate(value):
+                    self._writer.add_scalar(f"{name}/seed_{seed}", seed_value, step)
+            else:
+                self._writer.add_scalar(f"purempo/{name}", value, step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Compilation cache
+# ----------------------------------------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    """`$XDG_CACHE_HOME/purempo/xla` (`~/.cache/purempo/xla` without it)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "purempo" / "xla"
+
+
+def enable_compile_cache(directory: Optional[Path] = None) -> Optional[Path]:
+    """Turns on JAX's persistent compilation cache for every program of this process, even quick ones (a
+    cached executable is the compiled code itself: same results, bit for bit). `directory` defaults to
+    `$JAX_COMPILATION_CACHE_DIR` if set, else `default_cache_dir()`. Returns the directory, or None when it
+    cannot be created (the run then compiles as usual)."""
+    import jax
+
+    directory = Path(directory or os.environ.get("JAX_COMPILATION_CACHE_DIR") or default_cache_dir())
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return directory
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _stack(trees):
+    import jax
+    import jax.numpy as jnp
+
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *trees) if len(trees) > 1 else trees[0]
+
+
+def _member_slice(tree, index: int, num_seeds: int, num_members: int):
+    import jax
+
+    if num_members == 1:
+        return tree
+    return jax.tree.map(lambda x: x[index * num_seeds:(index + 1) * num_seeds], tree)
+
+
+def _nbytes(tree) -> int:
+    import jax
+    import numpy as np
+
+    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def restore_run(run_dir: Path, step: Optional[int] = None, config_changes: Optional[dict] = None):
+    """(config, trainer, record, restored checkpoint without replay) of the run in `run_dir` (one device);
+    `RunError` (one line) when it has no readable checkpoint (a sweep's runs are its member directories)."""
+    import jax
+
+    from purempo import checkpoint
+    from purempo.train import make_trainer
+
+    if sweep_member_dirs(run_dir) is not None:
+        raise RunError(f"{run_dir} is a sweep: name one of its member directories "
+                       f"({', '.join(p.name for p in sweep_member_dirs(run_dir))})")
+    config, record = load_run_config(run_dir)
+    config = config.replace(**(config_changes or {}))
+    trainer = make_trainer(config)
+    keys = jax.random.split(jax.random.PRNGKey(record["seed"]), record["num_seeds"])
+    abstract = jax.eval_shape(jax.vmap(trainer.init), keys)
+    try:
+        restored = checkpoint.restore(run_dir, abstract, step=step, with_replay=False)
+    except checkpoint.CheckpointError as error:
+        raise RunError(str(error)) from None
+    return config, trainer, record, restored
+
+
+def _restore_members(members, abstract_member, step: Optional[int], with_replay: bool, fresh_replay=None,
+                     num_seeds: int = 1):
+    """Each member's checkpoint `step` (default: the newest that every member holds)."""
+    from purempo import checkpoint
+
+    if step is None:
+        held = [set(checkpoint.steps(member.run_dir)) for member in members]
+        common = set.intersection(*held)
+        if not common:
+            where = members[0].run_dir.parent if members[0].name else members[0].run_dir
+            raise RunError(f"cannot resume {where}: no checkpoint that every member holds")
+        step = max(common)
+    restored = []
+    for index, member in enumerate(members):
+        fresh = None if fresh_replay is None else _member_slice(fresh_replay, index, num_seeds, len(members))
+        try:
+            restored.append(checkpoint.restore(member.run_dir, abstract_member, fresh, step=step,
+                                               with_replay=with_replay))
+        except checkpoint.CheckpointError as error:
+            raise RunError(f"cannot resume {member.run_dir}: {error}") from None
+    return restored
+
+
+def train(config: Config, run_dir: Optional[Path] = None, options: Options = Options(), resume: bool = False,
+          callbacks: Optional[Callbacks] = None, overwrite: bool = False) -> Path:
+    """Trains `config` as `options` say into `run_dir` (default: runs/ENV-TIMESTAMP), or continues the run there
+    (`resume`). Returns the run directory. Raises RunError (one line) for bad input, a run that cannot be
+    resumed, or divergence; nothing already written is lost (a diverged run keeps its metrics and checkpoints)."""
+    import jax
+    import jax.numpy as jnp
+
+    from purempo import checkpoint, sharding
+    from purempo.train import compile_trainer, distribute, make_trainer
+
+    options.check()
+    callbacks = callbacks or Callbacks()
+    run_dir = Path(run_dir or Path("runs") / f"{config.env}-{time.strftime('%Y%m%d-%H%M%S')}")
+    writer = jax.process_index() == 0  # with several processes, one writes the run's files
+    members = sweep_members(config, run_dir, options.sweep)
+    num_devices = options.num_devices or jax.device_count()
+    try:
+        mesh = sharding.make_mesh(num_devices)
+        trainer = make_trainer(config, num_devices)
+    except ValueError as error:
+        raise RunError(str(error)) from None
+    seeds = jax.random.split(jax.random.PRNGKey(options.seed), options.num_seeds)
+    keys = jnp.tile(seeds, (len(members), 1))
+    hparams = None if not options.sweep else jax.tree.map(
+        lambda *values: jnp.repeat(jnp.asarray(values, jnp.float32), options.num_seeds),
+        *(member.config.hparams for member in members))
+
+    if resume:
+        if overwrite:
+            raise RunError("--resume and --overwrite exclude each other: resume continues a run, overwrite replaces it")
+        check_resume(run_dir, config, options)
+    else:
+        prepare_new_run_dir(run_dir, overwrite)
+
+    def per_member(shape, with_sharding: bool):  # one member's part of the stacked runs
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(
+            (s.shape[0] // len(members),) + s.shape[1:], s.dtype,
+            sharding=getattr(s, "sharding", None) if with_sharding else None), shape)
+
+    hp_axis = None if hparams is None else 0
+    state_shape = jax.eval_shape(distribute(trainer, mesh if num_devices > 1 else None, True, hp_axis)[0], keys, hparams)
+    start_eval, elapsed = 0, 0.0
+    if resume:  # the newest checkpoint, checked against the config, without its replay: cheap, before compiling
+        probe = _restore_members(members, per_member(state_shape, False), None, with_replay=False)
+        start_eval, elapsed = probe[0].step, float(probe[0].meta.get("wall_time_s", 0.0))
+        if start_eval >= config.num_evals:
+            callbacks.message(f"{run_dir} is complete ({start_eval} of {config.num_evals} evaluations); nothing to do")
+            return run_dir
+    start = time.perf_counter() - elapsed  # wall_time_s counts compilation, and a resumed run's time before
+    compiled = compile_trainer(trainer, keys, hparams, batched=True, mesh=mesh if num_devices > 1 else None)
+    callbacks.compiled(time.perf_counter() - start - elapsed)
+    abstract_member = per_member(compiled.state_shape, True)
+    with_replay = {"always": True, "never": False}.get(
+        options.checkpoint_replay, _nbytes(compiled.state_shape.replay) <= REPLAY_CHECKPOINT_AUTO_BYTES)
+
+    if resume:
+        fresh_replay = None if all(r.has_replay for r in probe) else compiled.init(keys).replay
+        restored = _restore_members(members, abstract_member, start_eval, True, fresh_replay, options.num_seeds)
+        state = _stack([r.state for r in restored])
+        if compiled.state_sharding is not None:
+            state = jax.device_put(state, compiled.state_sharding)
+        if fresh_replay is not None:
+            callbacks.message("the checkpoint holds no replay: refilling it before learning resumes "
+                              "(the run will differ from an uninterrupted one)")
+    else:
+        if writer:
+            if options.sweep:
+                replace_file(run_dir / "sweep.json", json.dumps(config_record(
+                    config, options, sweep=list(options.sweep), members=[m.name for m in members]), indent=2) + "\n")
+            for member in members:
+                member.run_dir.mkdir(parents=True, exist_ok=True)
+                record = config_record(member.config, options, **({"sweep_member": member.name} if member.name else {}))
+                (member.run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+        state = compiled.init(keys)
+    savers = [checkpoint.Saver(m.run_dir, keep=options.keep_checkpoints, with_replay=with_replay) for m in members]
+
+    def save(step: int, state) -> None:
+        for index, saver in enumerate(savers):
+            saver.save(step, _member_slice(state, index, options.num_seeds, len(members)),
+                       dict(wall_time_s=time.perf_counter() - start))
+
+    if not resume:
+        save(0, state)
+    done_steps = start_eval * config.iterations_per_eval * config.steps_per_iteration
+    callbacks.started(f"{config.env}: {len(members)} member(s) × {options.num_seeds} seed(s) × "
+                      f"{config.env_steps:,} env steps, {config.num_envs} envs on {num_devices} device(s), "
+                      f"{config.num_evals} evaluations → {run_dir}", config.env_steps, done_steps)
+    if resume:
+        callbacks.message(f"resuming after evaluation {start_eval}")
+    logs, boards = [], []
+    try:
+        for member in members:
+            path = member.run_dir / "metrics.jsonl"
+            if writer:
+                replace_file(path, "".join(line + "\n" for line in kept_metric_rows(path, start_eval)))
+                logs.append(open(path, "a"))
+                if options.tensorboard:
+                    boards.append(TensorBoard(member.run_dir / "tb", purge_after_step=done_steps if resume else None))
+        last_saved = start_eval
+        for index in range(start_eval, config.num_evals):
+            state, metrics = compiled.train_chunk(state)
+            state, eval_metrics = compiled.evaluate_state(state)
+            metrics = jax.device_get({**metrics, **eval_metrics})
+            rows = []
+            for m, member in enumerate(members):
+                try:
+                    rows.append(metrics_row(_member_slice(metrics, m, options.num_seeds, len(members)), index,
+                                            config.iterations_per_eval, config.steps_per_iteration,
+                                            time.perf_counter() - start))
+                except RunError as error:
+                    where = member.run_dir
+                    raise RunError(f"{error}{f' in {member.name}' if member.name else ''}; metrics up to evaluation "
+                                   f"{index} are in {where / 'metrics.jsonl'}, newest checkpoint kept: "
+                                   f"{where / 'checkpoints' / str(last_saved)}") from None
+            for log, row in zip(logs, rows):
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+            for board, row in zip(boards, rows):
+                board.write(row)
+            if (index + 1) % options.checkpoint_every == 0 or index + 1 == config.num_evals:
+                save(index + 1, state)
+                last_saved = index + 1
+            sps = (rows[0]["env_steps"] - done_steps) * options.num_seeds * len(members) \
+                / max(time.perf_counter() - start - elapsed, 1e-9)
+            for member, row in zip(members, rows):
+                callbacks.evaluated(dict(row, member=member.name), sps)
+    finally:
+        for handle in [*logs, *boards]:
+            handle.close()
+    return run_dir
