@@ -473,11 +473,11 @@ def train(config: Config, run_dir: Optional[Path] = None, options: Options = Opt
             (s.shape[0] // len(members),) + s.shape[1:], s.dtype,
             sharding=getattr(s, "sharding", None) if with_sharding else None), shape)
 
-    hp_axis = None if hparams is None else 0
-    state_shape = jax.eval_shape(distribute(trainer, mesh if num_devices > 1 else None, True, hp_axis)[0], keys, hparams)
     start_eval, elapsed = 0, 0.0
     if resume:  # the newest checkpoint, checked against the config, without its replay: cheap, before compiling
-        probe = _restore_members(members, per_member(state_shape, False), None, with_replay=False)
+        init = distribute(trainer, mesh if num_devices > 1 else None, True, None if hparams is None else 0)[0]
+        probe = _restore_members(members, per_member(jax.eval_shape(init, keys, hparams), False), None,
+                                 with_replay=False)
         start_eval, elapsed = probe[0].step, float(probe[0].meta.get("wall_time_s", 0.0))
         if start_eval >= config.num_evals:
             callbacks.message(f"{run_dir} is complete ({start_eval} of {config.num_evals} evaluations); nothing to do")

@@ -213,11 +213,29 @@ def _figure(runs: Sequence[Run], metric: str = "eval_return", x: str = "env_step
     return figure
 
 
+def _expand_sweeps(run_dirs: Sequence[PathLike]) -> list[Path]:
+    """Each sweep directory (`sweep.json`, written by `purempo train --sweep`) replaced by its members' run
+    directories, so that the members are drawn side by side."""
+    expanded = []
+    for path in map(Path, run_dirs):
+        sweep = path / "sweep.json"
+        if sweep.is_file() and not (path / "metrics.jsonl").exists():
+            try:
+                members = json.loads(sweep.read_text())["members"]
+            except (ValueError, KeyError, TypeError):
+                raise PlotError(f"{sweep} does not list the sweep's members") from None
+            expanded += [path / name for name in members]
+        else:
+            expanded.append(path)
+    return expanded
+
+
 def plot_runs(run_dirs: Union[PathLike, Sequence[PathLike]], out: PathLike, metric: str = "eval_return",
               x: str = "env_steps", merge: bool = False, title: str | None = None) -> Path:
     """Plot the learning curves of `run_dirs` to `out` (.png, .pdf or .svg; parents created) and return its path.
 
-    Without `merge`, one mean ± std curve per run directory, labelled "NAME (env, K seeds)"; with `merge`, all
+    Without `merge`, one mean ± std curve per run directory (a sweep's directory: one per member), labelled
+    "NAME (env, K seeds)"; with `merge`, all
     runs pooled into one curve labelled "mean of K seeds". The title defaults to the env names.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -226,7 +244,7 @@ def plot_runs(run_dirs: Union[PathLike, Sequence[PathLike]], out: PathLike, metr
     if out.suffix.lower() not in FORMATS:
         raise PlotError(f"unsupported output '{out}'; allowed suffixes: {', '.join(FORMATS)}")
     run_dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
-    runs = [load_run(path) for path in run_dirs]
+    runs = [load_run(path) for path in _expand_sweeps(run_dirs)]
     figure = _figure(runs, metric, x, merge, title)
     FigureCanvasAgg(figure)  # attach a non-interactive canvas; vector formats switch canvas while saving
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -171,7 +171,7 @@ def _gpu(num_envs: int, unroll_length: int, batch_size: int, ratio: float, total
 # GPU scale. Published settings these follow:
 # - FastTD3 on Playground (Seo et al. 2025, arXiv 2505.22642): 1,024 envs, batches of 32,768 transitions,
 #   2 updates per lockstep step (64 sampled transitions per env step), 10,240 replay steps per env, γ 0.97, τ 0.1.
-# - FastSAC (Seo et al. 2025, arXiv 2512.01996): batches of 8,192 transitions, 8 updates per step, τ 0.125.
+# - FastSAC (Seo et al. 2025, FastTD3's authors' SAC): batches of 8,192 transitions, 8 updates per step, τ 0.125.
 # - Playground's Brax configs (`mujoco_playground.config`): DM Control PPO 2,048 envs, γ 0.995; DM Control SAC
 #   128 envs, batch 512, 8 updates per step (32 sampled transitions per env step), γ 0.99, 4M replay; locomotion
 #   and manipulation PPO 1,024-8,192 envs, γ 0.97.
