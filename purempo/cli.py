@@ -113,48 +113,13 @@ COMMANDS = {"train": TrainArgs, "eval": EvalArgs, "render": RenderArgs, "plot": 
 # ----------------------------------------------------------------------------------------------------------
 
 
-class _Progress(driver.Callbacks):
-    """The driver's progress as a rich progress bar and one line per evaluation, on stderr."""
-
-    def __init__(self):
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.console = Console(stderr=True)
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                            TextColumn("{task.completed:,.0f}/{task.total:,.0f} steps"), TextColumn("{task.fields[info]}"),
-                            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False)
-        self.task = self.bar.add_task("compiling", total=0, info="")
-        self.launched = time.perf_counter()
-
-    def compiled(self, seconds):  # the bar starts once the run's input has passed every check
-        self.bar.start()
-        self.console.print(f"compiled in {seconds:.1f} s")
-
-    def started(self, description, total_steps, done_steps):
-        self.console.print(f"[bold]purempo[/] {description}")
-        self.console.print(f"training from {time.perf_counter() - self.launched:.1f} s after launch")
-        self.bar.update(self.task, description="training", total=total_steps, completed=done_steps)
-
-    def message(self, text):
-        self.console.print(f"[yellow]{text}")
-
-    def evaluated(self, row, steps_per_second):
-        self.bar.update(self.task, completed=row["env_steps"], info=f"eval {row['eval_return']:.1f}  SPS {steps_per_second:,.0f}")
-        self.console.print(
-            (f"{row['member']}  " if row["member"] else "")
-            + f"steps {row['env_steps']:>10,}  t {row['wall_time_s']:7.1f}s  eval {row['eval_return']:9.2f}"
-            f"  train {row['train_episode_return']:9.2f}  Q {row['q_mean']:8.2f}  η {row['temperature']:.3g}"
-            f"  KLμ {row['kl_mean']:.2e}  KLσ {row['kl_std']:.2e}  σ {row['policy_std']:.3f}")
-
-
 def run_training(args: TrainArgs) -> Path:
     """Trains as `args` says (a new run, or `args.resume`); returns the run directory."""
     if args.compile_cache:
         driver.enable_compile_cache()
     if args.resume is not None and args.run_dir is not None and Path(args.run_dir).resolve() != args.resume.resolve():
         raise UsageError(f"--run-dir {args.run_dir} differs from --resume {args.resume}; a resumed run stays in its dir")
-    progress = _Progress()
+    progress = driver.ConsoleProgress()
     try:
         return driver.train(args.config, args.resume or args.run_dir, args.options, resume=args.resume is not None,
                             callbacks=progress, overwrite=args.overwrite)
@@ -169,24 +134,17 @@ def run_training(args: TrainArgs) -> Path:
 
 def run_eval(args: EvalArgs) -> Dict[str, Any]:
     """Prints and returns the returns of `args.episodes` deterministic episodes per seed of the run."""
-    import jax
-    import numpy as np
-
     if args.episodes < 1:
         raise UsageError(f"invalid --episodes={args.episodes}: must be >= 1")
-    config, trainer, record, restored = restore_run(args.run_dir, args.step, dict(eval_episodes=args.episodes))
-    state = restored.state
-    keys = jax.random.split(jax.random.PRNGKey(args.seed), record["num_seeds"])
-    returns = np.asarray(jax.jit(jax.vmap(trainer.evaluate))(
-        state.learner.policy_params, state.obs_stats, keys).returns)  # [S, K]
-    env_steps = int(np.asarray(state.iteration).reshape(-1)[0]) * config.steps_per_iteration
-    print(f"{config.env}, checkpoint {restored.step} ({env_steps:,} env steps per seed): "
+    result = driver.evaluate_run(args.run_dir, args.episodes, args.seed, args.step)
+    returns = result["returns"]  # [S, K]
+    print(f"{result['env']}, checkpoint {result['step']} ({result['env_steps']:,} env steps per seed): "
           f"return {returns.mean():.2f} ± {returns.std():.2f} over {returns.size} episodes "
-          f"({record['num_seeds']} seed(s) × {args.episodes})")
+          f"({returns.shape[0]} seed(s) × {args.episodes})")
     if returns.shape[0] > 1:
         for seed, seed_returns in enumerate(returns):
             print(f"  seed {seed}: {seed_returns.mean():.2f} ± {seed_returns.std():.2f}")
-    return dict(returns=returns, mean=float(returns.mean()), std=float(returns.std()), step=restored.step)
+    return result
 
 
 def _check_output(out: Path, overwrite: bool) -> None:
@@ -198,25 +156,13 @@ def _check_output(out: Path, overwrite: bool) -> None:
 
 
 def run_render(args: RenderArgs) -> Path:
-    import jax
-
-    from purempo import rendering
-
     _check_output(args.out, args.overwrite)
-    if args.max_steps is not None and args.max_steps < 1:
-        raise UsageError(f"invalid --max-steps={args.max_steps}: must be >= 1")
-    if args.height < 1:
-        raise UsageError(f"invalid --height={args.height}: must be >= 1")
-    config, _, record, restored = restore_run(args.run_dir, args.step)
-    if not 0 <= args.run_seed < record["num_seeds"]:
-        raise UsageError(f"invalid --run-seed={args.run_seed}: the run has seeds 0..{record['num_seeds'] - 1}")
-    pick = lambda tree: jax.tree.map(lambda x: x[args.run_seed], tree)  # noqa: E731
-    state = restored.state
-    html, episode_return = rendering.render_html(config, pick(state.learner.policy_params), pick(state.obs_stats),
-                                                 jax.random.PRNGKey(args.seed), args.height, args.max_steps)
+    for flag, value in (("--max-steps", args.max_steps), ("--height", args.height)):
+        if value is not None and value < 1:
+            raise UsageError(f"invalid {flag}={value}: must be >= 1")
+    html, text = driver.render_run(args.run_dir, args.run_seed, args.seed, args.height, args.max_steps, args.step)
     driver.replace_file(args.out, html)
-    print(f"wrote {args.out}: one episode of {config.env} (checkpoint {restored.step}, seed {args.run_seed}), "
-          f"return {episode_return:.2f}")
+    print(f"wrote {args.out}: {text}")
     return args.out
 
 
@@ -273,16 +219,10 @@ def parse_train_args(argv: List[str]) -> TrainArgs:
 
 
 def _join_processes(argv: List[str]) -> None:
-    """`jax.distributed.initialize` for `--num-processes N > 1` (CPU hosts talk over gloo)."""
+    """Joins a multi-host run (`--num-processes N > 1`) before anything starts JAX's back end."""
     num = int(_flag_value(argv, "--num-processes") or 1)
     if num > 1:
-        import jax
-
-        coordinator, process = _flag_value(argv, "--coordinator"), int(_flag_value(argv, "--process-id") or 0)
-        if coordinator is None or not 0 <= process < num:
-            raise UsageError(f"--num-processes {num} needs --coordinator HOST:PORT and --process-id in 0..{num - 1}")
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(coordinator, num_processes=num, process_id=process)
+        driver.join_processes(_flag_value(argv, "--coordinator"), num, int(_flag_value(argv, "--process-id") or 0))
 
 
 def _usage() -> str:

@@ -83,6 +83,41 @@ class Callbacks:
     def evaluated(self, row: Dict[str, Any], steps_per_second: float) -> None: ...
 
 
+class ConsoleProgress(Callbacks):
+    """Progress as a rich progress bar and one line per evaluation, on stderr (what `purempo train` shows)."""
+
+    def __init__(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.console = Console(stderr=True)
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                            TextColumn("{task.completed:,.0f}/{task.total:,.0f} steps"), TextColumn("{task.fields[info]}"),
+                            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False)
+        self.task = self.bar.add_task("compiling", total=0, info="")
+        self.launched = time.perf_counter()
+
+    def compiled(self, seconds):  # the bar starts once the run's input has passed every check
+        self.bar.start()
+        self.console.print(f"compiled in {seconds:.1f} s")
+
+    def started(self, description, total_steps, done_steps):
+        self.console.print(f"[bold]purempo[/] {description}")
+        self.console.print(f"training from {time.perf_counter() - self.launched:.1f} s after launch")
+        self.bar.update(self.task, description="training", total=total_steps, completed=done_steps)
+
+    def message(self, text):
+        self.console.print(f"[yellow]{text}")
+
+    def evaluated(self, row, steps_per_second):
+        self.bar.update(self.task, completed=row["env_steps"], info=f"eval {row['eval_return']:.1f}  SPS {steps_per_second:,.0f}")
+        self.console.print(
+            (f"{row['member']}  " if row["member"] else "")
+            + f"steps {row['env_steps']:>10,}  t {row['wall_time_s']:7.1f}s  eval {row['eval_return']:9.2f}"
+            f"  train {row['train_episode_return']:9.2f}  Q {row['q_mean']:8.2f}  η {row['temperature']:.3g}"
+            f"  KLμ {row['kl_mean']:.2e}  KLσ {row['kl_std']:.2e}  σ {row['policy_std']:.3f}")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Sweeps: a grid of hyper-parameter values, one member run directory each
 # ----------------------------------------------------------------------------------------------------------
@@ -408,6 +443,51 @@ def restore_run(run_dir: Path, step: Optional[int] = None, config_changes: Optio
     except checkpoint.CheckpointError as error:
         raise RunError(str(error)) from None
     return config, trainer, record, restored
+
+
+def evaluate_run(run_dir: Path, episodes: int, seed: int = 0, step: Optional[int] = None) -> Dict[str, Any]:
+    """Returns `[num_seeds, episodes]` of the mean action of every seed of the run's checkpoint `step` (default:
+    the newest), from starts drawn with `seed`; with the checkpoint's step and env steps."""
+    import jax
+    import numpy as np
+
+    config, trainer, record, restored = restore_run(run_dir, step, dict(eval_episodes=episodes))
+    state = restored.state
+    keys = jax.random.split(jax.random.PRNGKey(seed), record["num_seeds"])
+    returns = np.asarray(jax.jit(jax.vmap(trainer.evaluate))(state.learner.policy_params, state.obs_stats, keys).returns)
+    env_steps = int(np.asarray(state.iteration).reshape(-1)[0]) * config.steps_per_iteration
+    return dict(returns=returns, mean=float(returns.mean()), std=float(returns.std()), step=restored.step,
+                env=config.env, env_steps=env_steps)
+
+
+def render_run(run_dir: Path, run_seed: int, seed: int, height: int, max_steps: Optional[int],
+               step: Optional[int] = None) -> Tuple[str, str]:
+    """(HTML of Brax's viewer, a one-line summary) of one episode of seed `run_seed`'s policy in the run."""
+    import jax
+
+    from purempo import rendering
+
+    config, _, record, restored = restore_run(run_dir, step)
+    if not 0 <= run_seed < record["num_seeds"]:
+        raise RunError(f"invalid --run-seed={run_seed}: the run has seeds 0..{record['num_seeds'] - 1}")
+    pick = lambda tree: jax.tree.map(lambda x: x[run_seed], tree)  # noqa: E731
+    state = restored.state
+    html, episode_return = rendering.render_html(config, pick(state.learner.policy_params), pick(state.obs_stats),
+                                                 jax.random.PRNGKey(seed), height, max_steps)
+    return html, (f"one episode of {config.env} (checkpoint {restored.step}, seed {run_seed}), "
+                  f"return {episode_return:.2f}")
+
+
+def join_processes(coordinator: Optional[str], num_processes: int, process_id: int) -> None:
+    """`jax.distributed.initialize` for one process of a multi-host run (CPU hosts talk over gloo); call it
+    before anything starts JAX's back end."""
+    import jax
+
+    if coordinator is None or not 0 <= process_id < num_processes:
+        raise RunError(f"--num-processes {num_processes} needs --coordinator HOST:PORT and --process-id in "
+                       f"0..{num_processes - 1}")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
 
 
 def _restore_members(members, abstract_member, step: Optional[int], with_replay: bool, fresh_replay=None,

@@ -492,3 +492,17 @@ def test_plot_writes_a_png_and_reports_bad_metrics_in_one_line(capsys, tiny_run,
     assert cli.main(["plot", str(run_dir), "--metric", "nope", "--out", str(tmp_path / "other.png")]) == 2
     assert "nope" in _single_error_line(capsys.readouterr().err)
     assert not (tmp_path / "other.png").exists()
+
+
+def test_on_a_gpu_backend_env_presets_are_accelerator_sized(monkeypatch):
+    # `purempo train --env ant` on a GPU must not run the 64-env CPU preset: --scale auto follows the backend.
+    from purempo import presets
+
+    monkeypatch.setattr(presets, "default_scale", lambda: "gpu")
+    config = cli.parse_train_args(["--env", "ant"]).config
+    assert config == presets.preset("ant", scale="gpu") and 1024 <= config.num_envs <= 8192
+    assert cli.parse_train_args(["--env", "ant", "--scale", "cpu"]).config == presets.preset("ant", scale="cpu")
+    assert cli.parse_train_args(["--env", "ant", "--num-envs", "2048"]).config.num_envs == 2048
+    monkeypatch.setattr(presets, "default_scale", lambda: "cpu")
+    assert cli.parse_train_args(["--env", "ant"]).config.num_envs == presets.PRESETS["ant"]["num_envs"]
+    assert cli.parse_train_args(["--env", "ant", "--scale", "gpu"]).config == presets.preset("ant", scale="gpu")
