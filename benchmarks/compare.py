@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import jax
@@ -261,6 +262,10 @@ def summarize(curve, threshold):
 
 
 def main():
+    # Every trainer compiles from scratch: no persistent compilation cache here or in the trainers' children
+    # (purempo's CLI keeps one; Brax's trainers have none), so compile time counts alike for all.
+    os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+    jax.config.update("jax_compilation_cache_dir", None)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="inverted_pendulum")
     parser.add_argument("--budget-s", type=float, default=None, help="training wall time per trainer (required)")

@@ -457,6 +457,9 @@ def distribute(trainer: Trainer, mesh=None, batched: bool = False, hp_axis: Opti
         if trainer.num_devices > 1:
             from jax.sharding import PartitionSpec as P
 
+            # check_vma=False: the collectives are explicit (`sharding`, `learner_step`'s pmean). With JAX's
+            # varying-value typing on, the gradient of a replicated parameter would get an implicit psum as
+            # well, and the devices' gradients would be added up twice.
             def shard(fn, in_specs, out_specs):
                 return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
 
