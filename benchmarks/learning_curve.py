@@ -3,9 +3,10 @@
     python benchmarks/learning_curve.py --env inverted_pendulum
     python benchmarks/learning_curve.py --env halfcheetah --budget-s 900
 
-The env's preset (purempo/presets.py) is used; `--set FIELD=VALUE` overrides a field. Training runs as the
-CLI does (jitted init, then one jitted chunk per evaluation), wall time counts from before compilation, and
-the run stops at the end of the chunk that crosses `--budget-s` (or after the preset's total_steps).
+The env's preset (purempo/presets.py) is used; `--set FIELD=VALUE` overrides a field. Training runs through
+`purempo.driver.train`, the CLI's loop (one jitted chunk per evaluation), wall time counts from before
+compilation, and the run stops at the end of the chunk that crosses `--budget-s` (or after the preset's
+total_steps).
 Writes benchmarks/results/<name>.json and .png and prints a markdown table.
 """
 
@@ -13,15 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+import math
+import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from common import RESULTS, command_line, jsonable, machine, parse_overrides, today, versions
+from purempo import driver
 from purempo.presets import preset
-from purempo.train import compile_trainer, make_trainer
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -38,31 +40,30 @@ def main():
     config = preset(args.env, **parse_overrides(args.set))
     name = args.name or args.env
 
-    start = time.perf_counter()
-    trainer = make_trainer(config)
-    key = jax.random.PRNGKey(args.seed)
-    compiled = compile_trainer(trainer, key)
-    state = compiled.init(key)
-    rows, compile_s, steps_at_first, time_at_first = [], None, 0, 0.0
-    for index in range(config.num_evals):
-        state, metrics = compiled.train_chunk(state)
-        state, eval_metrics = compiled.evaluate_state(state)
-        metrics = jax.device_get({**metrics, **eval_metrics})
-        now = time.perf_counter() - start
-        updates = float(np.sum(metrics["updates"]))
-        row = dict(env_steps=int(metrics["eval_env_steps"]), wall_time_s=round(now, 2),
-                   eval_return=float(metrics["eval_return"]), eval_return_std=float(metrics["eval_return_std"]),
-                   updates=updates)
-        learned = metrics["updates"] > 0
-        for key in ("critic_loss", "q_mean", "temperature", "alpha_mean", "kl_mean", "kl_std", "policy_std"):
-            row[key] = float(np.mean(metrics[key][learned])) if learned.any() else None
-        rows.append(row)
-        if index == 0:
-            compile_s, steps_at_first, time_at_first = now, row["env_steps"], now
-        print(f"{row['env_steps']:>9,} steps  {now:7.1f} s  eval {row['eval_return']:9.2f} ± {row['eval_return_std']:.1f}",
-              flush=True)
-        if args.budget_s is not None and now >= args.budget_s:
-            break
+    rows = []
+
+    class Curve(driver.Callbacks):
+        """Collects each evaluation as a curve point and ends the run at the first one past the budget."""
+
+        def evaluated(self, row, steps_per_second):
+            done = min(row["eval"] * config.iterations_per_eval, config.num_iterations) - config.prefill_iterations
+            point = dict(env_steps=row["env_steps"], wall_time_s=round(row["wall_time_s"], 2),
+                         eval_return=row["eval_return"], eval_return_std=row["eval_return_std"],
+                         updates=float(max(0, min(done, config.iterations_per_eval)) * config.updates_per_iteration))
+            for key in ("critic_loss", "q_mean", "temperature", "alpha_mean", "kl_mean", "kl_std", "policy_std"):
+                point[key] = row[key] if math.isfinite(row[key]) else None
+            rows.append(point)
+            print(f"{point['env_steps']:>9,} steps  {point['wall_time_s']:7.1f} s  eval {point['eval_return']:9.2f} "
+                  f"± {point['eval_return_std']:.1f}", flush=True)
+
+        def stop(self, row):
+            return args.budget_s is not None and row["wall_time_s"] >= args.budget_s
+
+    # The run loop of `purempo train` (wall time counts from before compilation), into a throw-away run dir.
+    with tempfile.TemporaryDirectory(prefix="purempo-curve-") as run_dir:
+        driver.train(config, Path(run_dir) / "run", driver.Options(seed=args.seed, num_devices=1, tensorboard=False,
+                                                                   checkpoint_replay="never"), callbacks=Curve())
+    compile_s, steps_at_first, time_at_first = rows[0]["wall_time_s"], rows[0]["env_steps"], rows[0]["wall_time_s"]
 
     total_updates = sum(r["updates"] for r in rows)
     steady_s = rows[-1]["wall_time_s"] - time_at_first

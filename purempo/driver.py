@@ -82,6 +82,11 @@ class Callbacks:
 
     def evaluated(self, row: Dict[str, Any], steps_per_second: float) -> None: ...
 
+    def stop(self, row: Dict[str, Any]) -> bool:
+        """True ends the run after this evaluation (e.g. a wall-time budget), with a checkpoint of it, so that
+        `resume` can continue it later."""
+        return False
+
 
 class ConsoleProgress(Callbacks):
     """Progress as a rich progress bar and one line per evaluation, on stderr (what `purempo train` shows)."""
@@ -633,13 +638,16 @@ def train(config: Config, run_dir: Optional[Path] = None, options: Options = Opt
                 log.flush()
             for board, row in zip(boards, rows):
                 board.write(row)
-            if (index + 1) % options.checkpoint_every == 0 or index + 1 == config.num_evals:
+            stop = any([callbacks.stop(dict(row, member=member.name)) for member, row in zip(members, rows)])
+            if (index + 1) % options.checkpoint_every == 0 or index + 1 == config.num_evals or stop:
                 save(index + 1, state)
                 last_saved = index + 1
             sps = (rows[0]["env_steps"] - done_steps) * options.num_seeds * len(members) \
                 / max(time.perf_counter() - start - elapsed, 1e-9)
             for member, row in zip(members, rows):
                 callbacks.evaluated(dict(row, member=member.name), sps)
+            if stop:
+                break
     finally:
         for handle in [*logs, *boards]:
             handle.close()

@@ -73,3 +73,29 @@ def test_checkpoint_replay_auto_leaves_a_large_replay_out(tmp_path, monkeypatch)
         return checkpoint.restore(run_dir, abstract, with_replay=False).has_replay
 
     assert has_replay(tmp_path / "small") and not has_replay(tmp_path / "large") and has_replay(tmp_path / "forced")
+
+
+def test_a_callback_can_end_a_run_early_and_resume_finishes_it_identically(tmp_path):
+    # Callbacks.stop (a wall-time budget, say) ends the run after an evaluation with a checkpoint of it;
+    # --resume then finishes the run, ending where an uninterrupted one does (replay checkpointed).
+    import numpy as np
+
+    from purempo import driver
+    from test_checkpoint import TINY
+
+    class StopAfterFirst(driver.Callbacks):
+        def stop(self, row):
+            return row["eval"] == 1
+
+    options = driver.Options(tensorboard=False)
+    driver.train(TINY, tmp_path / "whole", options)
+    driver.train(TINY, tmp_path / "cut", options, callbacks=StopAfterFirst())
+    assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 1
+    assert (tmp_path / "cut" / "checkpoints" / "1").is_dir()
+    driver.train(TINY, tmp_path / "cut", options, resume=True)
+    rows = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+            for name in ("whole", "cut")}
+    assert [r["eval_return_per_seed"] for r in rows["cut"]] == [r["eval_return_per_seed"] for r in rows["whole"]]
+    assert [r["critic_loss"] for r in rows["cut"]] == [r["critic_loss"] for r in rows["whole"]]
+    finals = [driver.evaluate_run(tmp_path / name, episodes=2)["returns"] for name in ("whole", "cut")]
+    np.testing.assert_array_equal(*finals)
