@@ -382,6 +382,11 @@ def default_cache_dir() -> Path:
     return Path(base) / "purempo" / "xla"
 
 
+def default_program_cache() -> Path:
+    """`$XDG_CACHE_HOME/purempo/programs` (`~/.cache/purempo/programs` without it): `train`'s exported programs."""
+    return default_cache_dir().parent / "programs"
+
+
 def enable_compile_cache(directory: Optional[Path] = None) -> Optional[Path]:
     """Turns on JAX's persistent compilation cache for every program of this process, even quick ones (a
     cached executable is the compiled code itself: same results, bit for bit). `directory` defaults to
@@ -496,7 +501,7 @@ def join_processes(coordinator: Optional[str], num_processes: int, process_id: i
 
 
 def _restore_members(members, abstract_member, step: Optional[int], with_replay: bool, fresh_replay=None,
-                     num_seeds: int = 1):
+                     num_seeds: int = 1, roles=None):
     """Each member's checkpoint `step` (default: the newest that every member holds)."""
     from purempo import checkpoint
 
@@ -512,22 +517,23 @@ def _restore_members(members, abstract_member, step: Optional[int], with_replay:
         fresh = None if fresh_replay is None else _member_slice(fresh_replay, index, num_seeds, len(members))
         try:
             restored.append(checkpoint.restore(member.run_dir, abstract_member, fresh, step=step,
-                                               with_replay=with_replay))
+                                               with_replay=with_replay, roles=roles))
         except checkpoint.CheckpointError as error:
             raise RunError(f"cannot resume {member.run_dir}: {error}") from None
     return restored
 
 
 def train(config: Config, run_dir: Optional[Path] = None, options: Options = Options(), resume: bool = False,
-          callbacks: Optional[Callbacks] = None, overwrite: bool = False) -> Path:
+          callbacks: Optional[Callbacks] = None, overwrite: bool = False, program_cache: Optional[Path] = None) -> Path:
     """Trains `config` as `options` say into `run_dir` (default: runs/ENV-TIMESTAMP), or continues the run there
-    (`resume`). Returns the run directory. Raises RunError (one line) for bad input, a run that cannot be
-    resumed, or divergence; nothing already written is lost (a diverged run keeps its metrics and checkpoints)."""
+    (`resume`). Returns the run directory. `program_cache` (e.g. `default_program_cache()`) keeps the run's
+    exported programs, so that a second start of the same setup neither traces nor imports the simulator
+    (`purempo.programs`; the results are the same with or without it). Raises RunError (one line) for bad
+    input, a run that cannot be resumed, or divergence; nothing already written is lost (a diverged run keeps its metrics and checkpoints)."""
     import jax
     import jax.numpy as jnp
 
-    from purempo import checkpoint, sharding
-    from purempo.train import compile_trainer, distribute, make_trainer
+    from purempo import checkpoint, programs, sharding
 
     options.check()
     callbacks = callbacks or Callbacks()
@@ -536,8 +542,8 @@ def train(config: Config, run_dir: Optional[Path] = None, options: Options = Opt
     members = sweep_members(config, run_dir, options.sweep)
     num_devices = options.num_devices or jax.device_count()
     try:
+        sharding.check_divisible(config, num_devices)
         mesh = sharding.make_mesh(num_devices)
-        trainer = make_trainer(config, num_devices)
     except ValueError as error:
         raise RunError(str(error)) from None
     seeds = jax.random.split(jax.random.PRNGKey(options.seed), options.num_seeds)
@@ -553,30 +559,37 @@ def train(config: Config, run_dir: Optional[Path] = None, options: Options = Opt
     else:
         prepare_new_run_dir(run_dir, overwrite)
 
-    def per_member(shape, with_sharding: bool):  # one member's part of the stacked runs
-        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(
-            (s.shape[0] // len(members),) + s.shape[1:], s.dtype,
-            sharding=getattr(s, "sharding", None) if with_sharding else None), shape)
+    def per_member(shapes, shardings=None):  # one member's part of the stacked runs
+        return [jax.ShapeDtypeStruct((s.shape[0] // len(members),) + s.shape[1:], s.dtype, sharding=sh)
+                for s, sh in zip(shapes, shardings or [None] * len(shapes))]
 
+    start = time.perf_counter()  # wall_time_s counts compilation, and a resumed run's time before
+    try:  # from the program cache: no tracing, no simulator import
+        prepared = programs.prepare(config, keys, hparams, num_devices, mesh, program_cache)
+    except programs.UnusableConfig as error:
+        raise RunError(str(error)) from None
     start_eval, elapsed = 0, 0.0
-    if resume:  # the newest checkpoint, checked against the config, without its replay: cheap, before compiling
-        init = distribute(trainer, mesh if num_devices > 1 else None, True, None if hparams is None else 0)[0]
-        probe = _restore_members(members, per_member(jax.eval_shape(init, keys, hparams), False), None,
-                                 with_replay=False)
+    if resume:  # the newest checkpoint, checked against the config, without its replay: before compiling
+        probe = _restore_members(members, per_member(prepared.shapes), None, False, roles=prepared.roles)
         start_eval, elapsed = probe[0].step, float(probe[0].meta.get("wall_time_s", 0.0))
         if start_eval >= config.num_evals:
             callbacks.message(f"{run_dir} is complete ({start_eval} of {config.num_evals} evaluations); nothing to do")
             return run_dir
-    start = time.perf_counter() - elapsed  # wall_time_s counts compilation, and a resumed run's time before
-    compiled = compile_trainer(trainer, keys, hparams, batched=True, mesh=mesh if num_devices > 1 else None)
+        start -= elapsed
+    compiled = programs.compile(prepared, keys, hparams, mesh)
     callbacks.compiled(time.perf_counter() - start - elapsed)
-    abstract_member = per_member(compiled.state_shape, True)
-    with_replay = {"always": True, "never": False}.get(
-        options.checkpoint_replay, _nbytes(compiled.state_shape.replay) <= REPLAY_CHECKPOINT_AUTO_BYTES)
+    roles = compiled.roles
+    abstract_member = per_member(compiled.state_shape, compiled.state_sharding)
+    replay_bytes = _nbytes([s for s, role in zip(compiled.state_shape, roles) if role != checkpoint.STATE])
+    with_replay = {"always": True, "never": False}.get(options.checkpoint_replay,
+                                                       replay_bytes <= REPLAY_CHECKPOINT_AUTO_BYTES)
 
     if resume:
-        fresh_replay = None if all(r.has_replay for r in probe) else compiled.init(keys).replay
-        restored = _restore_members(members, abstract_member, start_eval, True, fresh_replay, options.num_seeds)
+        fresh_replay = None
+        if not all(r.has_replay for r in probe):
+            fresh_replay = [x for x, role in zip(compiled.init(keys), roles) if role != checkpoint.STATE]
+        restored = _restore_members(members, abstract_member, start_eval, True, fresh_replay, options.num_seeds,
+                                    roles=roles)
         state = _stack([r.state for r in restored])
         if compiled.state_sharding is not None:
             state = jax.device_put(state, compiled.state_sharding)
@@ -598,7 +611,7 @@ def train(config: Config, run_dir: Optional[Path] = None, options: Options = Opt
     def save(step: int, state) -> None:
         for index, saver in enumerate(savers):
             saver.save(step, _member_slice(state, index, options.num_seeds, len(members)),
-                       dict(wall_time_s=time.perf_counter() - start))
+                       dict(wall_time_s=time.perf_counter() - start), roles=roles)
 
     if not resume:
         save(0, state)

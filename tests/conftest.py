@@ -9,6 +9,8 @@ CLI runs, the notebook's kernel, benchmark scripts) inherits them. A user's own 
 - Several tests compile the same program again in another process (a CLI run killed and resumed, the CLI's run
   against the library loop), so the session shares one persistent compilation cache in a temporary directory,
   removed when the session ends. A cached executable is the compiled code itself: its results are the same bits.
+- `purempo train` keeps exported programs under `$XDG_CACHE_HOME/purempo/programs`: the session points
+  XDG_CACHE_HOME at a temporary directory too, so that tests leave the user's cache alone.
 """
 
 import atexit
@@ -25,3 +27,8 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the controller makes it; xd
     cache_dir = tempfile.mkdtemp(prefix="purempo-test-xla-cache-")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = cache_dir
     atexit.register(shutil.rmtree, cache_dir, ignore_errors=True)
+
+if "PUREMPO_TEST_CACHE_HOME" not in os.environ:  # the controller makes it; xdist workers inherit it
+    cache_home = tempfile.mkdtemp(prefix="purempo-test-cache-home-")
+    os.environ["PUREMPO_TEST_CACHE_HOME"] = os.environ["XDG_CACHE_HOME"] = cache_home
+    atexit.register(shutil.rmtree, cache_home, ignore_errors=True)

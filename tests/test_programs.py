@@ -1,0 +1,122 @@
+"""The cache of exported programs (`purempo.programs`): a warm build traces nothing and imports no simulator,
+and cold, warm and the library's own `compile_trainer` compute the same bits."""
+
+import dataclasses
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from purempo import Config, checkpoint, programs
+from purempo.train import compile_trainer, make_trainer
+
+TINY = Config(env="inverted_pendulum", episode_length=50, total_steps=2_000, num_envs=8, unroll_length=2,
+              updates_per_iteration=2, prefill_steps=32, num_evals=2, eval_episodes=2, replay_size=2_048,
+              batch_size=8, sequence_length=4, num_action_samples=4, policy_hidden=(16, 16),
+              critic_hidden=(16, 16))
+KEYS = jax.random.split(jax.random.PRNGKey(3), 2)
+
+
+def run(compiled, chunks=2):
+    """The state's leaves and the metrics after `chunks` periods of training and evaluation."""
+    state, rows = compiled.init(KEYS), []
+    for _ in range(chunks):
+        state, metrics = compiled.train_chunk(state)
+        state, evaluation = compiled.evaluate_state(state)
+        rows.append(jax.device_get({**metrics, **{k: v for k, v in evaluation.items() if k != "eval_episodes"}}))
+    return [np.asarray(x) for x in jax.tree.leaves(state)], rows
+
+
+def assert_same(a, b):
+    leaves_a, rows_a = a
+    leaves_b, rows_b = b
+    assert len(leaves_a) == len(leaves_b)
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(x, y)
+    for row_a, row_b in zip(rows_a, rows_b):
+        assert row_a.keys() == row_b.keys()
+        for name in row_a:
+            np.testing.assert_array_equal(row_a[name], row_b[name], err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def cold(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("programs")
+    built = programs.build(TINY, KEYS, cache_dir=cache)
+    return cache, built, run(built)
+
+
+def test_cold_and_warm_builds_and_compile_trainer_compute_the_same_bits(cold):
+    cache, built, cold_result = cold
+    assert not built.cached and len(list(cache.iterdir())) == 1
+    warm = programs.build(TINY, KEYS, cache_dir=cache)
+    assert warm.cached
+    assert_same(cold_result, run(warm))
+    # The leaves are those of the library's TrainState, in jax.tree.leaves order.
+    assert_same(cold_result, run(compile_trainer(make_trainer(TINY), KEYS, batched=True)))
+
+
+def test_roles_mark_exactly_the_replay_and_its_data(cold):
+    _, built, _ = cold
+    shape = jax.eval_shape(jax.vmap(make_trainer(TINY).init), KEYS)
+    data = {id(x) for x in jax.tree.leaves(shape.replay.data)}
+    replay = {id(x) for x in jax.tree.leaves(shape.replay)}
+    expected = [checkpoint.REPLAY_DATA if id(x) in data else checkpoint.REPLAY if id(x) in replay else checkpoint.STATE
+                for x in jax.tree.leaves(shape)]
+    assert built.roles == expected
+    assert [(s.shape, s.dtype) for s in built.state_shape] == [(s.shape, s.dtype) for s in jax.tree.leaves(shape)]
+
+
+def test_a_warm_start_in_a_new_process_traces_nothing_and_imports_no_simulator(cold, tmp_path):
+    cache, _, cold_result = cold
+    out = tmp_path / "leaves.npz"
+    child = textwrap.dedent(f"""
+        import sys, jax, numpy as np
+        from purempo import programs
+        from purempo.config import Config
+        config = Config(**{dataclasses.asdict(TINY)!r})
+        keys = jax.random.split(jax.random.PRNGKey(3), 2)
+        built = programs.build(config, keys, cache_dir={str(cache)!r})
+        state = built.init(keys)
+        for _ in range(2):
+            state, _ = built.train_chunk(state)
+            state, _ = built.evaluate_state(state)
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("brax", "mujoco", "mujoco_playground", "flax", "distrax")
+                        or m in ("purempo.train", "purempo.envs"))
+        np.savez({str(out)!r}, *[np.asarray(x) for x in state])
+        print("cached", built.cached, "loaded", loaded)
+    """)
+    result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "cached True loaded []" in result.stdout, result.stdout
+    stored = np.load(out)
+    for index, leaf in enumerate(cold_result[0]):
+        np.testing.assert_array_equal(stored[f"arr_{index}"], leaf)
+
+
+def test_a_damaged_entry_is_exported_again(cold):
+    cache, _, cold_result = cold
+    (entry,) = cache.iterdir()
+    path = entry / "train_chunk.jaxexport"
+    path.write_bytes(path.read_bytes()[:100])
+    rebuilt = programs.build(TINY, KEYS, cache_dir=cache)
+    assert not rebuilt.cached
+    assert_same(cold_result, run(rebuilt))
+    assert programs.build(TINY, KEYS, cache_dir=cache).cached  # the entry was written anew
+
+
+def test_the_key_changes_with_anything_the_programs_depend_on():
+    key = programs.cache_key(TINY, 2, False, 1)
+    assert programs.cache_key(Config(**vars(TINY)), 2, False, 1) == key
+    assert len({key, programs.cache_key(TINY.replace(critic_lr=1e-3), 2, False, 1),
+                programs.cache_key(TINY.replace(policy_hidden=(8, 8)), 2, False, 1), programs.cache_key(TINY, 3, False, 1),
+                programs.cache_key(TINY, 2, True, 1)}) == 5
+
+
+def test_the_key_changes_when_purempo_source_changes(monkeypatch):
+    key = programs.cache_key(TINY, 2, False, 1)
+    monkeypatch.setattr(programs, "_source_hash", lambda: "edited")
+    assert programs.cache_key(TINY, 2, False, 1) != key
