@@ -237,13 +237,18 @@ def check_writable(directory: Path) -> None:
         raise RunError(f"cannot write to {directory}: {error.strerror or error}") from None
 
 
-def prepare_new_run_dir(run_dir: Path, overwrite: bool) -> Path:
-    """Checks that `run_dir` holds no run (or removes its run's files with `overwrite`) and is writable."""
-    run_dir = Path(run_dir)
-    held = [name for name in RUN_FILES if (run_dir / name).exists()]
+def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """RunError if `run_dir` holds a run and `overwrite` is not set; creates nothing."""
+    held = [name for name in RUN_FILES if (Path(run_dir) / name).exists()]
     if held and not overwrite:
         raise RunError(f"run dir {run_dir} already holds a run ({held[0]}); "
                        f"use --resume {run_dir} to continue it, --overwrite to replace it, or another --run-dir")
+
+
+def prepare_new_run_dir(run_dir: Path, overwrite: bool) -> Path:
+    """Checks that `run_dir` holds no run (or removes its run's files with `overwrite`) and is writable."""
+    run_dir = Path(run_dir)
+    check_new_run_dir(run_dir, overwrite)
     check_writable(run_dir)
     if overwrite:
         members = sweep_member_dirs(run_dir) or []
@@ -557,7 +562,7 @@ def train(config: Config, run_dir: Optional[Path] = None, options: Options = Opt
             raise RunError("--resume and --overwrite exclude each other: resume continues a run, overwrite replaces it")
         check_resume(run_dir, config, options)
     else:
-        prepare_new_run_dir(run_dir, overwrite)
+        check_new_run_dir(run_dir, overwrite)  # the directory is made once the config has proved trainable
 
     def per_member(shapes, shardings=None):  # one member's part of the stacked runs
         return [jax.ShapeDtypeStruct((s.shape[0] // len(members),) + s.shape[1:], s.dtype, sharding=sh)
@@ -568,6 +573,8 @@ def train(config: Config, run_dir: Optional[Path] = None, options: Options = Opt
         prepared = programs.prepare(config, keys, hparams, num_devices, mesh, program_cache)
     except programs.UnusableConfig as error:
         raise RunError(str(error)) from None
+    if not resume:
+        prepare_new_run_dir(run_dir, overwrite)
     start_eval, elapsed = 0, 0.0
     if resume:  # the newest checkpoint, checked against the config, without its replay: before compiling
         probe = _restore_members(members, per_member(prepared.shapes), None, False, roles=prepared.roles)
