@@ -246,6 +246,13 @@ PUBLISHED_SIMULATION = {
         "on an A100 at a batch of 8,192 (MJX-JAX); / 5 physics steps per Brax humanoid env step = 190k env "
         "steps/s. purempo's Brax humanoid runs Brax's default (generalized) physics, not MJX: the nearest "
         "published figure, not the same program")),
+    # Brax PPO's training rate on ant over 8 H100s, divided by 8: per GPU, learning included (a lower bound of
+    # the simulation rate, like CheetahRun's), at 1,024 envs per GPU where the GPU preset steps 4,096.
+    "ant": dict(env_steps_per_s=924_447.80 / 8, source=(
+        "milabench (mila-iqia/milabench PR #277, benchmark results of 2024-09-11): the 'brax' benchmark, Brax "
+        "PPO on ant (generalized backend, 8,192 envs), trains at 924,447.80 env steps/s on 8 NVIDIA H100 80GB; "
+        "/ 8 = 115,556 env steps/s per H100, its learning included: a lower bound of the simulation rate, "
+        "at 1,024 envs per GPU")),
 }
 
 
