@@ -2,6 +2,7 @@
 and cold, warm and the library's own `compile_trainer` compute the same bits."""
 
 import dataclasses
+import json
 import subprocess
 import sys
 import textwrap
@@ -120,3 +121,16 @@ def test_the_key_changes_when_purempo_source_changes(monkeypatch):
     key = programs.cache_key(TINY, 2, False, 1)
     monkeypatch.setattr(programs, "_source_hash", lambda: "edited")
     assert programs.cache_key(TINY, 2, False, 1) != key
+
+
+def test_the_driver_trains_the_same_run_from_a_cold_and_a_warm_program_cache(tmp_path):
+    from purempo import driver
+
+    cache, rows, written = tmp_path / "programs", [], []
+    for name in ("cold", "warm"):
+        driver.train(TINY, tmp_path / name, driver.Options(num_seeds=2, tensorboard=False), program_cache=cache)
+        written.append([p.stat().st_mtime_ns for p in sorted(cache.glob("*/*"))])
+        rows.append([{k: v for k, v in json.loads(line).items() if k != "wall_time_s"}
+                     for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()])
+    assert len(list(cache.iterdir())) == 1 and written[0] == written[1]  # the second run read the first's entry
+    assert len(rows[0]) == TINY.num_evals and rows[0] == rows[1]
