@@ -218,23 +218,32 @@ def _shardings(env_axes: List[int], mesh) -> Optional[List[Any]]:
             for axis in env_axes]
 
 
-def _compile(functions: Dict[str, Callable], shapes, roles: List[str], env_axes: List[int], keys, hparams, mesh,
-             cached: bool) -> Programs:
-    """Compiles the three programs on three threads (XLA releases the GIL while compiling)."""
-    state_sharding = _shardings(env_axes, mesh)
-    hp_leaves = _hparam_leaves(hparams)
-    leaf_shape = _with_sharding([jax.ShapeDtypeStruct(a.shape, a.dtype) for a in shapes], state_sharding)
+def compile_three(init, train_chunk, evaluate_state, keys, hparams, state_shape, state_sharding):
+    """`init(keys, hparams)`, `train_chunk(state, hparams)` and `evaluate_state(state)` compiled at once on three
+    threads (XLA releases the GIL while compiling), the chunks donating their state; returns them with
+    `hparams` bound: `(init(keys), train_chunk(state), evaluate_state(state))`."""
     lowered = (
-        jax.jit(functions["init"], out_shardings=state_sharding).lower(keys, hp_leaves),
-        jax.jit(functions["train_chunk"], donate_argnums=0).lower(leaf_shape, hp_leaves),
-        jax.jit(functions["evaluate_state"], donate_argnums=0).lower(leaf_shape),
+        jax.jit(init, out_shardings=state_sharding).lower(keys, hparams),
+        jax.jit(train_chunk, donate_argnums=0).lower(state_shape, hparams),
+        jax.jit(evaluate_state, donate_argnums=0).lower(state_shape),
     )
     with ThreadPoolExecutor(len(lowered)) as pool:
         init_c, chunk_c, eval_c = pool.map(lambda program: program.compile(), lowered)
+    return (lambda k: init_c(k, hparams)), (lambda state: chunk_c(state, hparams)), eval_c
+
+
+def _compile(functions: Dict[str, Callable], shapes, roles: List[str], env_axes: List[int], keys, hparams, mesh,
+             cached: bool) -> Programs:
+    """The compiled `Programs` of `functions` (`compile_three`)."""
+    state_sharding = _shardings(env_axes, mesh)
+    leaf_shape = _with_sharding([jax.ShapeDtypeStruct(a.shape, a.dtype) for a in shapes], state_sharding)
+    init, train_chunk, evaluate_state = compile_three(functions["init"], functions["train_chunk"],
+                                                      functions["evaluate_state"], keys, _hparam_leaves(hparams),
+                                                      leaf_shape, state_sharding)
     return Programs(
-        init=lambda k: init_c(k, hp_leaves),
-        train_chunk=lambda leaves: chunk_c(leaves, hp_leaves),
-        evaluate_state=eval_c,
+        init=init,
+        train_chunk=train_chunk,
+        evaluate_state=evaluate_state,
         state_shape=leaf_shape,
         state_sharding=state_sharding,
         roles=roles,

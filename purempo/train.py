@@ -19,6 +19,7 @@ import optax
 from purempo import acting, envs, losses, mpo, networks, normalizer, replay, sharding
 from purempo.config import Config, HParams
 from purempo.networks import Critic, GaussianPolicy
+from purempo.programs import compile_three
 from purempo.types import Transition
 
 
@@ -485,8 +486,6 @@ def compile_trainer(trainer: Trainer, keys: chex.Array, hparams: Optional[HParam
     (`sharding.make_mesh`, as many devices as `trainer.num_devices`) splits the envs over its devices.
     Numerically this is `Trainer.run_chunk` split in two (tests check it against the fused `train`).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     hp_axis = None if hparams is None or jnp.ndim(jax.tree.leaves(hparams)[0]) == 0 else 0
     init, train_chunk, evaluate_state, specs = distribute(trainer, mesh, batched, hp_axis)
     state_sharding = None if specs is None else sharding.named(mesh, specs, batched)
@@ -494,16 +493,11 @@ def compile_trainer(trainer: Trainer, keys: chex.Array, hparams: Optional[HParam
     if state_sharding is not None:
         state_shape = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                                    state_shape, state_sharding)
-    lowered = (
-        jax.jit(init, out_shardings=state_sharding).lower(keys, hparams),
-        jax.jit(train_chunk, donate_argnums=0).lower(state_shape, hparams),
-        jax.jit(evaluate_state, donate_argnums=0).lower(state_shape),
-    )
-    with ThreadPoolExecutor(len(lowered)) as pool:  # XLA releases the GIL while compiling
-        init_c, chunk_c, eval_c = pool.map(lambda program: program.compile(), lowered)
+    init_c, chunk_c, eval_c = compile_three(init, train_chunk, evaluate_state, keys, hparams, state_shape,
+                                            state_sharding)
     return CompiledTrainer(
-        init=lambda k: init_c(k, hparams),
-        train_chunk=lambda s: chunk_c(s, hparams),
+        init=init_c,
+        train_chunk=chunk_c,
         evaluate_state=eval_c,
         state_shape=state_shape,
         state_sharding=state_sharding,
