@@ -110,13 +110,16 @@ def run_and_resume(out, root):
 
     root = Path(root)
     options = driver.Options(num_seeds=2, tensorboard=False, checkpoint_replay="always")
-    whole = driver.train(TINY, root / "whole", options)
+    # The uninterrupted run exports the sharded programs; the cut and resumed ones load them from the cache.
+    cache = root / "programs"
+    whole = driver.train(TINY, root / "whole", options, program_cache=cache)
+    written = [p.stat().st_mtime_ns for p in sorted(cache.glob("*/*"))]
     try:
-        driver.train(TINY, root / "cut", options, callbacks=_StopAfter(2))
+        driver.train(TINY, root / "cut", options, callbacks=_StopAfter(2), program_cache=cache)
     except KeyboardInterrupt:
         pass
     cut_steps = sorted(int(p.name) for p in (root / "cut" / "checkpoints").iterdir() if p.name.isdigit())
-    driver.train(TINY, root / "cut", options, resume=True)
+    driver.train(TINY, root / "cut", options, resume=True, program_cache=cache)
     a, b = _final(whole, 2), _final(root / "cut", 2)
     identical = all(np.array_equal(x, y) for x, y in zip(_leaves(a.state), _leaves(b.state)))
     # Per-device copies of the replicated parameters straight from a compiled 4-device program.
@@ -129,7 +132,8 @@ def run_and_resume(out, root):
     learner_leaves = jax.tree.leaves(state.learner)
     obs = state.replay.data.obs
     rows = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
-    json.dump(dict(identical=identical, cut_steps=cut_steps, final_step=b.step, num_leaves=len(_leaves(a.state)),
+    json.dump(dict(identical=identical, cut_steps=cut_steps, cache_entries=len(list(cache.iterdir())),
+                   cache_reused=written == [p.stat().st_mtime_ns for p in sorted(cache.glob("*/*"))], final_step=b.step, num_leaves=len(_leaves(a.state)),
                    learner_copies_equal=all(all(np.array_equal(c[0], x) for x in c)
                                             for c in map(sharding.device_copies, learner_leaves)),
                    num_copies=len(sharding.device_copies(learner_leaves[0])),
