@@ -573,6 +573,8 @@ def train(config: Config, run_dir: Optional[Path] = None, options: Options = Opt
         prepared = programs.prepare(config, keys, hparams, num_devices, mesh, program_cache)
     except programs.UnusableConfig as error:
         raise RunError(str(error)) from None
+    if prepared.not_cached_because:
+        callbacks.message(f"the programs are not cached: {prepared.not_cached_because}")
     if not resume:
         prepare_new_run_dir(run_dir, overwrite)
     start_eval, elapsed = 0, 0.0

@@ -16,8 +16,12 @@ An entry's key covers everything the programs depend on:
 - the number of runs, and whether hyper-parameters are per run;
 - the devices, the backend, the device kind and JAX's tracing flags;
 - the versions of the packages that trace the programs, and a hash of purempo's own source.
-A changed source file or an upgraded package gives a new key, so a stale entry is never used. With several
-processes (`jax.distributed`), nothing is cached: the programs are traced and compiled every time.
+A changed source file or an upgraded package gives a new key, so a stale entry is never used.
+
+Two kinds of run are traced and compiled every time, with nothing cached:
+- runs over several processes (`jax.distributed`);
+- programs that `jax.export` cannot serialise. MuJoCo Warp's custom calls carry no compatibility guarantee,
+  so `Prepared.not_cached_because` says why and the driver prints it.
 """
 
 from __future__ import annotations
@@ -151,15 +155,15 @@ def _trace(config: Config, keys, hparams, num_devices: int, mesh):
     return functions, roles, env_axes, leaf_shape
 
 
-def _export(config: Config, keys, hparams, num_devices: int, mesh) -> _Exports:
-    """Traces the trainer and exports its three programs."""
+def _export(functions: Dict[str, Callable], keys, hparams, shapes, roles: List[str], env_axes: List[int]) -> _Exports:
+    """Exports the traced programs (raises for what `jax.export` cannot serialise, e.g. MuJoCo Warp's custom
+    calls, which have no compatibility guarantee)."""
     from jax import export
 
-    functions, roles, env_axes, leaf_shape = _trace(config, keys, hparams, num_devices, mesh)
     hp_leaves = _hparam_leaves(hparams)
     programs = dict(init=export.export(functions["init"])(keys, hp_leaves),
-                    train_chunk=export.export(functions["train_chunk"])(leaf_shape, hp_leaves),
-                    evaluate_state=export.export(functions["evaluate_state"])(leaf_shape))
+                    train_chunk=export.export(functions["train_chunk"])(shapes, hp_leaves),
+                    evaluate_state=export.export(functions["evaluate_state"])(shapes))
     return _Exports(programs, roles, env_axes)
 
 
@@ -169,13 +173,13 @@ def _with_sharding(shapes, shardings):
     return [jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh) for s, sh in zip(shapes, shardings)]
 
 
-def _save(directory: Path, exports: _Exports) -> None:
+def _save(directory: Path, exports: _Exports, blobs: Dict[str, bytes]) -> None:
     """Writes the entry to a temporary directory and renames it: a reader sees all of it or nothing."""
     temporary = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
-    for name, program in exports.programs.items():
-        (temporary / f"{name}.jaxexport").write_bytes(program.serialize())
+    for name, blob in blobs.items():
+        (temporary / f"{name}.jaxexport").write_bytes(blob)
     (temporary / "meta.json").write_text(json.dumps(dict(format=CACHE_FORMAT, roles=exports.roles,
                                                          env_axes=exports.env_axes)))
     shutil.rmtree(directory, ignore_errors=True)  # a damaged entry of the same key
@@ -259,6 +263,7 @@ class Prepared(NamedTuple):
     roles: List[str]
     env_axes: List[int]
     cached: bool
+    not_cached_because: Optional[str] = None  # why a cache was asked for and not used
 
 
 class UnusableConfig(ValueError):
@@ -275,21 +280,28 @@ def prepare(config: Config, keys, hparams=None, num_devices: int = 1, mesh=None,
     if jax.process_count() > 1:  # a global mesh over several processes: traced and compiled as it is
         functions, roles, env_axes, shapes = _trace(config, keys, hparams, num_devices, mesh)
         return Prepared(functions, shapes, roles, env_axes, cached=False)
-    directory = exports = None
+    directory = exports = reason = None
     if cache_dir is not None:
         directory = Path(cache_dir) / cache_key(config, int(keys.shape[0]), per_run, num_devices)
         exports = _load(directory)
     cached = exports is not None
     if not cached:
-        exports = _export(config, keys, hparams, num_devices, mesh)
+        functions, roles, env_axes, shapes = _trace(config, keys, hparams, num_devices, mesh)
+        try:
+            exports = _export(functions, keys, hparams, shapes, roles, env_axes)
+            blobs = {name: program.serialize() for name, program in exports.programs.items()}
+        except Exception as error:  # not exportable: the traced programs run as they are, uncached
+            reason = " ".join(str(error).split())[:200]
+            return Prepared(functions, shapes, roles, env_axes, cached=False,
+                            not_cached_because=None if directory is None else f"not exportable ({reason})")
         if directory is not None:
             try:
-                _save(directory, exports)
-            except OSError:  # an unwritable cache costs the next start its tracing, nothing else
-                pass
+                _save(directory, exports, blobs)
+            except OSError as error:  # an unwritable cache costs the next start its tracing, nothing else
+                reason = f"cannot write {directory}: {error.strerror or error}"
     functions = {name: program.call for name, program in exports.programs.items()}
     shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in exports.programs["train_chunk"].in_avals[:len(exports.roles)]]
-    return Prepared(functions, shapes, exports.roles, exports.env_axes, cached)
+    return Prepared(functions, shapes, exports.roles, exports.env_axes, cached, reason)
 
 
 def compile(prepared: Prepared, keys, hparams=None, mesh=None) -> Programs:  # noqa: A001 (the step's name)

@@ -134,3 +134,17 @@ def test_the_driver_trains_the_same_run_from_a_cold_and_a_warm_program_cache(tmp
                      for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()])
     assert len(list(cache.iterdir())) == 1 and written[0] == written[1]  # the second run read the first's entry
     assert len(rows[0]) == TINY.num_evals and rows[0] == rows[1]
+
+
+def test_programs_that_cannot_be_exported_run_traced_and_say_why(cold, tmp_path, monkeypatch):
+    # MuJoCo Warp's custom calls are such programs: jax.export refuses to serialise them.
+    _, _, cold_result = cold
+
+    def refuse(*args):
+        raise ValueError("Cannot serialize code with custom calls whose targets have no compatibility guarantees")
+
+    monkeypatch.setattr(programs, "_export", refuse)
+    prepared = programs.prepare(TINY, KEYS, cache_dir=tmp_path / "programs")
+    assert not prepared.cached and prepared.not_cached_because.startswith("not exportable (Cannot serialize")
+    assert not (tmp_path / "programs").exists()
+    assert_same(cold_result, run(programs.compile(prepared, KEYS)))
