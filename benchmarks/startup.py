@@ -1,4 +1,4 @@
-"""Start-up of `purempo train`: cold (empty compilation cache) against warm (the same command again).
+"""Start-up of `purempo train`: cold (empty program and compilation caches) against warm (the same command again).
 
     python benchmarks/startup.py                      # inverted_pendulum, its preset, 3 cold + 3 warm launches
     python benchmarks/startup.py --flags --env hopper --total-steps 40960
@@ -7,7 +7,7 @@ Each launch runs `purempo train FLAGS --run-dir TMP` in a fresh process with `XD
 temporary directory (cold: a new one; warm: the one the previous cold launch filled) and timestamps, from the
 moment the process is spawned, the lines it prints: `compiled in …`, `training from …` (the first training
 step is about to run) and the first evaluation row. A launch with `--no-compile-cache` is the reference for
-what the cache saves. Writes benchmarks/results/startup_<env>.json.
+what the caches save. Writes benchmarks/results/startup_<env>.json.
 """
 
 from __future__ import annotations
