@@ -136,7 +136,7 @@ def _trace(config: Config, keys, hparams, num_devices: int, mesh):
     leaf_shape = _with_sharding([jax.ShapeDtypeStruct(s.shape, s.dtype) for s in jax.tree.leaves(shape)],
                                 state_sharding)
 
-    def metrics(values):  # a flat dict of arrays; the evaluation's episodes stay on the device
+    def metrics(values):  # a flat dict of arrays, without the evaluation's episodes (the driver reads none)
         return {name: value for name, value in values.items() if name != "eval_episodes"}
 
     def init_leaves(k, hp):
