@@ -534,7 +534,8 @@ def train(config: Config, run_dir: Optional[Path] = None, options: Options = Opt
     (`resume`). Returns the run directory. `program_cache` (e.g. `default_program_cache()`) keeps the run's
     exported programs, so that a second start of the same setup neither traces nor imports the simulator
     (`purempo.programs`; the results are the same with or without it). Raises RunError (one line) for bad
-    input, a run that cannot be resumed, or divergence; nothing already written is lost (a diverged run keeps its metrics and checkpoints)."""
+    input, a run that cannot be resumed, or divergence; nothing already written is lost (a diverged run keeps
+    its metrics and checkpoints)."""
     import jax
     import jax.numpy as jnp
 

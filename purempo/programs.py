@@ -107,6 +107,12 @@ def cache_key(config: Config, num_runs: int, hparams_per_run: bool, num_devices:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def hparams_axis(hparams) -> Optional[int]:
+    """The runs' axis of `hparams` for `jax.vmap`: None when they are shared (None, or scalar leaves), 0 when
+    they are per run (leaves `[S]`)."""
+    return None if hparams is None or jax.numpy.ndim(jax.tree.leaves(hparams)[0]) == 0 else 0
+
+
 def _hparam_leaves(hparams) -> List[Any]:
     return [] if hparams is None else jax.tree.leaves(hparams)
 
@@ -121,8 +127,7 @@ def _trace(config: Config, keys, hparams, num_devices: int, mesh):
         trainer = make_trainer(config, num_devices)
     except ValueError as error:
         raise UnusableConfig(str(error)) from None
-    hp_axis = None if hparams is None or jax.numpy.ndim(jax.tree.leaves(hparams)[0]) == 0 else 0
-    init, train_chunk, evaluate_state, specs = distribute(trainer, mesh, True, hp_axis)
+    init, train_chunk, evaluate_state, specs = distribute(trainer, mesh, True, hparams_axis(hparams))
     hp_tree = jax.tree.structure(config.hparams)
     unflatten_hp = (lambda leaves: None) if hparams is None else hp_tree.unflatten  # noqa: E731
     shape = jax.eval_shape(init, keys, hparams)
@@ -259,7 +264,7 @@ class Prepared(NamedTuple):
     """The programs before compiling: enough to check a checkpoint against the run's state."""
 
     functions: Dict[str, Callable]  # name -> the jitted function or the deserialised export's `call`
-    shapes: List[Any]  # the state's leaf shapes (all runs, no shardings)
+    shapes: List[Any]  # the state's leaf shapes, all runs (their shardings, where present, are not used)
     roles: List[str]
     env_axes: List[int]
     cached: bool
@@ -275,14 +280,13 @@ def prepare(config: Config, keys, hparams=None, num_devices: int = 1, mesh=None,
     """Loads the programs of `config` from `cache_dir` when it holds an entry of their key (no tracing, no
     simulator import), else traces and exports them (and stores them there). Without `cache_dir`, or with
     several processes, they are traced each time. Arguments as `build`'s."""
-    per_run = hparams is not None and jax.numpy.ndim(jax.tree.leaves(hparams)[0]) > 0
     mesh = mesh if num_devices > 1 else None
     if jax.process_count() > 1:  # a global mesh over several processes: traced and compiled as it is
         functions, roles, env_axes, shapes = _trace(config, keys, hparams, num_devices, mesh)
         return Prepared(functions, shapes, roles, env_axes, cached=False)
     directory = exports = reason = None
     if cache_dir is not None:
-        directory = Path(cache_dir) / cache_key(config, int(keys.shape[0]), per_run, num_devices)
+        directory = Path(cache_dir) / cache_key(config, int(keys.shape[0]), hparams_axis(hparams) == 0, num_devices)
         exports = _load(directory)
     cached = exports is not None
     if not cached:

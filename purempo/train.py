@@ -19,7 +19,7 @@ import optax
 from purempo import acting, envs, losses, mpo, networks, normalizer, replay, sharding
 from purempo.config import Config, HParams
 from purempo.networks import Critic, GaussianPolicy
-from purempo.programs import compile_three
+from purempo.programs import compile_three, hparams_axis
 from purempo.types import Transition
 
 
@@ -486,8 +486,7 @@ def compile_trainer(trainer: Trainer, keys: chex.Array, hparams: Optional[HParam
     (`sharding.make_mesh`, as many devices as `trainer.num_devices`) splits the envs over its devices.
     Numerically this is `Trainer.run_chunk` split in two (tests check it against the fused `train`).
     """
-    hp_axis = None if hparams is None or jnp.ndim(jax.tree.leaves(hparams)[0]) == 0 else 0
-    init, train_chunk, evaluate_state, specs = distribute(trainer, mesh, batched, hp_axis)
+    init, train_chunk, evaluate_state, specs = distribute(trainer, mesh, batched, hparams_axis(hparams))
     state_sharding = None if specs is None else sharding.named(mesh, specs, batched)
     state_shape = jax.eval_shape(init, keys, hparams)
     if state_sharding is not None:
