@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple
 
@@ -108,9 +107,6 @@ class PlotArgs:
 COMMANDS = {"train": TrainArgs, "eval": EvalArgs, "render": RenderArgs, "plot": PlotArgs}
 
 
-# ----------------------------------------------------------------------------------------------------------
-# purempo train
-# ----------------------------------------------------------------------------------------------------------
 
 
 def run_training(args: TrainArgs) -> Path:
@@ -129,9 +125,6 @@ def run_training(args: TrainArgs) -> Path:
         progress.bar.stop()
 
 
-# ----------------------------------------------------------------------------------------------------------
-# purempo eval / render / plot
-# ----------------------------------------------------------------------------------------------------------
 
 
 def run_eval(args: EvalArgs) -> Dict[str, Any]:
@@ -149,19 +142,8 @@ def run_eval(args: EvalArgs) -> Dict[str, Any]:
     return result
 
 
-def _check_output(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out} already exists; use --overwrite to replace it or choose another --out")
-    if out.is_dir():
-        raise UsageError(f"{out} is a directory; --out must name a file")
-    driver.check_writable(out.parent)
-
-
 def run_render(args: RenderArgs) -> Path:
-    _check_output(args.out, args.overwrite)
-    for flag, value in (("--max-steps", args.max_steps), ("--height", args.height)):
-        if value is not None and value < 1:
-            raise UsageError(f"invalid {flag}={value}: must be >= 1")
+    driver.check_output(args.out, args.overwrite)
     html, text = driver.render_run(args.run_dir, args.run_seed, args.seed, args.height, args.max_steps, args.step)
     driver.replace_file(args.out, html)
     print(f"wrote {args.out}: {text}")
@@ -171,7 +153,7 @@ def run_render(args: RenderArgs) -> Path:
 def run_plot(args: PlotArgs) -> Path:
     from purempo import plotting
 
-    _check_output(args.out, args.overwrite)
+    driver.check_output(args.out, args.overwrite)
     try:
         out = plotting.plot_runs(list(args.run_dirs), args.out, metric=args.metric, x=args.x, merge=args.merge,
                                  title=args.title)
@@ -181,9 +163,6 @@ def run_plot(args: PlotArgs) -> Path:
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Entry point
-# ----------------------------------------------------------------------------------------------------------
 
 
 def _flag_value(argv: List[str], flag: str) -> Optional[str]:
@@ -246,10 +225,9 @@ def main(argv: Optional[list] = None) -> int:
         print(f"purempo: error: unknown command {command!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        if command == "train":
-            _join_processes(rest)  # before anything starts JAX's back end
         # Config validation runs while tyro builds the arguments: its ValueError is a usage error.
         if command == "train":
+            _join_processes(rest)  # before anything starts JAX's back end
             args = parse_train_args(rest)
         else:
             args = tyro.cli(COMMANDS[command], args=rest, prog=f"purempo {command}",

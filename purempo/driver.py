@@ -1,7 +1,7 @@
 """The run loop shared by the CLI, the benchmarks and the notebook: `train(config, run_dir, options)`.
 
 A run directory holds `config.json`, `metrics.jsonl` (one row per evaluation), `tb/` (TensorBoard) and
-`checkpoints/` (orbax, `purempo.checkpoint`). `train` compiles the trainer's chunks once (`compile_trainer`),
+`checkpoints/` (orbax, `purempo.checkpoint`). `train` compiles the trainer's chunks once (`purempo.programs`),
 runs them one evaluation period at a time (the same numerics as `make_train`'s fused scan), writes a row and a
 checkpoint after each, and stops with a `RunError` naming the first non-finite metric. `resume=True`
 continues the run in `run_dir` from its newest checkpoint and ends bit-identical to an uninterrupted run
@@ -81,6 +81,13 @@ class Callbacks:
     def message(self, text: str) -> None: ...
 
     def evaluated(self, row: Dict[str, Any], steps_per_second: float) -> None: ...
+
+    def chunk(self, index: int, metrics: Dict[str, Any], state: List[Any], seconds: Dict[str, float]) -> None:
+        """After evaluation `index` (0-based), before its rows are written, for drivers that need more than a
+        row (the benchmarks): the chunk's metrics as numpy arrays over all R = members × seeds runs (`[R, I]`
+        per iteration, `[R]` per evaluation, `eval_episodes` a dict of `[R, 2·eval_episodes, ...]` arrays:
+        mean-action episodes first), the state's leaves on the devices (`train.state_structure` unflattens
+        them; the next chunk donates them, so read them here) and the seconds that `train` and `evaluate` ran."""
 
     def stop(self, row: Dict[str, Any]) -> bool:
         """True ends the run after this evaluation (e.g. a wall-time budget), with a checkpoint of it, so that
@@ -235,6 +242,15 @@ def check_writable(directory: Path) -> None:
         probe.unlink()
     except OSError as error:
         raise RunError(f"cannot write to {directory}: {error.strerror or error}") from None
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    """RunError unless `out` can be written as a new file (or replaced, with `overwrite`)."""
+    if out.exists() and not overwrite:
+        raise RunError(f"{out} already exists; use --overwrite to replace it or choose another --out")
+    if out.is_dir():
+        raise RunError(f"{out} is a directory; --out must name a file")
+    check_writable(out.parent)
 
 
 def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
@@ -482,6 +498,9 @@ def render_run(run_dir: Path, run_seed: int, seed: int, height: int, max_steps: 
 
     from purempo import rendering
 
+    for flag, value in (("--max-steps", max_steps), ("--height", height)):
+        if value is not None and value < 1:
+            raise RunError(f"invalid {flag}={value}: must be >= 1")
     config, _, record, restored = restore_run(run_dir, step)
     if not 0 <= run_seed < record["num_seeds"]:
         raise RunError(f"invalid --run-seed={run_seed}: the run has seeds 0..{record['num_seeds'] - 1}")
@@ -642,9 +661,13 @@ def train(config: Config, run_dir: Optional[Path] = None, options: Options = Opt
                     boards.append(TensorBoard(member.run_dir / "tb", purge_after_step=done_steps if resume else None))
         last_saved = start_eval
         for index in range(start_eval, config.num_evals):
+            tick = time.perf_counter()
             state, metrics = compiled.train_chunk(state)
+            jax.block_until_ready(state)
+            trained = time.perf_counter()
             state, eval_metrics = compiled.evaluate_state(state)
             metrics = jax.device_get({**metrics, **eval_metrics})
+            callbacks.chunk(index, metrics, state, dict(train=trained - tick, evaluate=time.perf_counter() - trained))
             rows = []
             for m, member in enumerate(members):
                 try:

@@ -9,7 +9,7 @@ deserialised module, so they run the same executable and give the same numbers b
 
 The state travels as `jax.tree.leaves` of the `TrainState`, and each leaf has a role
 (`checkpoint.leaf_roles`). The driver needs nothing else: it slices seeds and members with `jax.tree.map`,
-and checkpoints are written from leaves. Metrics come back as a flat dict, without `eval_episodes`.
+and checkpoints are written from leaves. Metrics come back as plain dicts of arrays (`eval_episodes` too).
 
 An entry's key covers everything the programs depend on:
 - the config, which includes every constant that is traced in;
@@ -39,7 +39,7 @@ import jax
 
 from purempo.config import Config
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the evaluation's metrics hold its episodes
 PROGRAMS = ("init", "train_chunk", "evaluate_state")
 PACKAGES = ("jax", "jaxlib", "brax", "mujoco", "mujoco-mjx", "playground", "flax", "optax", "chex", "distrax",
             "numpy", "ml_dtypes")  # what traces the programs, so their versions key the cache
@@ -141,8 +141,10 @@ def _trace(config: Config, keys, hparams, num_devices: int, mesh):
     leaf_shape = _with_sharding([jax.ShapeDtypeStruct(s.shape, s.dtype) for s in jax.tree.leaves(shape)],
                                 state_sharding)
 
-    def metrics(values):  # a flat dict of arrays, without the evaluation's episodes (the driver reads none)
-        return {name: value for name, value in values.items() if name != "eval_episodes"}
+    def metrics(values):  # plain dicts of arrays: loading them back needs none of purempo's types
+        if "eval_episodes" in values:
+            values = dict(values, eval_episodes=values["eval_episodes"]._asdict())
+        return values
 
     def init_leaves(k, hp):
         return jax.tree.leaves(init(k, unflatten_hp(hp)))

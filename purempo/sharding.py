@@ -9,7 +9,7 @@ would. Randomness that must differ between devices (env resets, exploration, sam
 `per_device(key)`; randomness that must agree (network initialisation) uses the replicated key as it is.
 
 The maths modules never see a device: `train.make_trainer(config, num_devices)` builds the per-device
-program with the collectives of this module, and `compile_trainer` wraps it in `shard_map` over `make_mesh`.
+program with the collectives of this module, and `train.distribute` wraps it in `shard_map` over `make_mesh`.
 With several processes (`jax.distributed.initialize`, one per host) the mesh spans every process's devices
 and the same program runs everywhere (README: multi-host).
 """

@@ -2,10 +2,10 @@
 
 One iteration = an unroll of `unroll_length` lockstep steps of `num_envs` envs, written to replay, then
 `updates_per_iteration` SGD updates on sampled sequences. Iterations are grouped into `num_evals` chunks,
-each followed by an evaluation (mean-action and sampled-action episodes from fresh resets); `train` is a
-`lax.scan` over chunks, and `Trainer.run_chunk` runs one chunk so a driver can report progress and save checkpoints between chunks (the same computation;
-compiled as a separate program, it may round differently from the fused scan in the last float bits).
-"""
+each followed by an evaluation (mean-action and sampled-action episodes from fresh resets). `train` is a
+`lax.scan` over chunks; a driver that reports and checkpoints between chunks runs the two pieces of one,
+`Trainer.train_chunk` and `Trainer.evaluate_state`, itself (`purempo.driver`, `purempo.programs`: the same
+computation; compiled as separate programs, it may round differently from the fused scan in the last bits)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ import optax
 from purempo import acting, envs, losses, mpo, networks, normalizer, replay, sharding
 from purempo.config import Config, HParams
 from purempo.networks import Critic, GaussianPolicy
-from purempo.programs import compile_three, hparams_axis
 from purempo.types import Transition
 
 
@@ -211,8 +210,6 @@ class Trainer(NamedTuple):
     init: Callable  # (key, hparams) -> TrainState before the first env step
     train_chunk: Callable  # (state, hparams=None) -> (state, per-iteration metrics of one evaluation period)
     evaluate_state: Callable  # (state) -> (state with a new key, evaluation metrics)
-    run_chunk: Callable  # (state, hparams=None) -> train_chunk then evaluate_state, metrics merged
-    train: Callable  # (key, hparams=None) -> (state, metrics stacked over num_evals chunks)
     evaluate: Callable  # (policy_params, obs_stats, key, stochastic=False, num_episodes=None) -> envs.Episodes
     env_axes: Callable  # (state) -> per leaf, the index of its env axis (split over devices) or sharding.SHARED
     num_devices: int  # 1, or D: the pieces above are per-device programs for shard_map over sharding.AXIS
@@ -220,7 +217,7 @@ class Trainer(NamedTuple):
 
 def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
     """The pure pieces of a run. With `num_devices` D > 1 they are per-device programs for `shard_map` over
-    `sharding.AXIS` (`compile_trainer` with a mesh): each device steps num_envs / D envs, keeps their replay,
+    `sharding.AXIS` (`distribute` with a mesh; `programs.build` compiles them): each device steps num_envs / D envs, keeps their replay,
     samples batch_size / D sequences and runs eval_episodes / D of each kind of evaluation episode."""
     sharding.check_divisible(config, num_devices)
     axis = sharding.AXIS if num_devices > 1 else None
@@ -388,16 +385,6 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
         )
         return state._replace(key=key), metrics
 
-    def run_chunk(state: TrainState, hparams: Optional[HParams] = None):
-        # Drivers may jit train_chunk and evaluate_state separately (smaller programs, compiled concurrently).
-        state, metrics = train_chunk(state, hparams)
-        state, eval_metrics = evaluate_state(state)
-        return state, {**metrics, **eval_metrics}
-
-    def train(key, hparams: Optional[HParams] = None):
-        state = init(key, hparams)
-        return jax.lax.scan(lambda s, _: run_chunk(s, hparams), state, None, length=config.num_evals)
-
     def env_axes(state: TrainState) -> TrainState:
         # Sim states and the reset pool: per-env leaves have the env (or pool) axis first, shared ones none.
         sim = jax.tree.map(lambda batched: 0 if batched else sharding.SHARED, envs.per_env_leaves(env))
@@ -412,7 +399,20 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
         )
 
     return Trainer(config=config, init=init, train_chunk=train_chunk, evaluate_state=evaluate_state,
-                   run_chunk=run_chunk, train=train, evaluate=evaluate, env_axes=env_axes, num_devices=num_devices)
+                   evaluate=evaluate, env_axes=env_axes, num_devices=num_devices)
+
+
+def run_chunk(trainer: Trainer, state: TrainState, hparams: Optional[HParams] = None):
+    """One evaluation period: `train_chunk`, then `evaluate_state`, their metrics merged."""
+    state, metrics = trainer.train_chunk(state, hparams)
+    state, evaluation = trainer.evaluate_state(state)
+    return state, {**metrics, **evaluation}
+
+
+def state_structure(config: Config):
+    """The `TrainState`'s tree structure (the same vmapped or split over devices), to unflatten the leaves that
+    `purempo.programs` and the driver pass around: `state_structure(config).unflatten(leaves)`."""
+    return jax.tree.structure(jax.eval_shape(make_trainer(config).init, jax.random.PRNGKey(0)))
 
 
 def make_train(config: Config) -> Callable:
@@ -424,17 +424,13 @@ def make_train(config: Config) -> Callable:
     `eval_episodes` themselves (`envs.Episodes`, first half mean-action, second half sampled). The first
     `config.prefill_iterations` iterations only collect data: their learner metrics are NaN and `updates` is 0.
     """
-    return make_trainer(config).train
+    trainer = make_trainer(config)
 
+    def train(key, hparams: Optional[HParams] = None):
+        return jax.lax.scan(lambda state, _: run_chunk(trainer, state, hparams), trainer.init(key, hparams), None,
+                            length=config.num_evals)
 
-class CompiledTrainer(NamedTuple):
-    """Ahead-of-time compiled pieces of a run, for drivers that report between chunks."""
-
-    init: Callable  # (keys) -> state
-    train_chunk: Callable  # (state) -> (state, per-iteration metrics); donates its input
-    evaluate_state: Callable  # (state) -> (state, evaluation metrics); donates its input
-    state_shape: Any  # the state's jax.ShapeDtypeStructs, with their shardings when distributed over a mesh
-    state_sharding: Any  # the state's NamedShardings on the mesh (None without one)
+    return train
 
 
 def distribute(trainer: Trainer, mesh=None, batched: bool = False, hp_axis: Optional[int] = None):
@@ -475,29 +471,3 @@ def distribute(trainer: Trainer, mesh=None, batched: bool = False, hp_axis: Opti
         train_chunk = jax.vmap(train_chunk, in_axes=(0, hp_axis))
         evaluate_state = jax.vmap(evaluate_state)
     return init, train_chunk, evaluate_state, specs
-
-
-def compile_trainer(trainer: Trainer, keys: chex.Array, hparams: Optional[HParams] = None,
-                    batched: bool = False, mesh=None) -> CompiledTrainer:
-    """Compiles `init`, `train_chunk` and `evaluate_state` at once, on concurrent threads.
-
-    `batched=False`: `keys` is one PRNG key. `batched=True`: `keys` is `[S, 2]` and every piece is vmapped over
-    the S runs; `hparams` is then either shared (leaves are scalars) or per run (leaves `[S]`). `mesh`
-    (`sharding.make_mesh`, as many devices as `trainer.num_devices`) splits the envs over its devices.
-    Numerically this is `Trainer.run_chunk` split in two (tests check it against the fused `train`).
-    """
-    init, train_chunk, evaluate_state, specs = distribute(trainer, mesh, batched, hparams_axis(hparams))
-    state_sharding = None if specs is None else sharding.named(mesh, specs, batched)
-    state_shape = jax.eval_shape(init, keys, hparams)
-    if state_sharding is not None:
-        state_shape = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                   state_shape, state_sharding)
-    init_c, chunk_c, eval_c = compile_three(init, train_chunk, evaluate_state, keys, hparams, state_shape,
-                                            state_sharding)
-    return CompiledTrainer(
-        init=init_c,
-        train_chunk=chunk_c,
-        evaluate_state=eval_c,
-        state_shape=state_shape,
-        state_sharding=state_sharding,
-    )

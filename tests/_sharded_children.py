@@ -106,7 +106,7 @@ def _final(run_dir, num_seeds):
 
 def run_and_resume(out, root):
     """A 4-device run with 2 seeds, uninterrupted and interrupted + resumed; replicated leaves per device."""
-    from purempo import train
+    from purempo import programs, train
 
     root = Path(root)
     options = driver.Options(num_seeds=2, tensorboard=False, checkpoint_replay="always")
@@ -123,12 +123,12 @@ def run_and_resume(out, root):
     a, b = _final(whole, 2), _final(root / "cut", 2)
     identical = all(np.array_equal(x, y) for x, y in zip(_leaves(a.state), _leaves(b.state)))
     # Per-device copies of the replicated parameters straight from a compiled 4-device program.
-    trainer = train.make_trainer(TINY, 4)
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
-    compiled = train.compile_trainer(trainer, keys, batched=True, mesh=sharding.make_mesh(4))
+    compiled = programs.build(TINY, keys, num_devices=4, mesh=sharding.make_mesh(4))
     state = compiled.init(keys)
     for _ in range(TINY.num_evals):
         state, _ = compiled.train_chunk(state)
+    state = train.state_structure(TINY).unflatten(state)
     learner_leaves = jax.tree.leaves(state.learner)
     obs = state.replay.data.obs
     rows = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]

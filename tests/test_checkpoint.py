@@ -1,10 +1,13 @@
 """Checkpoints: exact round trip of the whole TrainState, continuation, replay-less resume, keep-k, bad files."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
 
 from purempo import Config, checkpoint, make_trainer
+from purempo.train import run_chunk
 
 TINY = Config(
     env="inverted_pendulum",
@@ -30,7 +33,7 @@ KEYS = jax.random.split(jax.random.PRNGKey(0), 2)
 def pieces():
     trainer = make_trainer(TINY)
     init = jax.jit(jax.vmap(trainer.init))
-    chunk = jax.jit(jax.vmap(trainer.run_chunk))
+    chunk = jax.jit(jax.vmap(functools.partial(run_chunk, trainer)))
     abstract = jax.eval_shape(jax.vmap(trainer.init), KEYS)
     return init, chunk, abstract
 

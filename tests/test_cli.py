@@ -1,5 +1,6 @@
 """Command line: one-line usage errors (exit 2), run-dir protection, a real tiny run and --help."""
 
+import functools
 import json
 import math
 import os
@@ -331,18 +332,19 @@ def _tensorboard_scalars(log_dir):
 
 def test_progress_and_checkpoints_do_not_change_the_numbers(tiny_run):
     """The CLI run (progress bar, metrics, TensorBoard, checkpoints between donated chunks) ends bit-identical
-    to a bare loop of `Trainer.run_chunk`, the chunk `make_train` scans over."""
+    to a bare loop of `train.run_chunk`, the chunk `make_train` scans over."""
     import jax
     import numpy as np
 
-    from purempo import make_trainer
+    from purempo.train import make_trainer, run_chunk
 
     _, run_dir = tiny_run
     config, keys, restored = _final_state(run_dir)
     trainer = make_trainer(config)
-    state, run_chunk, per_seed = jax.jit(jax.vmap(trainer.init))(keys), jax.jit(jax.vmap(trainer.run_chunk)), []
+    chunk = jax.jit(jax.vmap(functools.partial(run_chunk, trainer)))
+    state, per_seed = jax.jit(jax.vmap(trainer.init))(keys), []
     for _ in range(config.num_evals):
-        state, metrics = run_chunk(state)
+        state, metrics = chunk(state)
         per_seed.append(np.asarray(metrics["eval_return"]))
     _assert_trees_identical(restored.state, jax.device_get(state))
     logged = np.array([row["eval_return_per_seed"] for row in _rows_without_wall_time(run_dir)])

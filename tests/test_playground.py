@@ -173,11 +173,10 @@ TINY = dict(total_steps=256, num_envs=4, unroll_length=2, updates_per_iteration=
 @pytest.fixture(scope="module")
 def trained():
     """A tiny run on CartpoleBalance through the whole trainer: 2 chunks of acting, learning and evaluation."""
-    from purempo import make_trainer
+    from purempo import make_train
 
     config = presets.preset("CartpoleBalance", **TINY)
-    trainer = make_trainer(config)
-    state, metrics = jax.device_get(jax.jit(trainer.train)(jax.random.PRNGKey(0)))
+    state, metrics = jax.device_get(jax.jit(make_train(config))(jax.random.PRNGKey(0)))
     return config, state, metrics
 
 
@@ -331,7 +330,7 @@ def test_the_trainer_gives_the_policy_the_state_and_the_critic_the_privileged_st
 
     monkeypatch.setattr(train.envs, "make", lambda *args, **kwargs: envs.DictObservations(_DictPointMass()))
     config = presets.preset("CartpoleBalance", **dict(TINY, total_steps=512))
-    state, metrics = jax.device_get(jax.jit(train.make_trainer(config).train)(jax.random.PRNGKey(0)))
+    state, metrics = jax.device_get(jax.jit(train.make_train(config))(jax.random.PRNGKey(0)))
     assert state.learner.policy_params["params"]["LayerNormMLP_0"]["Dense_0"]["kernel"].shape == (2, 8)
     assert state.learner.critic_params["params"]["LayerNormMLP_0"]["Dense_0"]["kernel"].shape == (6 + 2, 8)
     assert state.replay.data.obs.shape[-1] == 8

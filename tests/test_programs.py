@@ -1,5 +1,5 @@
 """The cache of exported programs (`purempo.programs`): a warm build traces nothing and imports no simulator,
-and cold, warm and the library's own `compile_trainer` compute the same bits."""
+and cold and warm builds compute the same bits as a plain `jax.jit` of the trainer's own pieces."""
 
 import dataclasses
 import json
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from purempo import Config, checkpoint, programs
-from purempo.train import compile_trainer, make_trainer
+from purempo.train import make_trainer, state_structure
 
 TINY = Config(env="inverted_pendulum", episode_length=50, total_steps=2_000, num_envs=8, unroll_length=2,
               updates_per_iteration=2, prefill_steps=32, num_evals=2, eval_episodes=2, replay_size=2_048,
@@ -27,7 +27,9 @@ def run(compiled, chunks=2):
     for _ in range(chunks):
         state, metrics = compiled.train_chunk(state)
         state, evaluation = compiled.evaluate_state(state)
-        rows.append(jax.device_get({**metrics, **{k: v for k, v in evaluation.items() if k != "eval_episodes"}}))
+        episodes = evaluation["eval_episodes"]  # the trainer's are envs.Episodes, the programs' a dict
+        evaluation = dict(evaluation, eval_episodes=dict(getattr(episodes, "_asdict", lambda: episodes)()))
+        rows.append(jax.device_get({**metrics, **evaluation}))
     return [np.asarray(x) for x in jax.tree.leaves(state)], rows
 
 
@@ -40,7 +42,7 @@ def assert_same(a, b):
     for row_a, row_b in zip(rows_a, rows_b):
         assert row_a.keys() == row_b.keys()
         for name in row_a:
-            np.testing.assert_array_equal(row_a[name], row_b[name], err_msg=name)
+            jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y, err_msg=name), row_a[name], row_b[name])
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +52,34 @@ def cold(tmp_path_factory):
     return cache, built, run(built)
 
 
-def test_cold_and_warm_builds_and_compile_trainer_compute_the_same_bits(cold):
+class Jitted:
+    """The trainer's pieces, vmapped and jitted as they are: the reference the exported programs must match."""
+
+    def __init__(self, config):
+        trainer = make_trainer(config)
+        self.init = jax.jit(jax.vmap(trainer.init))
+        self.train_chunk = jax.jit(jax.vmap(trainer.train_chunk))
+        self.evaluate_state = jax.jit(jax.vmap(trainer.evaluate_state))
+
+
+def test_cold_and_warm_builds_compute_the_trainers_bits(cold):
     cache, built, cold_result = cold
     assert not built.cached and len(list(cache.iterdir())) == 1
     warm = programs.build(TINY, KEYS, cache_dir=cache)
     assert warm.cached
     assert_same(cold_result, run(warm))
     # The leaves are those of the library's TrainState, in jax.tree.leaves order.
-    assert_same(cold_result, run(compile_trainer(make_trainer(TINY), KEYS, batched=True)))
+    assert_same(cold_result, run(Jitted(TINY)))
+
+
+def test_state_structure_unflattens_the_programs_leaves(cold):
+    _, built, _ = cold
+    state = state_structure(TINY).unflatten(built.init(KEYS))
+    reference = jax.eval_shape(jax.vmap(make_trainer(TINY).init), KEYS)
+    assert jax.tree.structure(state) == jax.tree.structure(reference)
+    assert jax.tree.map(lambda x: x.shape, state) == jax.tree.map(lambda x: x.shape, reference)
+    assert state.exploration_noise.shape == (len(KEYS), TINY.num_envs, 1)  # inverted_pendulum: one action
+    np.testing.assert_array_equal(state.iteration, [0, 0])
 
 
 def test_roles_mark_exactly_the_replay_and_its_data(cold):

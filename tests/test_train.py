@@ -1,5 +1,7 @@
 """Trainer: vmap over seeds and hyper-parameters, determinism, single compilation, finite metrics."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -101,7 +103,7 @@ def test_chunked_driver_matches_fused_train(two_seed_run):
     trainer = make_trainer(TINY)
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
     state = jax.jit(jax.vmap(trainer.init))(keys)
-    run_chunk = jax.jit(jax.vmap(trainer.run_chunk))
+    run_chunk = jax.jit(jax.vmap(functools.partial(train.run_chunk, trainer)))
     returns = []
     for _ in range(TINY.num_evals):
         state, metrics = run_chunk(state)
@@ -233,7 +235,7 @@ def glue_run():
     """The GLUE trainer's jitted run_chunk and the states after 0, 1 and 2 chunks (2 prefill + 2 learning
     iterations), with their metrics."""
     trainer = make_trainer(GLUE)
-    run_chunk = jax.jit(trainer.run_chunk)
+    run_chunk = jax.jit(functools.partial(train.run_chunk, trainer))
     states = [jax.jit(trainer.init)(jax.random.PRNGKey(0))]
     metrics = []
     for _ in range(2):
