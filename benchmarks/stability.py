@@ -1,12 +1,13 @@
 """Does a solved task stay solved? Long runs of several seeds in one vmapped program, with per-chunk diagnostics.
 
     python benchmarks/stability.py --env inverted_pendulum                 # 5 seeds x 500k steps, 50 evaluations
-    python benchmarks/stability.py --env halfcheetah --seeds 0 1           # 1.5M steps, 30 evaluations
+    python benchmarks/stability.py --env halfcheetah --num-seeds 2         # 1.5M steps, 30 evaluations
     python benchmarks/stability.py --env inverted_pendulum --set min_alpha=1e-8 --name ablation_no_floor
     python benchmarks/stability.py --env inverted_pendulum --sweep alpha_gain=0,0.05 --sweep discount=0.99,0.995
 
 The env's preset (purempo/presets.py, what `purempo train --env ENV` uses) with the run length below unless
-`--set` overrides it. After every chunk (evaluation period) the script records, per seed:
+`--set` overrides it, trained by `purempo.driver.train` (the loop of `purempo train`; seed i is the one
+`purempo train --seed SEED --num-seeds N` trains). After every chunk (evaluation period) the script records, per seed:
 - the deterministic (mean-action) and stochastic evaluation returns of `eval_episodes` episodes each, drawn
   from fresh `env.reset` starts; the deterministic episodes' mean length, and the mean |final observation|
   of the episodes that ended early (for inverted_pendulum: cart position, pole angle) and of all of them;
@@ -29,7 +30,6 @@ stability_<env>_<name>_<field><value>[-<field><value>...].
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import time
 from pathlib import Path
@@ -38,11 +38,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common import RESULTS, command_line, jsonable, machine, parse_overrides, today, versions
-from purempo import envs, normalizer
-from purempo.config import HParams
+from common import RESULTS, command_line, jsonable, machine, parse_overrides, today, train_in_driver, versions
+from purempo import driver, envs, normalizer
 from purempo.presets import preset
-from purempo.train import compile_trainer, make_trainer
+from purempo.train import state_structure
 
 # Run lengths of the stability check (the presets' own total_steps are sized for a first result).
 DEFAULT_RUNS = {
@@ -79,9 +78,9 @@ def chunk_record(metrics, evaluation, obs_move, replay_terminals, episode_length
         return [None if not np.isfinite(x) else float(x) for x in fn(values, axis=1)]
 
     episodes = evaluation["eval_episodes"]
-    num = episodes.returns.shape[1] // 2  # first half deterministic, second half stochastic
-    lengths = episodes.lengths[:, :num]
-    final_abs = np.abs(episodes.final_obs[:, :num])  # [S, E, O]
+    num = episodes["returns"].shape[1] // 2  # first half deterministic, second half stochastic
+    lengths = episodes["lengths"][:, :num]
+    final_abs = np.abs(episodes["final_obs"][:, :num])  # [S, E, O]
     early = lengths < episode_length
     failed = [final_abs[s][early[s]].mean(axis=0).round(4).tolist() if early[s].any() else None
               for s in range(lengths.shape[0])]
@@ -132,8 +131,9 @@ def seed_summary(steps, times, returns, threshold, drop_after):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="inverted_pendulum")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None,
-                        help="PRNGKey seeds (default: 0-4 for inverted_pendulum, 0 1 otherwise)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed, as purempo train --seed")
+    parser.add_argument("--num-seeds", type=int, default=None,
+                        help="seeds, as purempo train --num-seeds (default: 5 for inverted_pendulum, 2 otherwise)")
     parser.add_argument("--threshold", type=float, default=None, help="default: 950 for inverted_pendulum")
     parser.add_argument("--drop-after", type=int, default=500_000,
                         help="env steps after which drops below the running best count")
@@ -142,6 +142,7 @@ def main():
     parser.add_argument("--sweep", action="append", default=[], metavar="FIELD=V1,V2",
                         help="sweep a float hyper-parameter within the same vmapped program (repeat for a grid)")
     parser.add_argument("--out", default=str(RESULTS), help="directory for the JSON and PNG files")
+    parser.add_argument("--run-dir", default=None, help="keep the driver's run directory here (default: temporary)")
     parser.add_argument("--replot", default=None, help="only redraw the PNG of a saved results JSON")
     args = parser.parse_args()
     if args.replot:
@@ -153,47 +154,16 @@ def main():
         plot(summary, path.with_suffix(".png"))
         report(summary)
         return
-    seeds = args.seeds or (list(range(5)) if args.env == "inverted_pendulum" else [0, 1])
+    num_seeds = args.num_seeds or (5 if args.env == "inverted_pendulum" else 2)
+    seeds = list(range(num_seeds))
     threshold = args.threshold if args.threshold is not None else THRESHOLDS.get(args.env)
     overrides = {**DEFAULT_RUNS.get(args.env, {}), **parse_overrides(args.set)}
     config = preset(args.env, **overrides)
-    settings = parse_sweep(args.sweep)
-    configs = [config.replace(**setting) for setting in settings]  # validates every swept value
-    members = [(j, seed) for j in range(len(settings)) for seed in seeds]
-    keys = jnp.stack([jax.random.PRNGKey(seed) for _, seed in members])
-    hparams = None
-    if args.sweep:  # one HParams with a leading member axis
-        hparams = jax.tree.map(lambda *v: jnp.asarray(v, jnp.float32), *[configs[j].hparams for j, _ in members])
+    members, settings = sweep_settings(config, args.sweep)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    start = time.perf_counter()
-    compiled = compile_trainer(make_trainer(config), keys, hparams, batched=True)
-    state = compiled.init(keys)
-    action_dim = state.exploration_noise.shape[-1]  # [seeds, E, A]
-    chunks, times = [], []
-    for index in range(config.num_evals):
-        stats_before = jax.device_get(state.obs_stats)
-        state, metrics = compiled.train_chunk(state)
-        state, evaluation = compiled.evaluate_state(state)
-        metrics, evaluation = jax.device_get((metrics, evaluation))
-        times.append(time.perf_counter() - start)
-        record = chunk_record(metrics, evaluation, obs_moves(stats_before, state.obs_stats),
-                              np.asarray(replay_summary(state)[0]), config.episode_length)
-        record["env_steps"] = int(evaluation["eval_iteration"][0]) * config.steps_per_iteration
-        record["wall_time_s"] = round(times[-1], 1)
-        chunks.append(record)
-        print(f"{record['env_steps']:>9,} steps {times[-1]:7.0f} s  det " + " ".join(f"{r:7.1f}" for r in record["eval_return"])
-              + "  sto " + " ".join(f"{r:7.1f}" for r in record["eval_stochastic_return"])
-              + "  α_μ " + " ".join(f"{a:.1e}" if a is not None else "-" for a in record["alpha_mean"]), flush=True)
-        # Written after every chunk, so that an interrupted long run still leaves its figures.
-        for j, setting in enumerate(settings):
-            rows = [i for i, (k, _) in enumerate(members) if k == j]
-            own = [{key: ([value[i] for i in rows] if isinstance(value, list) else value) for key, value in c.items()}
-                   for c in chunks]
-            summary = summarise(args, configs[j], seeds, threshold, own, times, complete=index + 1 == config.num_evals,
-                                setting=setting, action_dim=action_dim)
-            (out_dir / f"{file_stem(args, setting)}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    recorder = Recorder(args, config, members, settings, seeds, threshold, out_dir)
+    train_in_driver(config, recorder, seed=args.seed, num_seeds=num_seeds, sweep=args.sweep, run_dir=args.run_dir)
     for setting in settings:
         path = out_dir / f"{file_stem(args, setting)}.json"
         summary = json.loads(path.read_text())
@@ -201,19 +171,58 @@ def main():
         report(summary)
 
 
-def parse_sweep(items):
-    """`["alpha_gain=0,0.05", "discount=0.99,0.995"]` -> the grid of settings, as a list of dicts ([{}] if none)."""
-    axes = []
-    for item in items:
-        field, sep, values = item.partition("=")
-        if not sep or field not in HParams._fields:
-            raise SystemExit(f"error: --sweep expects FIELD=V1,V2 with FIELD a float hyper-parameter "
-                             f"({', '.join(HParams._fields)}), got {item!r}")
-        try:
-            axes.append([(field, float(v)) for v in values.split(",")])
-        except ValueError:
-            raise SystemExit(f"error: --sweep {field}: values must be numbers, got {values!r}")
-    return [dict(combo) for combo in itertools.product(*axes)]
+def sweep_settings(config, sweep):
+    """The driver's grid for `--sweep` items: its members (runs are member-major: member j's seeds come j-th)
+    and each member's setting `{field: value}` (`[{}]` without a sweep); SystemExit for bad items."""
+    try:
+        swept = [name for name, _ in driver.parse_sweep(sweep)]
+        members = driver.sweep_members(config, Path("."), sweep)
+    except driver.RunError as error:
+        raise SystemExit(f"error: {error}") from None
+    return members, [{name: getattr(member.config, name) for name in swept} for member in members]
+
+
+class Recorder(driver.Callbacks):
+    """Builds the per-chunk diagnostics from the driver's `chunk` hook and rewrites every setting's JSON after
+    each chunk, so that an interrupted long run still leaves its figures."""
+
+    def __init__(self, args, config, members, settings, seeds, threshold, out_dir):
+        self.args, self.config, self.members, self.settings = args, config, members, settings
+        self.seeds, self.threshold, self.out_dir = seeds, threshold, out_dir
+        self.tree = state_structure(config)
+        self.stats_before = None  # the observation statistics at the start of the chunk, per run
+        self.chunks, self.times = [], []
+        self.start = time.perf_counter()
+
+    def chunk(self, index, metrics, leaves, seconds):
+        config, num_runs = self.config, len(self.members) * len(self.seeds)
+        state = self.tree.unflatten(leaves)
+        self.action_dim = state.exploration_noise.shape[-1]  # [runs, E, A]
+        if self.stats_before is None:  # the initial statistics, the same for every run
+            initial = normalizer.init(state.obs_stats.mean.shape[-1])
+            self.stats_before = jax.tree.map(lambda x: np.broadcast_to(x, (num_runs,) + np.shape(x)), initial)
+        evaluation = {k: v for k, v in metrics.items() if k.startswith("eval_")}
+        self.times.append(time.perf_counter() - self.start)
+        stats_after = jax.device_get(state.obs_stats)
+        record = chunk_record(metrics, evaluation, obs_moves(self.stats_before, stats_after),
+                              np.asarray(replay_summary(state)[0]), config.episode_length)
+        self.stats_before = stats_after
+        record["env_steps"] = int(evaluation["eval_iteration"][0]) * config.steps_per_iteration
+        record["wall_time_s"] = round(self.times[-1], 1)
+        self.chunks.append(record)
+        print(f"{record['env_steps']:>9,} steps {self.times[-1]:7.0f} s  det "
+              + " ".join(f"{r:7.1f}" for r in record["eval_return"])
+              + "  sto " + " ".join(f"{r:7.1f}" for r in record["eval_stochastic_return"])
+              + "  α_μ " + " ".join(f"{a:.1e}" if a is not None else "-" for a in record["alpha_mean"]), flush=True)
+        size = len(self.seeds)
+        for j, (member, setting) in enumerate(zip(self.members, self.settings)):
+            rows = range(j * size, (j + 1) * size)  # runs are member-major: member j's seeds are j·S ... j·S + S − 1
+            own = [{key: ([value[i] for i in rows] if isinstance(value, list) else value) for key, value in c.items()}
+                   for c in self.chunks]
+            summary = summarise(self.args, member.config, self.seeds, self.threshold, own, self.times,
+                                complete=index + 1 == config.num_evals, setting=setting,
+                                action_dim=self.action_dim)
+            (self.out_dir / f"{file_stem(self.args, setting)}.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
 def file_stem(args, setting):

@@ -9,17 +9,22 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import stability  # noqa: E402
 
+from purempo import Config  # noqa: E402
 
-def test_sweep_is_the_grid_of_every_combination_in_order():
-    grid = stability.parse_sweep(["alpha_gain=0,0.2", "discount=0.99,0.995,0.999"])
-    assert grid == [{"alpha_gain": a, "discount": d} for a in (0.0, 0.2) for d in (0.99, 0.995, 0.999)]
-    assert stability.parse_sweep([]) == [{}]
+
+def test_sweep_is_the_drivers_grid_in_order():
+    config = Config(env="inverted_pendulum")
+    members, settings = stability.sweep_settings(config, ["alpha_gain=0,0.2", "discount=0.99,0.995,0.999"])
+    assert settings == [{"alpha_gain": a, "discount": d} for a in (0.0, 0.2) for d in (0.99, 0.995, 0.999)]
+    assert [(m.config.alpha_gain, m.config.discount) for m in members] == [tuple(s.values()) for s in settings]
+    members, settings = stability.sweep_settings(config, [])
+    assert settings == [{}] and members[0].config == config
 
 
 @pytest.mark.parametrize("item", ["alpha_gain", "num_envs=8,16", "alpha_gain=0,fast", "=1"])
 def test_sweep_rejects_non_float_fields_and_values(item):
     with pytest.raises(SystemExit, match="--sweep"):
-        stability.parse_sweep([item])
+        stability.sweep_settings(Config(env="inverted_pendulum"), [item])
 
 
 def test_file_names_are_unique_per_env_and_setting():
@@ -69,3 +74,29 @@ def test_steps_to_threshold_target_is_inverted_pendulums_only():
                         "every seed ends at or above it": True}
     pendulum = stability.targets("inverted_pendulum", [dict(r, final=1000.0) for r in runs], 950.0)
     assert pendulum["mean steps to threshold <= 35k"] is False
+
+
+TINY = dict(episode_length=50, total_steps=1_024, num_envs=8, unroll_length=2, updates_per_iteration=2,
+            prefill_steps=32, num_evals=2, eval_episodes=2, replay_size=2_048, batch_size=8, sequence_length=4,
+            num_action_samples=4, policy_hidden=(16, 16), critic_hidden=(16, 16), reset_pool_size=16)
+
+
+def test_a_sweep_through_the_driver_reports_each_members_own_seeds(tmp_path, monkeypatch):
+    """The script end to end on a tiny config: its per-setting JSONs hold, seed by seed, the returns the
+    driver wrote to each sweep member's metrics.jsonl (the runs are sliced member-major)."""
+    import json
+
+    sets = [f"--set={field}={value!r}" for field, value in TINY.items()]
+    monkeypatch.setattr(sys, "argv", ["stability.py", "--env", "inverted_pendulum", "--num-seeds", "2",
+                                      "--sweep", "alpha_gain=0,0.5", "--name", "tiny", "--out", str(tmp_path),
+                                      "--run-dir", str(tmp_path / "run"), *sets])
+    stability.main()
+    for gain in ("0", "0.5"):
+        summary = json.loads((tmp_path / f"stability_inverted_pendulum_tiny_alpha_gain{gain}.json").read_text())
+        rows = [json.loads(line) for line in (tmp_path / "run" / f"alpha_gain={gain}" / "metrics.jsonl").open()]
+        assert summary["complete"] and summary["setting"] == {"alpha_gain": float(gain)}
+        assert [run["eval_return"] for run in summary["runs"]] == [list(r) for r in zip(*[row["eval_return_per_seed"] for row in rows])]
+        assert summary["env_steps"] == [row["env_steps"] for row in rows]
+        for chunk in summary["chunks"]:
+            assert len(chunk["replay_terminals"]) == len(chunk["obs_mean_move"]) == 2  # per seed
+    assert (tmp_path / "stability_inverted_pendulum_tiny_alpha_gain0.png").is_file()
