@@ -36,11 +36,10 @@ import jax
 import numpy as np
 
 import brax_compat
-from common import RESULTS, command_line, jsonable, machine, parse_overrides, today, versions
+from common import RESULTS, command_line, jsonable, machine, parse_overrides, today, train_in_driver, versions
 from supervisor import supervise
-from purempo import envs
+from purempo import driver, envs
 from purempo.presets import preset
-from purempo.train import compile_trainer, make_trainer
 
 # Brax training notebook (brax/notebooks/training.ipynb) PPO settings, and its hopper/walker2d SAC settings.
 _PPO_NOTEBOOK = dict(
@@ -105,26 +104,31 @@ class Curve:
         return point["train_time_s"] >= self.budget_s or reached
 
 
+class _Budget(driver.Callbacks):
+    """Hands each of the driver's evaluations to a `Curve` (with the evaluation time so far) and stops the run
+    at the first one after the budget is spent."""
+
+    def __init__(self, curve):
+        self.curve, self.eval_time, self.spent = curve, 0.0, False
+
+    def chunk(self, index, metrics, state, seconds):
+        self.eval_time += seconds["evaluate"]
+        self.spent = self.curve.add(metrics["eval_env_steps"][0], self.eval_time, metrics["eval_return"][0],
+                                    metrics["eval_return_std"][0])
+
+    def stop(self, row):
+        return self.spent
+
+
 def run_purempo(env_name, budget_s, seed, overrides, max_env_steps=None):
+    """purempo through `purempo.driver.train` (what `purempo train --seed SEED` runs), until the budget."""
     every = eval_every(env_name, "purempo")
     curve = Curve("purempo", budget_s, max_env_steps)
     base = preset(env_name, **overrides)
     iterations = max(1, every // base.steps_per_iteration)
     num_evals = 10_000
     config = base.replace(total_steps=iterations * base.steps_per_iteration * num_evals, num_evals=num_evals)
-    key = jax.random.PRNGKey(seed)
-    compiled = compile_trainer(make_trainer(config), key)
-    state = compiled.init(key)
-    eval_time = 0.0
-    for _ in range(num_evals):
-        state, _ = compiled.train_chunk(state)
-        jax.block_until_ready(state)
-        tick = time.perf_counter()
-        state, metrics = compiled.evaluate_state(state)
-        metrics = jax.device_get(metrics)
-        eval_time += time.perf_counter() - tick
-        if curve.add(metrics["eval_env_steps"], eval_time, metrics["eval_return"], metrics["eval_return_std"]):
-            break
+    train_in_driver(config, _Budget(curve), seed=seed)
     return curve, jsonable(config)
 
 

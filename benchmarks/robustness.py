@@ -1,15 +1,18 @@
 """Robustness of the default preset: many seeds, rescaled rewards, and the KL trust regions, in one program.
 
-    python benchmarks/robustness.py                       # 20 seeds + rewards x1000 and x0.001 on 4 of them
+    python benchmarks/robustness.py                       # 20 seeds; 4 seeds at rewards x1, x1000 and x0.001
     python benchmarks/robustness.py --num-seeds 4 --scale-seeds 2 --set total_steps=50000
 
-All runs (seeds 0..S-1 at reward scale 1, then seeds 0..K-1 at each other scale) are trained by one jitted,
-vmapped program: the reward scale is a float hyper-parameter (`Config.reward_scale`, vmapped like the others).
-It multiplies every reward the learner sees, which is exactly what a reward-scaling env wrapper on the
-training envs does; evaluation returns are reported unscaled so runs compare directly.
+Two runs of `purempo.driver.train` (the loop of `purempo train`), each one jitted, vmapped program: S seeds at
+reward scale 1 (`purempo train --num-seeds S`), then a sweep of the reward scale over 1 and the other scales
+with K seeds each (`--num-seeds K --sweep reward_scale=1,...`: every scale trains the same K seeds). The reward
+scale is a float hyper-parameter (`Config.reward_scale`, vmapped like the others). It multiplies every reward
+the learner sees, which is exactly what a reward-scaling env wrapper on the training envs does; evaluation
+returns are reported unscaled so runs compare directly.
 
-Reports: how many seeds reach the threshold and when; for each other scale, its final return as a fraction
-of the same seeds' unscaled final return (target >= 90%) and whether any learner metric went non-finite; the
+Reports: how many of the S seeds reach the threshold and when; for each other scale, its final return as a
+fraction of the same K seeds' final return at scale 1 (target >= 90%) and whether any learner metric went
+non-finite; the
 per-update KL(pi_old || pi) of the mean and std parts against their bounds (target: within about 2 epsilon).
 Writes benchmarks/results/robustness_<env>.json and .png.
 """
@@ -20,13 +23,29 @@ import argparse
 import json
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from common import RESULTS, command_line, jsonable, machine, parse_overrides, today, versions
+from common import RESULTS, command_line, jsonable, machine, parse_overrides, today, train_in_driver, versions
+from purempo import driver
 from purempo.presets import preset
-from purempo.train import compile_trainer, make_trainer
+
+
+class Collect(driver.Callbacks):
+    """Every chunk's metrics over all runs (numpy, `[R, ...]`), the evaluation's episodes left out."""
+
+    def __init__(self, label):
+        self.label, self.chunks, self.start = label, [], time.perf_counter()
+
+    def chunk(self, index, metrics, state, seconds):
+        self.chunks.append({k: v for k, v in metrics.items() if k != "eval_episodes"})
+        print(f"{self.label}: {int(metrics['eval_env_steps'][0]):>9,} steps  {time.perf_counter() - self.start:7.1f} s"
+              f"  eval mean {np.mean(metrics['eval_return']):8.1f}  min {np.min(metrics['eval_return']):8.1f}", flush=True)
+
+
+def train_runs(config, label, num_seeds, sweep=()):
+    collect = Collect(label)
+    train_in_driver(config, collect, num_seeds=num_seeds, sweep=sweep)
+    return collect.chunks
 
 
 def main():
@@ -39,52 +58,48 @@ def main():
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
     parser.add_argument("--name", default=None, help="output file stem (default: robustness_ENV)")
     args = parser.parse_args()
-    if not 1 <= args.scale_seeds <= args.num_seeds:
-        raise SystemExit(f"error: --scale-seeds must be in [1, --num-seeds={args.num_seeds}], got {args.scale_seeds}")
+    if args.scale_seeds < 1 or args.num_seeds < 1:
+        raise SystemExit(f"error: --num-seeds and --scale-seeds must be >= 1, got {args.num_seeds}, {args.scale_seeds}")
+    if 1.0 in args.reward_scales or len(set(args.reward_scales)) != len(args.reward_scales):
+        raise SystemExit(f"error: --reward-scales must be distinct and other than 1, got {args.reward_scales}")
     config = preset(args.env, **parse_overrides(args.set))
     name = args.name or f"robustness_{args.env}"
 
-    seeds = list(range(args.num_seeds)) + [s for _ in args.reward_scales for s in range(args.scale_seeds)]
-    scales = [1.0] * args.num_seeds + [x for x in args.reward_scales for _ in range(args.scale_seeds)]
-    keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
-    hparams = config.hparams._replace(reward_scale=jnp.asarray(scales, jnp.float32))
-    hparams = jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x, jnp.float32), (len(seeds),)), hparams)
-
     start = time.perf_counter()
-    compiled = compile_trainer(make_trainer(config), keys, hparams, batched=True)
-    state = compiled.init(keys)
-    chunks = []
-    for index in range(config.num_evals):
-        state, metrics = compiled.train_chunk(state)
-        state, evaluation = compiled.evaluate_state(state)
-        chunks.append(jax.device_get({**metrics, **evaluation}))
-        print(f"{int(chunks[-1]['eval_env_steps'][0]):>9,} steps  {time.perf_counter() - start:7.1f} s  "
-              f"eval mean {np.mean(chunks[-1]['eval_return']):8.1f}  min {np.min(chunks[-1]['eval_return']):8.1f}",
-              flush=True)
+    scales_swept = [1.0, *args.reward_scales]
+    base_chunks = train_runs(config, "seeds", args.num_seeds)
+    sweep = [f"reward_scale={','.join(f'{x:g}' for x in scales_swept)}"]
+    scale_chunks = train_runs(config, "scales", args.scale_seeds, sweep)
     wall = time.perf_counter() - start
+    # One table of runs: the S seeds, then the sweep's members (member-major: K seeds per scale).
+    chunks = [{k: np.concatenate([a[k], b[k]]) for k in a} for a, b in zip(base_chunks, scale_chunks)]
+    groups = ["seeds"] * args.num_seeds + ["scales"] * (len(scales_swept) * args.scale_seeds)
+    seeds = list(range(args.num_seeds)) + [s for _ in scales_swept for s in range(args.scale_seeds)]
+    scales = [1.0] * args.num_seeds + [x for x in scales_swept for _ in range(args.scale_seeds)]
 
     steps = [int(c["eval_env_steps"][0]) for c in chunks]
     returns = np.stack([c["eval_return"] for c in chunks], axis=1)  # [runs, evals]
     per_iter = {k: np.concatenate([c[k] for c in chunks], axis=1) for k in chunks[0] if chunks[0][k].ndim == 2}
     learned = per_iter["updates"][0] > 0
     runs = []
-    for i, (seed, scale) in enumerate(zip(seeds, scales)):
+    for i, (group, seed, scale) in enumerate(zip(groups, seeds, scales)):
         hit = next((steps[j] for j, r in enumerate(returns[i]) if r >= args.threshold), None)
         finite = all(bool(np.all(np.isfinite(per_iter[k][i][learned])))
                      for k in per_iter if k not in ("env_steps", "updates", "episode_return_sum", "episodes_finished"))
-        runs.append(dict(seed=seed, reward_scale=scale, eval_return=returns[i].tolist(), first_step_at_threshold=hit,
+        runs.append(dict(group=group, seed=seed, reward_scale=scale, eval_return=returns[i].tolist(), first_step_at_threshold=hit,
                          final_return=float(returns[i][-1]), all_finite=finite,
                          kl_mean=dict(mean=float(np.mean(per_iter["kl_mean"][i][learned])),
                                       max=float(np.max(per_iter["kl_mean"][i][learned]))),
                          kl_std=dict(mean=float(np.mean(per_iter["kl_std"][i][learned])),
                                      max=float(np.max(per_iter["kl_std"][i][learned]))),
                          temperature_final=float(per_iter["temperature"][i][learned][-1])))
-    base = [r for r in runs if r["reward_scale"] == 1.0]
+    base = base_runs(runs)
     reached = [r for r in base if r["first_step_at_threshold"] is not None]
+    unscaled = {r["seed"]: r for r in runs if r["group"] == "scales" and r["reward_scale"] == 1.0}
     scale_rows = []
     for scale in args.reward_scales:
-        scaled = [r for r in runs if r["reward_scale"] == scale]
-        reference = [base[r["seed"]]["final_return"] for r in scaled]
+        scaled = [r for r in runs if r["group"] == "scales" and r["reward_scale"] == scale]
+        reference = [unscaled[r["seed"]]["final_return"] for r in scaled]
         final = [r["final_return"] for r in scaled]
         scale_rows.append(dict(reward_scale=scale, seeds=[r["seed"] for r in scaled], final_return=final,
                                unscaled_final_return=reference,
@@ -103,10 +118,15 @@ def main():
     report(summary)
 
 
+def base_runs(runs):
+    """The S seeds at reward scale 1 (files written before the sweep's own scale-1 runs: every scale-1 run)."""
+    return [r for r in runs if r.get("group", "seeds") == "seeds" and r["reward_scale"] == 1.0]
+
+
 def report(summary):
     print(f"\n{summary['env']} on {summary['machine']}; {summary['versions']}; {summary['date']}")
-    print(f"command: {summary['command']}  ({summary['wall_time_s']} s for {len(summary['runs'])} runs in one program)")
-    base = [r for r in summary["runs"] if r["reward_scale"] == 1.0]
+    print(f"command: {summary['command']}  ({summary['wall_time_s']} s for {len(summary['runs'])} runs)")
+    base = base_runs(summary["runs"])
     print(f"\n**{summary['seeds_reaching_threshold']} seeds reach {summary['threshold']:g}**\n")
     print("| seed | first step ≥ threshold | final return | KL_μ mean / max (ε_μ = {:g}) | KL_σ mean / max (ε_σ = {:g}) |"
           .format(summary["epsilon_mean"], summary["epsilon_std"]))
@@ -130,9 +150,8 @@ def plot(summary, path):
 
     steps = np.asarray(summary["env_steps"]) / 1e3
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for r in summary["runs"]:
-        if r["reward_scale"] == 1.0:
-            axes[0].plot(steps, r["eval_return"], color="tab:blue", alpha=0.4, lw=1)
+    for r in base_runs(summary["runs"]):
+        axes[0].plot(steps, r["eval_return"], color="tab:blue", alpha=0.4, lw=1)
     colors = ("tab:red", "tab:green", "tab:purple", "tab:orange")
     for color, row in zip(colors, summary["reward_scales"]):
         for r in summary["runs"]:
@@ -145,7 +164,7 @@ def plot(summary, path):
     axes[0].set_ylabel("deterministic eval return")
     axes[0].legend(fontsize=8)
     axes[0].grid(alpha=0.3)
-    base = [r for r in summary["runs"] if r["reward_scale"] == 1.0]
+    base = base_runs(summary["runs"])
     x = np.arange(len(base))
     axes[1].bar(x - 0.2, [r["kl_mean"]["mean"] / summary["epsilon_mean"] for r in base], 0.4, label="KL_μ / ε_μ")
     axes[1].bar(x + 0.2, [r["kl_std"]["mean"] / summary["epsilon_std"] for r in base], 0.4, label="KL_σ / ε_σ")

@@ -2,9 +2,11 @@
 
     python benchmarks/steps_to_threshold.py --env inverted_pendulum --seeds 0 1 2 3 18 --set critic_lr=3e-3
 
-Each seed runs on its own (not vmapped: on a CPU that is faster per seed) with the program compiled once, is
-evaluated every `--eval-every` env steps and stops at the first evaluation ≥ `--threshold` (or, with
-`--full`, runs on to `--max-steps` to show what happens after). Prints one line per seed and a summary, and
+Each seed runs on its own (not vmapped: on a CPU that is faster per seed) through `purempo.driver.train`, as
+`purempo train --seed SEED` would; the first seed traces and compiles the programs, the others load them from
+a temporary program and compilation cache. Each is evaluated every `--eval-every` env steps and stops at the
+first evaluation ≥ `--threshold` (or, with `--full`, runs on to `--max-steps` to show what happens after).
+Training time counts `train_chunk` only: neither compilation nor evaluation. Prints one line per seed and a summary, and
 writes `results/steps_to_threshold_<name>.json`.
 """
 
@@ -13,37 +15,45 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
+import tempfile
 from pathlib import Path
 
-import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, command_line, jsonable, machine, parse_overrides, today, versions  # noqa: E402
+from common import RESULTS, command_line, jsonable, machine, parse_overrides, today, train_in_driver, versions  # noqa: E402,E501
 
+from purempo import driver  # noqa: E402
 from purempo.presets import preset  # noqa: E402
-from purempo.train import compile_trainer, make_trainer  # noqa: E402
 
 
-def run_seed(compiled, seed, num_chunks, threshold, full):
-    """Evaluation returns after each chunk until the threshold (or all chunks with `full`)."""
-    state = compiled.init(jax.random.PRNGKey(seed))
-    train_s, curve, hit = 0.0, [], None
-    for _ in range(num_chunks):
-        tick = time.perf_counter()
-        state, _ = compiled.train_chunk(state)
-        jax.block_until_ready(state)
-        train_s += time.perf_counter() - tick
-        state, metrics = compiled.evaluate_state(state)
-        metrics = jax.device_get(metrics)
-        curve.append(dict(env_steps=int(metrics["eval_env_steps"]), eval_return=float(metrics["eval_return"])))
-        if hit is None and metrics["eval_return"] >= threshold:
-            hit = dict(env_steps=curve[-1]["env_steps"], train_time_s=round(train_s, 2),
-                       updates=int(state.learner.num_updates))
-            if not full:
-                break
-    return dict(seed=seed, hit=hit, curve=curve)
+class UntilThreshold(driver.Callbacks):
+    """One seed's evaluations; stops the run at the first one ≥ `threshold` (unless `full`)."""
+
+    def __init__(self, threshold, full):
+        self.threshold, self.full = threshold, full
+        self.train_s, self.updates, self.curve, self.hit, self.compile_s = 0.0, 0, [], None, None
+
+    def compiled(self, seconds):
+        self.compile_s = seconds
+
+    def chunk(self, index, metrics, state, seconds):
+        self.train_s += seconds["train"]
+        self.updates += int(np.sum(metrics["updates"][0]))
+        self.curve.append(dict(env_steps=int(metrics["eval_env_steps"][0]), eval_return=float(metrics["eval_return"][0])))
+        if self.hit is None and self.curve[-1]["eval_return"] >= self.threshold:
+            self.hit = dict(env_steps=self.curve[-1]["env_steps"], train_time_s=round(self.train_s, 2),
+                            updates=self.updates)
+
+    def stop(self, row):
+        return self.hit is not None and not self.full
+
+
+def run_seed(config, seed, threshold, full, cache):
+    """Evaluation returns after each chunk until the threshold (or all chunks with `full`), and compile time."""
+    recorder = UntilThreshold(threshold, full)
+    train_in_driver(config, recorder, seed=seed, program_cache=cache / "programs")
+    return dict(seed=seed, hit=recorder.hit, curve=recorder.curve, compile_s=round(recorder.compile_s, 1))
 
 
 def main():
@@ -64,19 +74,18 @@ def main():
     num_chunks = max(1, args.max_steps // (iterations * base.steps_per_iteration))
     config = base.replace(total_steps=iterations * base.steps_per_iteration * num_chunks, num_evals=num_chunks)
 
-    tick = time.perf_counter()
-    compiled = compile_trainer(make_trainer(config), jax.random.PRNGKey(args.seeds[0]))
-    compile_s = time.perf_counter() - tick
-    print(f"{args.env} {overrides or '(preset)'}: compiled in {compile_s:.1f} s", flush=True)
     runs = []
-    for seed in args.seeds:
-        run = run_seed(compiled, seed, num_chunks, args.threshold, args.full)
-        runs.append(run)
-        hit = run["hit"]
-        returns = " ".join(f"{p['eval_return']:.0f}" for p in run["curve"])
-        print(f"  seed {seed:3d}: " + (f"{hit['env_steps']:>8,} steps, {hit['train_time_s']:6.1f} s, "
-                                       f"{hit['updates']:>6,} updates" if hit else "   not reached")
-              + f"  | {returns}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="purempo-steps-") as cache:
+        driver.enable_compile_cache(Path(cache) / "xla")
+        for seed in args.seeds:
+            run = run_seed(config, seed, args.threshold, args.full, Path(cache))
+            runs.append(run)
+            hit = run["hit"]
+            returns = " ".join(f"{p['eval_return']:.0f}" for p in run["curve"])
+            print(f"  seed {seed:3d}: " + (f"{hit['env_steps']:>8,} steps, {hit['train_time_s']:6.1f} s, "
+                                           f"{hit['updates']:>6,} updates" if hit else "   not reached")
+                  + f"  (compiled in {run['compile_s']} s) | {returns}", flush=True)
+    compile_s = runs[0]["compile_s"]
     hits = [r["hit"] for r in runs if r["hit"]]
     summary = dict(reached=len(hits), seeds=len(runs),
                    mean_env_steps=float(np.mean([h["env_steps"] for h in hits])) if hits else None,

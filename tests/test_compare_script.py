@@ -160,3 +160,18 @@ def test_the_recorded_command_is_the_one_that_ran_seed_and_name_included():
     command = common.command_line("compare.py", argv)
     assert command.startswith("python benchmarks/compare.py ")
     assert shlex.split(command)[2:] == argv[1:]
+
+
+def test_purempo_runs_through_the_driver_and_stops_at_the_first_evaluation_past_its_cap(monkeypatch):
+    """`run_purempo` hands each of the driver's evaluations to its Curve and stops the (10,000-evaluation) run
+    once the curve says so: here at the first evaluation at or after 2 periods' env steps."""
+    monkeypatch.setitem(compare.EVAL_EVERY, "inverted_pendulum", dict(purempo=64, ppo=64, sac=64))
+    tiny = dict(episode_length=50, num_envs=8, unroll_length=2, updates_per_iteration=2, prefill_steps=32,
+                eval_episodes=2, replay_size=2_048, batch_size=8, sequence_length=4, num_action_samples=4,
+                policy_hidden=(16, 16), critic_hidden=(16, 16), reset_pool_size=16)
+    curve, config = compare.run_purempo("inverted_pendulum", 1e9, 0, tiny, max_env_steps=128)
+    assert config["num_evals"] == 10_000 and config["num_envs"] == 8
+    assert [p["env_steps"] for p in curve.points] == [64, 128]
+    for point in curve.points:
+        assert 0 < point["eval_time_s"] < point["wall_time_s"]
+        assert point["train_time_s"] == pytest.approx(point["wall_time_s"] - point["eval_time_s"], abs=0.02)
