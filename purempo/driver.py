@@ -38,6 +38,10 @@ REPLAY_CHECKPOINT_AUTO_BYTES = 1 << 30
 together): a GPU-sized replay is gigabytes per evaluation otherwise."""
 
 
+COMPILE_CACHE_MAX_BYTES = 2 << 30
+"""What `enable_compile_cache` lets JAX's persistent cache hold (its least recently used entries go first)."""
+
+
 class RunError(Exception):
     """A problem with the user's input or run, reported as one line (the CLI exits with code 2)."""
 
@@ -423,6 +427,8 @@ def enable_compile_cache(directory: Optional[Path] = None) -> Optional[Path]:
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    # JAX evicts the least recently used executables beyond this (by default it keeps everything).
+    jax.config.update("jax_compilation_cache_max_size", COMPILE_CACHE_MAX_BYTES)
     return directory
 
 

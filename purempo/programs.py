@@ -40,6 +40,9 @@ import jax
 from purempo.config import Config
 
 CACHE_FORMAT = 2  # 2: the evaluation's metrics hold its episodes
+MAX_CACHE_BYTES = 1 << 30
+"""The program cache keeps at most this much: writing an entry removes the least recently used ones beyond it
+(a changed source file or package gives new keys, so old entries would otherwise pile up)."""
 PROGRAMS = ("init", "train_chunk", "evaluate_state")
 PACKAGES = ("jax", "jaxlib", "brax", "mujoco", "mujoco-mjx", "playground", "flax", "optax", "chex", "distrax",
             "numpy", "ml_dtypes")  # what traces the programs, so their versions key the cache
@@ -196,6 +199,26 @@ def _save(directory: Path, exports: _Exports, blobs: Dict[str, bytes]) -> None:
         shutil.rmtree(temporary, ignore_errors=True)
 
 
+def _size(directory: Path) -> int:
+    return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
+
+
+def prune(cache_dir: Path, max_bytes: int = MAX_CACHE_BYTES, keep: Optional[Path] = None) -> List[Path]:
+    """Removes the least recently used entries of `cache_dir` (by their meta.json's mtime, which a load
+    refreshes) until the rest take at most `max_bytes`; never `keep`. Returns the entries removed."""
+    entries = sorted((path for path in Path(cache_dir).iterdir() if (path / "meta.json").is_file()),
+                     key=lambda path: (path / "meta.json").stat().st_mtime_ns, reverse=True)
+    total, removed = 0, []
+    for entry in entries:  # newest first: what is kept is the most recently used
+        size = _size(entry)
+        if total + size > max_bytes and entry != keep:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+        else:
+            total += size
+    return removed
+
+
 def _load(directory: Path) -> Optional[_Exports]:
     """The entry in `directory`, or None when there is none or it cannot be read (it is then re-exported)."""
     from jax import export
@@ -208,6 +231,10 @@ def _load(directory: Path) -> Optional[_Exports]:
             return None
         programs = {name: export.deserialize(bytearray((directory / f"{name}.jaxexport").read_bytes()))
                     for name in PROGRAMS}
+        try:
+            os.utime(directory / "meta.json")  # recently used: the last to be pruned
+        except OSError:  # a read-only cache is still usable
+            pass
         return _Exports(programs, list(meta["roles"]), [int(a) for a in meta["env_axes"]])
     except Exception:  # a damaged entry (truncated file, other format): export again
         return None
@@ -303,6 +330,7 @@ def prepare(config: Config, keys, hparams=None, num_devices: int = 1, mesh=None,
         if directory is not None:
             try:
                 _save(directory, exports, blobs)
+                prune(directory.parent, keep=directory)
             except OSError as error:  # an unwritable cache costs the next start its tracing, nothing else
                 reason = f"cannot write {directory}: {error.strerror or error}"
     functions = {name: program.call for name, program in exports.programs.items()}

@@ -113,7 +113,7 @@ def run_and_resume(out, root):
     # The uninterrupted run exports the sharded programs; the cut and resumed ones load them from the cache.
     cache = root / "programs"
     whole = driver.train(TINY, root / "whole", options, program_cache=cache)
-    written = [p.stat().st_mtime_ns for p in sorted(cache.glob("*/*"))]
+    written = [p.stat().st_mtime_ns for p in sorted(cache.glob("*/*.jaxexport"))]
     try:
         driver.train(TINY, root / "cut", options, callbacks=_StopAfter(2), program_cache=cache)
     except KeyboardInterrupt:
@@ -133,7 +133,7 @@ def run_and_resume(out, root):
     obs = state.replay.data.obs
     rows = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
     json.dump(dict(identical=identical, cut_steps=cut_steps, cache_entries=len(list(cache.iterdir())),
-                   cache_reused=written == [p.stat().st_mtime_ns for p in sorted(cache.glob("*/*"))], final_step=b.step, num_leaves=len(_leaves(a.state)),
+                   cache_reused=written == [p.stat().st_mtime_ns for p in sorted(cache.glob("*/*.jaxexport"))], final_step=b.step, num_leaves=len(_leaves(a.state)),
                    learner_copies_equal=all(all(np.array_equal(c[0], x) for x in c)
                                             for c in map(sharding.device_copies, learner_leaves)),
                    num_copies=len(sharding.device_copies(learner_leaves[0])),

@@ -148,13 +148,15 @@ def test_the_key_changes_when_purempo_source_changes(monkeypatch):
 def test_the_driver_trains_the_same_run_from_a_cold_and_a_warm_program_cache(tmp_path):
     from purempo import driver
 
-    cache, rows, written = tmp_path / "programs", [], []
+    cache, rows, written, used = tmp_path / "programs", [], [], []
     for name in ("cold", "warm"):
         driver.train(TINY, tmp_path / name, driver.Options(num_seeds=2, tensorboard=False), program_cache=cache)
-        written.append([p.stat().st_mtime_ns for p in sorted(cache.glob("*/*"))])
+        written.append([p.stat().st_mtime_ns for p in sorted(cache.glob("*/*.jaxexport"))])
+        used.append([p.stat().st_mtime_ns for p in cache.glob("*/meta.json")])
         rows.append([{k: v for k, v in json.loads(line).items() if k != "wall_time_s"}
                      for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()])
     assert len(list(cache.iterdir())) == 1 and written[0] == written[1]  # the second run read the first's entry
+    assert used[1][0] > used[0][0]  # and marked it recently used (for pruning)
     assert len(rows[0]) == TINY.num_evals and rows[0] == rows[1]
 
 
@@ -174,3 +176,25 @@ def test_programs_that_cannot_be_exported_run_traced_and_say_why(cold, tmp_path,
     assert prepared.roles == built.roles
     for traced, exported in zip(jax.jit(prepared.functions["init"])(KEYS, []), built.init(KEYS)):
         np.testing.assert_array_equal(traced, exported)
+
+
+def test_prune_removes_the_least_recently_used_entries_beyond_the_limit(tmp_path):
+    """Entries of 100 bytes, last used in the order b, c, a: a 250-byte cap keeps the two most recently used;
+    `keep` (the entry just written) is never removed."""
+    import os
+
+    def entry(name, used_ns):
+        directory = tmp_path / name
+        directory.mkdir()
+        (directory / "train_chunk.jaxexport").write_bytes(b"x" * 98)
+        (directory / "meta.json").write_text("{}")
+        os.utime(directory / "meta.json", ns=(used_ns, used_ns))
+        return directory
+
+    a, b, c = entry("a", 4_000_000_000), entry("b", 2_000_000_000), entry("c", 3_000_000_000)
+    (tmp_path / "c.tmp-123").mkdir()  # a writer's temporary directory is not an entry
+    assert programs.prune(tmp_path, max_bytes=250) == [b]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "c", "c.tmp-123"]
+    assert programs.prune(tmp_path, max_bytes=100, keep=c) == []  # c alone would go: it is kept
+    assert programs.prune(tmp_path, max_bytes=100) == [c]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "c.tmp-123"]
