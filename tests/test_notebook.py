@@ -77,3 +77,17 @@ def test_plots_and_the_render_are_displayed(executed):
     assert len(pngs) == 3  # one seed, the seed band, the sweep
     pages = [out.data["text/html"] for out in outputs if "text/html" in out.get("data", {})]
     assert len(pages) == 1 and 'id="brax-viewer"' in pages[0] and "var system = " in pages[0]
+
+
+def test_the_driver_run_writes_a_run_directory_and_matches_the_vmapped_seeds(executed):
+    """Section 5's `driver.train` with section 2's seeds: a complete run directory, and the same evaluation
+    returns as the fused `jax.vmap(make_train(config))` (README: chunked and fused runs return alike)."""
+    text = _stdout(executed)
+    run = re.search(r"driver run in \S+: (\d+) evaluations, files \[([^\]]*)\]", text)
+    assert run, text
+    assert int(run.group(1)) == 2  # the tiny config's num_evals
+    assert {"'config.json'", "'metrics.jsonl'", "'checkpoints'"} <= set(run.group(2).split(", "))
+    both = re.search(r"final returns per seed: \[([^\]]*)\]; section 2's: \[([^\]]*)\]", text)
+    assert both, text
+    driver_returns, vmapped_returns = ([float(x) for x in group.split()] for group in both.groups())
+    assert len(driver_returns) == 2 and driver_returns == vmapped_returns
