@@ -122,9 +122,10 @@ def run_and_resume(out, root):
     driver.train(TINY, root / "cut", options, resume=True, program_cache=cache)
     a, b = _final(whole, 2), _final(root / "cut", 2)
     identical = all(np.array_equal(x, y) for x, y in zip(_leaves(a.state), _leaves(b.state)))
-    # Per-device copies of the replicated parameters straight from a compiled 4-device program.
+    # Per-device copies of the replicated parameters straight from the 4-device programs (the runs' own).
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
-    compiled = programs.build(TINY, keys, num_devices=4, mesh=sharding.make_mesh(4))
+    compiled = programs.build(TINY, keys, num_devices=4, mesh=sharding.make_mesh(4), cache_dir=cache)
+    assert compiled.cached
     state = compiled.init(keys)
     for _ in range(TINY.num_evals):
         state, _ = compiled.train_chunk(state)
