@@ -107,8 +107,6 @@ class PlotArgs:
 COMMANDS = {"train": TrainArgs, "eval": EvalArgs, "render": RenderArgs, "plot": PlotArgs}
 
 
-
-
 def run_training(args: TrainArgs) -> Path:
     """Trains as `args` says (a new run, or `args.resume`); returns the run directory."""
     program_cache = None
@@ -123,8 +121,6 @@ def run_training(args: TrainArgs) -> Path:
                             callbacks=progress, overwrite=args.overwrite, program_cache=program_cache)
     finally:
         progress.bar.stop()
-
-
 
 
 def run_eval(args: EvalArgs) -> Dict[str, Any]:
@@ -161,8 +157,6 @@ def run_plot(args: PlotArgs) -> Path:
         raise UsageError(str(error)) from None
     print(f"wrote {out}")
     return out
-
-
 
 
 def _flag_value(argv: List[str], flag: str) -> Optional[str]:
