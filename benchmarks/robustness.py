@@ -12,8 +12,8 @@ returns are reported unscaled so runs compare directly.
 
 Reports: how many of the S seeds reach the threshold and when; for each other scale, its final return as a
 fraction of the same K seeds' final return at scale 1 (target >= 90%) and whether any learner metric went
-non-finite; the
-per-update KL(pi_old || pi) of the mean and std parts against their bounds (target: within about 2 epsilon).
+non-finite; the per-update KL(pi_old || pi) of the mean and std parts against their bounds (target: within
+about 2 epsilon).
 Writes benchmarks/results/robustness_<env>.json and .png.
 """
 
@@ -68,7 +68,7 @@ def main():
     start = time.perf_counter()
     scales_swept = [1.0, *args.reward_scales]
     base_chunks = train_runs(config, "seeds", args.num_seeds)
-    sweep = [f"reward_scale={','.join(f'{x:g}' for x in scales_swept)}"]
+    sweep = [f"reward_scale={','.join(repr(x) for x in scales_swept)}"]  # repr: the exact floats
     scale_chunks = train_runs(config, "scales", args.scale_seeds, sweep)
     wall = time.perf_counter() - start
     # One table of runs: the S seeds, then the sweep's members (member-major: K seeds per scale).
@@ -119,7 +119,8 @@ def main():
 
 
 def base_runs(runs):
-    """The S seeds at reward scale 1 (files written before the sweep's own scale-1 runs: every scale-1 run)."""
+    """The S seeds at reward scale 1, not the sweep's scale-1 runs. Files from before the sweep have no `group`:
+    their scale-1 runs are all base runs."""
     return [r for r in runs if r.get("group", "seeds") == "seeds" and r["reward_scale"] == 1.0]
 
 

@@ -198,3 +198,23 @@ def test_prune_removes_the_least_recently_used_entries_beyond_the_limit(tmp_path
     assert programs.prune(tmp_path, max_bytes=100, keep=c) == []  # c alone would go: it is kept
     assert programs.prune(tmp_path, max_bytes=100) == [c]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "c.tmp-123"]
+
+
+def test_the_capped_persistent_cache_stores_and_reuses_executables(tmp_path):
+    """`driver.enable_compile_cache` caps JAX's cache, which then needs `filelock`: without it JAX only warns
+    and caches nothing, and every warm start compiles again. A fresh process compiles a program into the
+    cache; a second one loads it from there instead of compiling."""
+    script = textwrap.dedent(f"""
+        import jax, jax.numpy as jnp
+        from jax._src import monitoring
+        from purempo import driver
+        hits = []
+        monitoring.register_event_listener(lambda event, **kw: hits.append(event))
+        assert driver.enable_compile_cache({str(tmp_path / "xla")!r}) is not None
+        jax.jit(lambda x: jnp.sin(x) * 3.0 + 1.0)(jnp.ones(5)).block_until_ready()
+        print("hit" if "/jax/compilation_cache/cache_hits" in hits else "miss")
+    """)
+    run = lambda: subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", script], capture_output=True,  # noqa: E731
+                                 text=True, check=True).stdout.split()[-1]
+    assert run() == "miss" and any((tmp_path / "xla").iterdir())
+    assert run() == "hit"
