@@ -1,12 +1,14 @@
 """Where a test-sized trainer's fixed cost goes: tracing, lowering and XLA compilation of `jit(vmap(make_train))`.
 
     python benchmarks/build_cost.py                       # generalized, spring and positional physics
-    python benchmarks/build_cost.py --backends spring
+    python benchmarks/build_cost.py --backends default --profile   # and where the trace's time goes
 
-Most of the test suite's time is this fixed cost, paid once per distinct tiny config. The config is
-`tests/test_train.py`'s TINY (2 seeds), compiled with the suite's flags (`tests/conftest.py`: XLA back-end
-optimisation off). Each backend runs in a fresh process so that no trace or compile is shared. Writes
-benchmarks/results/build_cost.json.
+The test suite pays this once per distinct tiny config. The config is `tests/test_train.py`'s TINY (2 seeds).
+Each backend runs in a fresh process that first imports `tests/conftest.py`, so it compiles as a test worker
+does: the suite's XLA flags (back-end optimisation off) and a new, empty persistent cache. Writes
+benchmarks/results/build_cost.json. `--profile` writes the trace's cProfile (cumulative time) to
+benchmarks/results/build_cost_trace_profile_<backend>.txt, and its timings, which the profiler slows, to
+build_cost_profiled.json instead.
 """
 
 from __future__ import annotations
@@ -22,15 +24,24 @@ from common import RESULTS, command_line, machine, today, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = """
-import json, sys, time
+import cProfile, io, json, pstats, sys, time
 sys.path.insert(0, {tests!r})
+import conftest  # the suite's XLA flags and fresh caches, set before JAX starts
 import jax
 from purempo import make_train
 from test_train import TINY
 config = TINY if {backend!r} == "default" else TINY.replace(backend={backend!r})
 keys = jax.random.split(jax.random.PRNGKey(0), 2)
+profile = cProfile.Profile() if {profile_path!r} else None
 marks = [time.perf_counter()]
+if profile:
+    profile.enable()
 traced = jax.jit(jax.vmap(make_train(config))).trace(keys); marks.append(time.perf_counter())
+if profile:
+    profile.disable()
+    text = io.StringIO()
+    pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(60)
+    open({profile_path!r}, "w").write(text.getvalue())
 lowered = traced.lower(); marks.append(time.perf_counter())
 compiled = lowered.compile(); marks.append(time.perf_counter())
 jax.block_until_ready(compiled(keys)); marks.append(time.perf_counter())
@@ -41,10 +52,11 @@ print(json.dumps(row))
 """
 
 
-def measure(backend: str) -> dict:
-    env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
-    env.pop("JAX_COMPILATION_CACHE_DIR", None)
-    code = CHILD.format(tests=str(ROOT / "tests"), backend=backend)
+def measure(backend: str, profile: bool) -> dict:
+    env = {name: value for name, value in os.environ.items()  # conftest.py sets these three afresh
+           if name not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR", "PUREMPO_TEST_CACHE_HOME")}
+    profile_path = str(RESULTS / f"build_cost_trace_profile_{backend}.txt") if profile else ""
+    code = CHILD.format(tests=str(ROOT / "tests"), backend=backend, profile_path=profile_path)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return {"backend": backend, **json.loads(out.stdout.strip().splitlines()[-1])}
 
@@ -53,13 +65,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backends", nargs="+", default=["default", "spring", "positional"],
                         help="Brax physics backends ('default': the env's own, generalized for inverted_pendulum)")
+    parser.add_argument("--profile", action="store_true", help="also write each backend's trace profile")
     args = parser.parse_args()
     rows = []
     for backend in args.backends:
-        rows.append(measure(backend))
+        rows.append(measure(backend, args.profile))
         print(json.dumps(rows[-1]), flush=True)
     result = {"command": command_line("build_cost.py"), "date": today(), "machine": machine(), "versions": versions(), "rows": rows}
-    path = RESULTS / "build_cost.json"
+    path = RESULTS / ("build_cost_profiled.json" if args.profile else "build_cost.json")
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
 
