@@ -258,11 +258,20 @@ def check_output(out: Path, overwrite: bool) -> None:
 
 
 def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """RunError if `run_dir` holds a run and `overwrite` is not set; creates nothing."""
+    """RunError if `run_dir` holds a run and `overwrite` is not set, or if it could not be created (a file on
+    its path, an ancestor without write permission); creates nothing. Called before the trainer is traced, so a
+    bad `--run-dir` is reported at once rather than after seconds of tracing."""
     held = [name for name in RUN_FILES if (Path(run_dir) / name).exists()]
     if held and not overwrite:
         raise RunError(f"run dir {run_dir} already holds a run ({held[0]}); "
                        f"use --resume {run_dir} to continue it, --overwrite to replace it, or another --run-dir")
+    existing = Path(run_dir).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunError(f"cannot write to {run_dir}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunError(f"cannot write to {run_dir}: no write permission in {existing}")
 
 
 def prepare_new_run_dir(run_dir: Path, overwrite: bool) -> Path:

@@ -205,10 +205,17 @@ def test_impossible_config_is_a_one_line_usage_error(capsys, tmp_path, flags, ex
     assert not (tmp_path / "run").exists()
 
 
-def test_unwritable_run_dir_is_a_one_line_usage_error(capsys, tmp_path):
+def test_unwritable_run_dir_is_a_one_line_usage_error(capsys, tmp_path, monkeypatch):
+    # Reported before the trainer is traced (seconds for the default config): preparing programs fails the test.
+    from purempo import programs
+
+    def traced(*args, **kwargs):
+        raise AssertionError("the trainer was traced before the run dir was checked")
+
+    monkeypatch.setattr(programs, "prepare", traced)
     blocker = tmp_path / "a-file"
     blocker.write_text("keep me\n")
-    code = cli.main(["train", "--run-dir", str(blocker / "run")])
+    code = cli.main(["train", "--run-dir", str(blocker / "run" / "deeper")])
     assert code == 2
     assert "cannot write" in _single_error_line(capsys.readouterr().err)
     assert blocker.read_text() == "keep me\n"
