@@ -2,13 +2,16 @@
 
     python benchmarks/build_cost.py                       # generalized, spring and positional physics
     python benchmarks/build_cost.py --backends default --profile   # and where the trace's time goes
+    python benchmarks/build_cost.py --flags --repeats 3   # XLA's defaults against the suite's compile flags
 
 The test suite pays this once per distinct tiny config. The config is `tests/test_train.py`'s TINY (2 seeds).
 Each backend runs in a fresh process that first imports `tests/conftest.py`, so it compiles as a test worker
 does: the suite's XLA flags (back-end optimisation off) and a new, empty persistent cache. Writes
 benchmarks/results/build_cost.json. `--profile` writes the trace's cProfile (cumulative time) to
 benchmarks/results/build_cost_trace_profile_<backend>.txt, and its timings, which the profiler slows, to
-build_cost_profiled.json instead.
+build_cost_profiled.json instead. `--flags` compiles the default backend under XLA's defaults, with back-end
+optimisation off, and with the suite's flags (`tests/conftest.py`: also the older fusion emitters), each
+`--repeats` times in a fresh process, and writes benchmarks/results/build_cost_flags.json.
 """
 
 from __future__ import annotations
@@ -52,9 +55,21 @@ print(json.dumps(row))
 """
 
 
-def measure(backend: str, profile: bool) -> dict:
+# XLA flag sets for --flags; conftest.py leaves XLA_FLAGS alone once it names the optimisation level.
+FLAG_SETS = {
+    "xla_defaults": "--xla_backend_optimization_level=3 --xla_llvm_disable_expensive_passes=false"
+                    " --xla_cpu_use_fusion_emitters=true",
+    "backend_optimisation_off": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+                                " --xla_cpu_use_fusion_emitters=true",
+    "suite": None,  # conftest.py's FAST_COMPILE_FLAGS
+}
+
+
+def measure(backend: str, profile: bool, xla_flags: str | None = None) -> dict:
     env = {name: value for name, value in os.environ.items()  # conftest.py sets these three afresh
            if name not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR", "PUREMPO_TEST_CACHE_HOME")}
+    if xla_flags is not None:
+        env["XLA_FLAGS"] = xla_flags
     profile_path = str(RESULTS / f"build_cost_trace_profile_{backend}.txt") if profile else ""
     code = CHILD.format(tests=str(ROOT / "tests"), backend=backend, profile_path=profile_path)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -66,13 +81,21 @@ def main():
     parser.add_argument("--backends", nargs="+", default=["default", "spring", "positional"],
                         help="Brax physics backends ('default': the env's own, generalized for inverted_pendulum)")
     parser.add_argument("--profile", action="store_true", help="also write each backend's trace profile")
+    parser.add_argument("--flags", action="store_true", help="compare XLA flag sets on the default backend")
+    parser.add_argument("--repeats", type=int, default=1, help="fresh processes per flag set (with --flags)")
     args = parser.parse_args()
+    if args.flags and args.profile:
+        parser.error("--flags and --profile: choose one")
     rows = []
-    for backend in args.backends:
-        rows.append(measure(backend, args.profile))
+    runs = ([(name, "default", flags) for _ in range(args.repeats) for name, flags in FLAG_SETS.items()]
+            if args.flags else [(None, backend, None) for backend in args.backends])
+    for name, backend, flags in runs:
+        row = measure(backend, args.profile, flags)
+        rows.append({"flags": name, **row} if name else row)
         print(json.dumps(rows[-1]), flush=True)
     result = {"command": command_line("build_cost.py"), "date": today(), "machine": machine(), "versions": versions(), "rows": rows}
-    path = RESULTS / ("build_cost_profiled.json" if args.profile else "build_cost.json")
+    path = RESULTS / ("build_cost_profiled.json" if args.profile else
+                      "build_cost_flags.json" if args.flags else "build_cost.json")
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
 

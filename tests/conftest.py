@@ -3,9 +3,11 @@ CLI runs, the notebook's kernel, benchmark scripts) inherits them. A user's own 
 
 - Most tests train tiny configs for a few iterations, so their time goes to XLA compiling the trainer, not to
   running it. The suite compiles without XLA's CPU back-end optimisation (LLVM -O0, no expensive passes): about
-  30% less time per compiled trainer, and a slower run time that a tiny config does not feel. Bit-identity tests
-  compare programs compiled the same way. The learning test, whose time goes to running, passes XLA's defaults
-  back with `jax.jit(..., compiler_options=...)`.
+  30% less time per compiled trainer, and a slower run time that a tiny config does not feel. It also emits
+  fusions with XLA's older loop emitters instead of its MLIR fusion emitters: another third off the compile of
+  a tiny trainer (`benchmarks/build_cost.py --flags`). Bit-identity tests compare programs compiled the same
+  way. The learning tests, whose time goes to running, pass XLA's defaults back (`FULL_OPTIMISATION`, given
+  to `jax.jit(..., compiler_options=...)`; child processes get XLA_FLAGS without these).
 - Several tests compile the same program again in another process (a CLI run killed and resumed, the CLI's run
   against the library loop), so the session shares one persistent compilation cache in a temporary directory,
   removed when the session ends. A cached executable is the compiled code itself: its results are the same bits.
@@ -18,7 +20,11 @@ import os
 import shutil
 import tempfile
 
-FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+                      " --xla_cpu_use_fusion_emitters=false")
+# XLA's defaults for the flags above, as `jax.jit(..., compiler_options=...)` takes them.
+FULL_OPTIMISATION = {"xla_backend_optimization_level": 3, "xla_llvm_disable_expensive_passes": False,
+                     "xla_cpu_use_fusion_emitters": True}
 
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAGS}".strip()

@@ -4,11 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from conftest import FULL_OPTIMISATION  # XLA's defaults: conftest.py turns them off for the tiny configs
 from purempo import Config, make_train
 
-# XLA's default CPU optimisation, which conftest.py turns off for the rest of the suite: this test's time goes to
-# running 2 x 150k env steps, not to compiling, and its trajectory is the one users' default compile follows.
-FULL_OPTIMISATION = {"xla_backend_optimization_level": 3, "xla_llvm_disable_expensive_passes": False}
+# With FULL_OPTIMISATION: this test's time goes to running 2 x 150k env steps, not to compiling, and its
+# trajectory is the one users' default compile follows.
 
 
 def test_default_config_solves_inverted_pendulum_and_stays_solved():

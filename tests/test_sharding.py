@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from conftest import FAST_COMPILE_FLAGS
 from purempo import sharding
 from purempo.config import Config
 
 CHILD = Path(__file__).with_name("_sharded_children.py")
-FAST = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def _run(check, out, *args, devices=4, fast=True, background=False):
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}" + (f" {FAST}" if fast else ""))
+    flags = f"--xla_force_host_platform_device_count={devices}" + (f" {FAST_COMPILE_FLAGS}" if fast else "")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
     command = [sys.executable, str(CHILD), check, str(out), *map(str, args)]
     if background:
         return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
