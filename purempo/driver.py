@@ -39,7 +39,8 @@ together): a GPU-sized replay is gigabytes per evaluation otherwise."""
 
 
 COMPILE_CACHE_MAX_BYTES = 2 << 30
-"""What `enable_compile_cache` lets JAX's persistent cache hold (its least recently used entries go first)."""
+"""What `enable_compile_cache` lets JAX's persistent cache hold in a directory of purempo's own (its least
+recently used entries go first)."""
 
 
 class RunError(Exception):
@@ -425,9 +426,15 @@ def enable_compile_cache(directory: Optional[Path] = None) -> Optional[Path]:
     """Turns on JAX's persistent compilation cache for every program of this process, even quick ones (a
     cached executable is the compiled code itself: same results, bit for bit). `directory` defaults to
     `$JAX_COMPILATION_CACHE_DIR` if set, else `default_cache_dir()`. Returns the directory, or None when it
-    cannot be created (the run then compiles as usual)."""
+    cannot be created (the run then compiles as usual).
+
+    A directory of purempo's own (the default, or `directory`) is capped at `COMPILE_CACHE_MAX_BYTES`.
+    `$JAX_COMPILATION_CACHE_DIR` is the user's, which other JAX programs may fill uncapped: it is left
+    uncapped too, because JAX's eviction reads an access-time file that only capped writers keep, and a
+    capped process fails every write (a warning, then no entry) in a directory holding entries without one."""
     import jax
 
+    shared = directory is None and bool(os.environ.get("JAX_COMPILATION_CACHE_DIR"))
     directory = Path(directory or os.environ.get("JAX_COMPILATION_CACHE_DIR") or default_cache_dir())
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -436,8 +443,8 @@ def enable_compile_cache(directory: Optional[Path] = None) -> Optional[Path]:
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    # JAX evicts the least recently used executables beyond this (by default it keeps everything).
-    jax.config.update("jax_compilation_cache_max_size", COMPILE_CACHE_MAX_BYTES)
+    if not shared:  # JAX evicts the least recently used executables beyond this (by default it keeps all)
+        jax.config.update("jax_compilation_cache_max_size", COMPILE_CACHE_MAX_BYTES)
     return directory
 
 

@@ -3,6 +3,7 @@ and cold and warm builds compute the same bits as a plain `jax.jit` of the train
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -198,6 +199,39 @@ def test_prune_removes_the_least_recently_used_entries_beyond_the_limit(tmp_path
     assert programs.prune(tmp_path, max_bytes=100, keep=c) == []  # c alone would go: it is kept
     assert programs.prune(tmp_path, max_bytes=100) == [c]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "c.tmp-123"]
+
+
+def test_a_shared_jax_cache_directory_stays_uncapped_so_entries_of_other_jax_programs_do_not_stop_writes(tmp_path):
+    """A capped JAX cache fails every write in a directory holding an uncapped writer's entries (it looks for
+    their access-time files). `$JAX_COMPILATION_CACHE_DIR` is such a directory: a plain JAX program fills it,
+    then `enable_compile_cache` stores a new executable there without a warning, and a third process loads it."""
+    directory = tmp_path / "shared"
+    plain = textwrap.dedent(f"""
+        import jax, jax.numpy as jnp
+        jax.config.update("jax_compilation_cache_dir", {str(directory)!r})
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.jit(lambda x: jnp.cos(x) - 2.0)(jnp.ones(4)).block_until_ready()
+    """)
+    ours = textwrap.dedent("""
+        import jax, jax.numpy as jnp
+        from jax._src import monitoring
+        from purempo import driver
+        hits = []
+        monitoring.register_event_listener(lambda event, **kw: hits.append(event))
+        driver.enable_compile_cache()
+        x = jnp.ones(6)
+        hits.clear()  # only the program below counts
+        jax.jit(lambda x: jnp.tanh(x) * 5.0)(x).block_until_ready()
+        print("hit" if "/jax/compilation_cache/cache_hits" in hits else "miss")
+    """)
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(directory), JAX_PLATFORMS="cpu")
+    run = lambda code: subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], env=env,  # noqa: E731
+                                      capture_output=True, text=True, check=True).stdout.split()
+    run(plain)
+    before = {p.name for p in directory.iterdir()}
+    assert before and not any(name.endswith("-atime") for name in before)  # an uncapped writer's entries
+    assert run(ours)[-1] == "miss" and len(list(directory.iterdir())) > len(before)
+    assert run(ours)[-1] == "hit"
 
 
 def test_the_capped_persistent_cache_stores_and_reuses_executables(tmp_path):
