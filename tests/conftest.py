@@ -38,23 +38,3 @@ if "PUREMPO_TEST_CACHE_HOME" not in os.environ:  # the controller makes it; xdis
     cache_home = tempfile.mkdtemp(prefix="purempo-test-cache-home-")
     os.environ["PUREMPO_TEST_CACHE_HOME"] = os.environ["XDG_CACHE_HOME"] = cache_home
     atexit.register(shutil.rmtree, cache_home, ignore_errors=True)
-
-# The order in which pytest-xdist hands test files to its workers (`--dist loadfile`): slowest first. xdist's
-# own order (most tests first) leaves the few long files (one learning run each) for the end, where one worker
-# runs them while the other idles; longest first keeps the two workers' loads even. Per-file seconds from
-# benchmarks/results/suite_durations_2026-12-02b.txt; files not listed follow in collection order.
-SLOWEST_FILES_FIRST = [
-    "test_learning.py", "test_scale_runs.py", "test_sharding.py", "test_train.py", "test_cli.py",
-    "test_playground.py", "test_notebook.py", "test_programs.py", "test_envs.py", "test_stability_script.py",
-    "test_acting.py", "test_compare_script.py", "test_checkpoint.py", "test_rendering.py",
-]
-
-
-def pytest_configure(config):
-    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist is installed
-        config.option.loadscopereorder = False  # keep the order below
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(SLOWEST_FILES_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
