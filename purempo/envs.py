@@ -156,7 +156,7 @@ class DictObservations(_Wrapper):
     then handle one array, as for any env; `networks` slice their inputs by the views."""
 
     def __init__(self, env, policy_key: str = "state", critic_key: str = "privileged_state"):
-        shapes = reset_shapes(env).obs
+        shapes = jax.eval_shape(env.reset, jax.random.PRNGKey(0)).obs
         if policy_key not in shapes:
             raise ValueError(f"the env's observation dict has no {policy_key!r} entry for the policy; keys: "
                              f"{', '.join(sorted(shapes))}")
@@ -210,13 +210,7 @@ def make(name: str, backend: Optional[str] = None, impl: Optional[str] = None):
     """The raw env `name` (no time limit, no auto-reset): Brax's (`backend`: its physics pipeline, None for
     the env's default) or Playground's (`impl`: one of `SUPPORTED_IMPLS`, None for `default_impl()`), with
     dict observations flattened (`DictObservations`) and the config's `action_repeat` applied to a Playground
-    env. One object per (name, backend, impl) in a process: an env is immutable, and building it (loading
-    its model) and tracing its reset (`reset_shapes`, `per_env_leaves`) then happen once, not per trainer."""
-    return _make(name, backend, impl)
-
-
-@functools.lru_cache(maxsize=None)
-def _make(name: str, backend: Optional[str], impl: Optional[str]):
+    env."""
     kind = family(name)
     if kind == BRAX:
         if impl is not None:
@@ -233,7 +227,7 @@ def _make(name: str, backend: Optional[str], impl: Optional[str]):
     with _local_devices_only():
         env = playground_env(name, default_impl() if impl is None else impl)
     registry = _playground()[0]
-    if isinstance(reset_shapes(env).obs, Mapping):
+    if isinstance(jax.eval_shape(env.reset, jax.random.PRNGKey(0)).obs, Mapping):
         env = DictObservations(env)
     repeat = int(registry.get_default_config(name).get("action_repeat", 1))
     return ActionRepeat(env, repeat) if repeat > 1 else env
@@ -279,16 +273,10 @@ def episode_length(name: str) -> int:
     return int(config.episode_length) // int(config.get("action_repeat", 1))
 
 
-@functools.lru_cache(maxsize=None)
-def reset_shapes(env: Any):
-    """`env.reset`'s state as `jax.ShapeDtypeStruct`s, traced once per env object."""
-    return jax.eval_shape(env.reset, jax.random.PRNGKey(0))
-
-
 def observation_size(env) -> int:
     """Observation width, found by tracing `env.reset` (Brax's `env.observation_size` runs it eagerly, op by op,
     which costs seconds of compilation)."""
-    return reset_shapes(env).obs.shape[-1]
+    return jax.eval_shape(env.reset, jax.random.PRNGKey(0)).obs.shape[-1]
 
 
 class EnvState(NamedTuple):
@@ -312,7 +300,7 @@ class StepResult(NamedTuple):
 def per_env_leaves(env: Any):
     """A pytree like `env`'s state of bools: True for a leaf that `vmap(env.reset)` gives a batch axis, False
     for one the batch shares (MuJoCo Warp's contact arrays and counts; none for MJX and Brax)."""
-    single = reset_shapes(env)
+    single = jax.eval_shape(env.reset, jax.random.PRNGKey(0))
     batched = jax.eval_shape(jax.vmap(env.reset), jax.random.split(jax.random.PRNGKey(0), 2))
     return jax.tree.map(lambda s, b: b.ndim == s.ndim + 1, single, batched)
 

@@ -315,29 +315,3 @@ def test_restarts_and_evaluation_starts_are_uniform_draws_from_the_reset_pool(en
     assert np.all(same.sum(1) == 1)
     np.testing.assert_array_equal(np.asarray(episodes.returns), np.asarray(from_pool.reward)[same.argmax(1)])
     np.testing.assert_array_equal(np.asarray(episodes.lengths), 1)
-
-
-
-def test_make_builds_each_env_once_and_its_reset_is_traced_once():
-    """Trainers of one env share its object, so the model is loaded and `env.reset`'s shapes traced once per
-    process, not per trainer; another backend is another env."""
-    from purempo.config import Config
-    from purempo.train import make_trainer
-
-    env = envs.make("inverted_pendulum", backend="spring")
-    assert envs.make("inverted_pendulum", "spring") is env is not envs.make("inverted_pendulum", backend="positional")
-    traces = []
-    original = env.reset
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(env, "reset", lambda key: traces.append(key) or original(key))  # runs only while tracing
-        envs.reset_shapes.cache_clear()
-        envs.per_env_leaves.cache_clear()
-        counts = []
-        for episode_length in (20, 30):  # two configs of one env: two trainers
-            before = len(traces)
-            trainer = make_trainer(Config(env="inverted_pendulum", backend="spring", episode_length=episode_length))
-            jax.eval_shape(trainer.init, jax.random.PRNGKey(0))
-            counts.append(len(traces) - before)
-    # The first trainer also traces the shapes (reset_shapes, per_env_leaves' batched reset); the second only
-    # what its own program holds.
-    assert counts[0] - counts[1] >= 2 and counts[1] >= 1, counts
