@@ -4,7 +4,8 @@
     python benchmarks/build_cost.py --backends default --profile   # and where the trace's time goes
     python benchmarks/build_cost.py --flags --repeats 3   # XLA's defaults against the suite's compile flags
 
-The test suite pays this once per distinct tiny config. The config is `tests/test_train.py`'s TINY (2 seeds).
+The test suite pays this once per distinct tiny config; `second_trainer_trace_s` is the trace of a second
+trainer of the same env in the same process (episode length 40), what the suite's next test of that env pays. The config is `tests/test_train.py`'s TINY (2 seeds).
 Each backend runs in a fresh process that first imports `tests/conftest.py`, so it compiles as a test worker
 does: the suite's XLA flags (back-end optimisation off) and a new, empty persistent cache. Writes
 benchmarks/results/build_cost.json. `--profile` writes the trace's cProfile (cumulative time) to
@@ -51,18 +52,24 @@ jax.block_until_ready(compiled(keys)); marks.append(time.perf_counter())
 names = ["trace_s", "lower_s", "compile_s", "run_s"]
 row = {{name: round(b - a, 2) for name, a, b in zip(names, marks, marks[1:])}}
 row["stablehlo_chars"] = len(lowered.as_text())
+start = time.perf_counter()  # another trainer of the same env in this process, as the suite's next test traces
+jax.jit(jax.vmap(make_train(config.replace(episode_length=40)))).trace(keys)
+row["second_trainer_trace_s"] = round(time.perf_counter() - start, 2)
 print(json.dumps(row))
 """
 
 
-# XLA flag sets for --flags; conftest.py leaves XLA_FLAGS alone once it names the optimisation level.
-FLAG_SETS = {
-    "xla_defaults": "--xla_backend_optimization_level=3 --xla_llvm_disable_expensive_passes=false"
-                    " --xla_cpu_use_fusion_emitters=true",
-    "backend_optimisation_off": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-                                " --xla_cpu_use_fusion_emitters=true",
-    "suite": None,  # conftest.py's FAST_COMPILE_FLAGS
-}
+
+
+def flag_sets() -> dict:
+    """XLA_FLAGS for --flags, from conftest.py's options (which leaves XLA_FLAGS alone once they name the
+    optimisation level); None: the suite's own."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import FAST_COMPILE, FULL_OPTIMISATION, as_xla_flags
+
+    return {"xla_defaults": as_xla_flags(FULL_OPTIMISATION),
+            "backend_optimisation_off": as_xla_flags({**FAST_COMPILE, "xla_cpu_use_fusion_emitters": True}),
+            "suite": None}
 
 
 def measure(backend: str, profile: bool, xla_flags: str | None = None) -> dict:
@@ -82,20 +89,21 @@ def main():
                         help="Brax physics backends ('default': the env's own, generalized for inverted_pendulum)")
     parser.add_argument("--profile", action="store_true", help="also write each backend's trace profile")
     parser.add_argument("--flags", action="store_true", help="compare XLA flag sets on the default backend")
-    parser.add_argument("--repeats", type=int, default=1, help="fresh processes per flag set (with --flags)")
+    parser.add_argument("--repeats", type=int, default=1, help="fresh processes per backend or flag set")
+    parser.add_argument("--out", default=None, help="results JSON (default: results/build_cost[_flags|_profiled].json)")
     args = parser.parse_args()
     if args.flags and args.profile:
         parser.error("--flags and --profile: choose one")
     rows = []
-    runs = ([(name, "default", flags) for _ in range(args.repeats) for name, flags in FLAG_SETS.items()]
-            if args.flags else [(None, backend, None) for backend in args.backends])
+    runs = ([(name, "default", flags) for _ in range(args.repeats) for name, flags in flag_sets().items()]
+            if args.flags else [(None, backend, None) for _ in range(args.repeats) for backend in args.backends])
     for name, backend, flags in runs:
         row = measure(backend, args.profile, flags)
         rows.append({"flags": name, **row} if name else row)
         print(json.dumps(rows[-1]), flush=True)
     result = {"command": command_line("build_cost.py"), "date": today(), "machine": machine(), "versions": versions(), "rows": rows}
-    path = RESULTS / ("build_cost_profiled.json" if args.profile else
-                      "build_cost_flags.json" if args.flags else "build_cost.json")
+    path = Path(args.out) if args.out else RESULTS / ("build_cost_profiled.json" if args.profile else
+                                                      "build_cost_flags.json" if args.flags else "build_cost.json")
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
 

@@ -20,11 +20,19 @@ import os
 import shutil
 import tempfile
 
-FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-                      " --xla_cpu_use_fusion_emitters=false")
-# XLA's defaults for the flags above, as `jax.jit(..., compiler_options=...)` takes them.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
+                "xla_cpu_use_fusion_emitters": False}
+# XLA's defaults for the same options, as `jax.jit(..., compiler_options=...)` takes them.
 FULL_OPTIMISATION = {"xla_backend_optimization_level": 3, "xla_llvm_disable_expensive_passes": False,
                      "xla_cpu_use_fusion_emitters": True}
+
+
+def as_xla_flags(options: dict) -> str:
+    """`options` as XLA_FLAGS takes them: `--name=value`, booleans in lower case."""
+    return " ".join(f"--{name}={str(value).lower()}" for name, value in options.items())
+
+
+FAST_COMPILE_FLAGS = as_xla_flags(FAST_COMPILE)
 
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAGS}".strip()

@@ -7,9 +7,6 @@ import numpy as np
 from conftest import FULL_OPTIMISATION  # XLA's defaults: conftest.py turns them off for the tiny configs
 from purempo import Config, make_train
 
-# With FULL_OPTIMISATION: this test's time goes to running 2 x 150k env steps, not to compiling, and its
-# trajectory is the one users' default compile follows.
-
 
 def test_default_config_solves_inverted_pendulum_and_stays_solved():
     # The short version of `benchmarks/stability.py` (5 seeds x 500k steps there): two seeds of the default
@@ -19,6 +16,7 @@ def test_default_config_solves_inverted_pendulum_and_stays_solved():
     # run never fell below 950 after first reaching it, and the fifth dipped once, at 136k steps (RESULTS.md
     # §6). With discount 0.995 instead, seed 1 fell at 97k (to 228 in the stability run, to 301 here) and this
     # test failed, so it tells the two settings apart. A different CPU can round differently and follow another trajectory.
+    # Compiled with FULL_OPTIMISATION: the time goes to running, and the trajectory is the one users' compile follows.
     config = Config(total_steps=150_000, num_evals=15)
     keys = jnp.stack([jax.random.PRNGKey(0), jax.random.PRNGKey(1)])
     _, metrics = jax.device_get(jax.jit(jax.vmap(make_train(config)), compiler_options=FULL_OPTIMISATION)(keys))
