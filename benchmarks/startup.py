@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,6 +54,7 @@ def launch(flags, cache_home: Path, run_dir: Path, extra=()):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3, help="cold/warm pairs")
+    parser.add_argument("--out", help="file name under benchmarks/results (default: startup_ENV.json)")
     parser.add_argument("--flags", nargs=argparse.REMAINDER, default=[], help="flags for purempo train (last)")
     args = parser.parse_args()
     env = next((args.flags[i + 1] for i, f in enumerate(args.flags[:-1]) if f == "--env"), "inverted_pendulum")
@@ -64,20 +66,23 @@ def main() -> None:
         for repeat in range(args.repeats):
             cache = tmp / f"cache-{repeat}"
             cold = launch(args.flags, cache, tmp / f"run-cold-{repeat}")
+            jax_only = cache.with_name(f"jax-only-{repeat}")  # JAX's compiled code without the exported programs
+            shutil.copytree(cache, jax_only, ignore=shutil.ignore_patterns("programs"))
             warm = launch(args.flags, cache, tmp / f"run-warm-{repeat}")
-            pairs.append(dict(cold=cold, warm=warm))
-            print(f"cold: {cold}\nwarm: {warm}", flush=True)
+            warm_jax = launch(args.flags, jax_only, tmp / f"run-warm-jax-{repeat}")
+            pairs.append(dict(cold=cold, warm=warm, warm_jax_cache_only=warm_jax))
+            print(f"cold: {cold}\nwarm: {warm}\nwarm, JAX's cache only: {warm_jax}", flush=True)
 
     def median(kind, key):
         values = sorted(pair[kind][key] for pair in pairs)
         return values[len(values) // 2]
 
-    summary = {f"{kind}_{key}_median": median(kind, key) for kind in ("cold", "warm")
+    summary = {f"{kind}_{key}_median": median(kind, key) for kind in ("cold", "warm", "warm_jax_cache_only")
                for key in ("first_training_step_s", "first_eval_s", "total_s")}
     summary["first_eval_sooner_when_warm_s"] = round(summary["cold_first_eval_s_median"]
                                                      - summary["warm_first_eval_s_median"], 2)
     print(json.dumps(summary, indent=2))
-    out = RESULTS / f"startup_{env}.json"
+    out = RESULTS / (args.out or f"startup_{env}.json")
     out.write_text(json.dumps(dict(date=today(), machine=machine(), versions=versions(), command=command_line("startup.py"),
                                    flags=args.flags, no_cache=uncached, launches=pairs, summary=summary),
                               indent=2) + "\n")
