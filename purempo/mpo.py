@@ -223,10 +223,10 @@ def normalized_policy_loss(policy_loss: chex.Array, penalty_mean: chex.Array, pe
     The M-step loss `NLL + Σ α·KL` has the same minimiser after division by a positive constant, but not the
     same Adam steps. Adam divides by a running RMS of the gradient with a ~1/(1 − β₂) = 1,000-update memory, so
     while a multiplier climbs by orders of magnitude (Adam on log α after a violation) the gradient outgrows that
-    RMS and the steps grow past the learning rate; the suspected feedback (not isolated, RESULTS.md §7): the larger
-    the penalty, the further the policy moves, the further the KL overshoots, the faster α climbs. Dividing by
-    the penalties keeps the gradient's scale that of one weighted NLL or KL term whatever α is; the weighting
-    between likelihood and trust region is unchanged.
+    RMS and the steps grow past the learning rate; the suspected feedback (not isolated, docs/journal.md §7):
+    the larger the penalty, the further the policy moves, the further the KL overshoots, the faster α climbs.
+    Dividing by the penalties keeps the gradient's scale that of one weighted NLL or KL term whatever α is; the
+    weighting between likelihood and trust region is unchanged.
     """
     sg = jax.lax.stop_gradient
     return policy_loss / (1.0 + jnp.sum(sg(penalty_mean)) + jnp.sum(sg(penalty_std)))
