@@ -40,13 +40,8 @@ class HParams(NamedTuple):
 class Config:
     """Everything that defines a purempo run. Shapes and loop counts are static; floats form `HParams`.
 
-    Defaults are tuned for the default env, `inverted_pendulum`, on a CPU, for wall time to a return of 950
-    and for staying there (benchmarks/RESULTS.md §6): 256 lockstep envs (a Brax step of 256 envs costs ~3 ms
-    there, an SGD update ~10 ms, so updates set the pace), 8 updates per lockstep step on small (64, 64)
-    networks, a critic learning rate of 3e-3 (5× the policy's: the critic's values have to grow by hundreds
-    before the E-step sees which actions keep the pole up), target networks copied every 25 updates so the per-update
-    KL bounds (ε_μ = 1e-2, ε_σ = 1e-4) still let the policy move quickly, and a proportional term on the
-    KL multipliers (`alpha_gain`) so those bounds hold when the policy suddenly wants to move far.
+    Defaults are tuned on a CPU for the default env, `inverted_pendulum`: wall time to a return of 950, and
+    staying there (docs/journal.md §6).
     """
 
     # --- env. Environment: which task, how many copies, how episodes end and restart, reward scaling.
@@ -55,7 +50,7 @@ class Config:
     backend: Optional[str] = None
     """Brax physics backend (generalized, positional, spring, mjx); None uses the env's default. Brax envs only."""
     impl: Optional[str] = None
-    """MuJoCo Playground physics implementation, jax (MJX) or warp (MuJoCo Warp); None: warp on an NVIDIA GPU with warp-lang installed (written for it), jax elsewhere (on a CPU 2.2–7.7× Warp's steps/s). Playground envs only."""
+    """MuJoCo Playground physics implementation, jax (MJX) or warp (MuJoCo Warp); None: warp on an NVIDIA GPU with warp-lang installed (written for it), jax elsewhere (on a CPU 2.2–7.7× Warp's steps/s, docs/journal.md §7). Playground envs only."""
     episode_length: int = 1000
     """Time limit in env steps; reaching it truncates (bootstraps), it does not terminate."""
     num_envs: int = 256
@@ -93,11 +88,11 @@ class Config:
     min_std: float = 1e-3
     """Lower bound of the policy's standard deviation."""
     obs_norm_preserves_outputs: bool = True
-    """When the running observation statistics move, re-parametrise the first layer of every network (online and target) so that it computes the same function of the raw observation: normalisation then conditions the inputs without moving the policy outside its trust region. Off: the statistics re-centre and re-scale a trained policy's inputs directly (inverted_pendulum then solves sooner but falls over again and again, RESULTS.md)."""
+    """When the running observation statistics move, re-parametrise every network's first layer (online and target) to compute the same function of the raw observation, so normalisation cannot move the policy outside its trust region (off: inverted_pendulum solves sooner but falls over again and again, docs/journal.md §6)."""
 
     # --- mpo. MPO: Retrace targets, E-step and M-step bounds and multipliers, optimisers and target networks.
     discount: float = 0.999
-    """Discount γ (zeroed only on termination). inverted_pendulum's 0.999 (a 1,000-step horizon, the episode's length) lets the critic see where a slow drift of a balanced cart ends, at the rail: 1 evaluation below 950 after solving in seeds 0–4 × 500k, against 4 with 0.995 (5 in seeds 0–9, RESULTS.md §6); the locomotion presets use 0.99."""
+    """Discount γ (zeroed only on termination). 0.999, a 1,000-step horizon, lets inverted_pendulum's critic see where a slow drift of the balanced cart ends, at the rail: fewer falls after solving than with 0.995 (docs/journal.md §6)."""
     retrace_lambda: float = 0.95
     """Retrace trace coefficient λ in c = λ·min(1, π/b)."""
     num_action_samples: int = 16
@@ -111,7 +106,7 @@ class Config:
     epsilon_penalty: float = 1e-3
     """E-step KL bound of the action-penalty objective."""
     epsilon_per_dimension: bool = False
-    """Read epsilon_mean and epsilon_std as each action dimension's bound (the summed KL may reach action_dim × ε) instead of the sum's: one setting then moves every action dimension by as much whatever the action dimension (the DM Control preset; CartpoleSwingup's one action got 6× halfcheetah's per-dimension bound under a summed bound)."""
+    """Read epsilon_mean and epsilon_std as each action dimension's bound (the summed KL may reach action_dim × ε), not the sum's, so one setting suits any action dimension (the DM Control preset: under a summed bound one-action CartpoleSwingup got 6× halfcheetah's per-dimension bound, docs/journal.md §7)."""
     per_dim_constraining: bool = True
     """One Lagrange multiplier per action dimension (else one for the summed KL)."""
     action_penalization: bool = True
@@ -123,19 +118,19 @@ class Config:
     init_alpha_std: float = 1000.0
     """Initial Lagrange multiplier(s) α_σ of the std KL constraint."""
     min_alpha: float = 1e-2
-    """Floor of the M-step multipliers α_μ, α_σ, so that they do not decay to nothing while their constraint is slack (a floor of 1 made inverted_pendulum dip more, RESULTS.md)."""
+    """Floor of the M-step multipliers α_μ, α_σ, so that they do not decay to nothing while their constraint is slack (a floor of 1 made inverted_pendulum dip more, docs/journal.md §6)."""
     alpha_gain: float = 1.0
-    """Proportional gain of the KL multipliers: the policy's penalty uses α + alpha_gain · clip(KL/ε − 1, 0, 10) per constraint, where α is the learned (integral) part, so a violated trust region tightens in the same update rather than after the hundreds of updates Adam's bounded steps on log α take; it adds nothing while the bound holds and nothing accumulates (0: α alone)."""
+    """Proportional gain of the KL multipliers: the policy's penalty uses α + alpha_gain · clip(KL/ε − 1, 0, 10) per constraint (α: the learned, integral part), so a violated trust region tightens in the same update, not hundreds of updates later; it adds nothing while the bound holds (0: α alone; docs/journal.md §6)."""
     normalize_penalty: bool = False
-    """Divide the policy's M-step loss by 1 + the sum of the KL multipliers it applies (gradient stopped): the same minimiser, but while a multiplier climbs by orders of magnitude after a violation, Adam's steps no longer outgrow the learning rate with it (`mpo.normalized_policy_loss`)."""
+    """Divide the policy's M-step loss by 1 + the sum of the KL multipliers it applies (gradient stopped): the same minimiser, but while a multiplier climbs by orders of magnitude after a violation, Adam's steps no longer outgrow the learning rate with it (`mpo.normalized_policy_loss`; docs/journal.md §7)."""
     critic_pessimism: float = 0.0
     """β of the ensemble's pessimistic value mean − β·std (2 critics, β = 1: the minimum, TD3's clipped double-Q); needs num_critics > 1."""
     policy_lr: float = 6e-4
-    """Adam learning rate of the policy (inverted_pendulum: 6e-4 solves it sooner than 3e-4, 33k against 39k steps on 5 seeds; the locomotion presets use 3e-4)."""
+    """Adam learning rate of the policy (6e-4 solves inverted_pendulum sooner than 3e-4, docs/journal.md §6)."""
     policy_lr_decay_updates: float = 0.0
     """Policy learning rate after n updates: policy_lr / (1 + n / policy_lr_decay_updates), so that a solved policy's random walk on a flat critic stops growing (0: constant)."""
     critic_lr: float = 3e-3
-    """Adam learning rate of the critic. Adam moves a critic's output by roughly a fixed amount per step, so a return of ~100–1000 (rewards normalised to ~1, γ = 0.99–0.999) is reached 10× sooner at 3e-3 than at 3e-4; the wider-network presets use 1e-3 (halfcheetah, hopper, walker2d) or 3e-4 (not yet measured)."""
+    """Adam learning rate of the critic. Adam moves a critic's output by roughly a fixed amount per step, so values of ~100–1000 (rewards normalised to ~1) are reached 10× sooner at 3e-3 than at 3e-4 (docs/journal.md §1)."""
     dual_lr: float = 1e-2
     """Adam learning rate of the (log-space) dual variables η, α_μ, α_σ."""
     max_grad_norm: float = 40.0
@@ -153,9 +148,9 @@ class Config:
     updates_per_iteration: int = 16
     """SGD updates after each unroll."""
     exploration_correlation: float = 0.0
-    """Correlation ρ of the training envs' exploration noise between consecutive steps: actions are mean + std·n_t with n_t = ρ·n_{t−1} + sqrt(1 − ρ²)·ξ_t (unit-variance Ornstein–Uhlenbeck noise, restarted at each episode), so each action is still a sample of π_θ(·|s) but the pushes persist for ~1/(1 − ρ) steps and move the system further than white noise does (0: independent steps). On inverted_pendulum ρ 0.5 keeps the cart nearer the centre (median resting |x| 0.22 against 0.34) but did not make dips rarer over 20 runs (RESULTS.md §6, round 4)."""
+    """Correlation ρ of consecutive steps' exploration noise in the training envs: actions are mean + std·n_t, n_t = ρ·n_{t−1} + sqrt(1 − ρ²)·ξ_t (unit-variance Ornstein–Uhlenbeck noise, restarted each episode), still samples of π_θ(·|s) but pushes that persist ~1/(1 − ρ) steps (0, the default: ρ 0.5 did not make inverted_pendulum's dips rarer, docs/journal.md §6)."""
     exploration_correlation_from_step: float = 0.0
-    """Env steps after which exploration_correlation applies (white noise before): a task is learnt fastest with independent noise, and the correlated pushes matter once a solved policy can drift (RESULTS.md §6)."""
+    """Env steps after which exploration_correlation applies (white noise before): a task is learnt fastest with independent noise, and the correlated pushes matter once a solved policy can drift (docs/journal.md §6)."""
     num_evals: int = 10
     """Evaluations (and metric reports) during the run, evenly spaced."""
     eval_episodes: int = 16
