@@ -1,8 +1,8 @@
 """Per-environment configurations: `preset(env)` is what `purempo train --env ENV` starts from.
 
-Measured (benchmarks/RESULTS.md): `inverted_pendulum` (the `Config` defaults; its stability over 500k steps
-in §6), and `halfcheetah`, `hopper` and
-`walker2d` (the shared locomotion settings below with a 1e-3 critic learning rate). The other locomotion and
+Measured (docs/journal.md): `inverted_pendulum` (the `Config` defaults; its stability over 500k steps in §6),
+`halfcheetah`, `hopper` and `walker2d` (the shared locomotion settings below with a 1e-3 critic learning rate,
+§1 and §4) and the DM Control Suite (`_PLAYGROUND`, §7). The other locomotion and
 manipulation presets use the same CPU-sized settings (critic learning rate 3e-4), with the run length and
 network size scaled to the task (humanoid: 244-dim observations, 17 actions); they have not been tuned yet.
 A MuJoCo Playground env gets the shared `_PLAYGROUND` settings (plus `PLAYGROUND_OVERRIDES[env]`); any other
@@ -10,8 +10,8 @@ env without a preset gets the defaults with `env` set. Every field can be overri
 
 Two scales (`preset(env, scale=...)`; `default_scale()` picks "gpu" on a GPU/TPU back end, else "cpu"):
 
-- ``"cpu"`` (the default): `PRESETS` / `_PLAYGROUND` above, 64-256 envs, sized for a CPU (all measured
-  results in RESULTS.md are at this scale).
+- ``"cpu"`` (the default): `PRESETS` / `_PLAYGROUND` above, 64-256 envs, sized for a CPU (the presets
+  measured in docs/journal.md ran at this scale).
 - ``"gpu"``: the same per-env settings (networks, learning rates, KL bounds, per-task overrides) with the
   scale fields replaced by `gpu_settings(env)` for every locomotion/Brax preset (ant, humanoid, halfcheetah,
   hopper, walker2d, reacher, pusher, and Brax envs without a preset) and every MuJoCo Playground env:
@@ -62,11 +62,11 @@ _LOCOMOTION: Dict[str, Any] = dict(
 
 PRESETS: Dict[str, Dict[str, Any]] = {
     "inverted_pendulum": {},  # the defaults are tuned for it
-    # A faster critic: 9,040 at 998k steps in 859 s against 4,814 at 849k with 3e-4 (RESULTS.md §1).
+    # A faster critic: 9,040 at 998k steps in 859 s against 4,814 at 849k with 3e-4 (docs/journal.md §1).
     "halfcheetah": dict(_LOCOMOTION, critic_lr=1e-3),
-    # A faster critic: 2,874 at 649k steps against 972 at 599k with 3e-4 (benchmarks/RESULTS.md §4).
+    # A faster critic: 2,874 at 649k steps against 972 at 599k with 3e-4 (docs/journal.md §4).
     "hopper": dict(_LOCOMOTION, critic_lr=1e-3, epsilon_mean=1.5e-2, epsilon_std=3e-5),  # its 3 dims, as measured
-    # Same change for walker2d: 1,055 at 499k steps against 381 with 3e-4 (one seed each, RESULTS.md §4).
+    # Same change for walker2d: 1,055 at 499k steps against 381 with 3e-4 (one seed each, docs/journal.md §4).
     "walker2d": dict(_LOCOMOTION, critic_lr=1e-3),
     "ant": dict(_LOCOMOTION, total_steps=2_000_000),
     "humanoid": dict(_LOCOMOTION, num_envs=128, policy_hidden=(256, 256, 256), critic_hidden=(512, 512, 256),
@@ -78,48 +78,22 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 
 # MuJoCo Playground's envs (its DeepMind Control Suite: 1,000-step episodes, rewards in [0, 1] per step, no
 # termination): the locomotion settings with the faster critic that halfcheetah, hopper and walker2d measured
-# best, KL bounds per action dimension and twice the updates per env step (below). Measured against Brax SAC and
-# PPO with Playground's own settings in RESULTS.md §7, where SAC is still ahead on CheetahRun and WalkerWalk.
-# `PLAYGROUND_OVERRIDES` holds per-task changes. At 1M env steps on CheetahRun it is level with SAC (2 seeds).
-# Not yet stable: with alpha_gain 0 (inherited) its KL multipliers fall to min_alpha while a bound is slack and
-# then let a single update move the mean 25-63x past ε_μ (CartpoleSwingup seed 1 fell from 795 to 386).
-# alpha_gain 3 stops that wind-up (α_μ ≤ 55) but not the violations (7-69x ε_μ), and CartpoleSwingup (seed 2),
-# FingerSpin and CheetahRun still dip with it (RESULTS.md §7), so it is not used here. The violations follow
-# the policy's step size: policy_lr 1e-4 holds every update within 4.5x ε_μ, but CartpoleSwingup still dipped
-# (580 -> 337) without a violation and CheetahRun learned more slowly (2 seeds each), so 3e-4 stays.
-# normalize_penalty holds the bound on all four tasks (KL_μ ≤ 8.2x, α_μ at its floor) and gives 957.9 on WalkerWalk
-# and 562.0 on FingerSpin at 1M env steps (the preset: 849.3, 501.0), but CheetahRun 509.2 / 613.3 (618.3 / 671.1,
-# 2 seeds; 581.2 with a 3x looser ε_μ) and CartpoleSwingup as many dips (RESULTS.md §7), so it is not used here.
-# Their resets settle the physics (CheetahRun: 200 steps per reset), so restarts come from a pool of 256 starts
-# drawn once (about 50k physics steps at initialisation) rather than from fresh resets.
-# KL bounds per action dimension (halfcheetah's measured 5e-3 and 1e-5), so one-action CartpoleSwingup does not
-# get 6× the per-dimension step of six-action CheetahRun: 816.8 at 410k env steps against 518.1 at 348k with the
-# summed bound (one seed each, RESULTS.md §7).
-# Twice the locomotion updates per env step: 32 sampled transitions per env step, Brax SAC's ratio under
-# Playground's settings (8 updates × 512 per 128 env steps). CheetahRun: 393.5 at 307k env steps against 197.9
-# with 8 updates per iteration, and 356 against 259 after ~600 s of training on one core (RESULTS.md §7).
+# best (compared with Brax SAC and PPO under Playground's own settings in docs/journal.md §7), and:
+# - restarts from a pool of 256 starts drawn once: their resets settle the physics (CheetahRun: 200 steps);
+# - KL bounds per action dimension (halfcheetah's measured 5e-3 and 1e-5), so one-action CartpoleSwingup does not
+#   get 6× the per-dimension step of six-action CheetahRun (816.8 at 410k env steps against 518.1 at 348k, §7);
+# - 32 sampled transitions per env step, Brax SAC's ratio under Playground's settings (CheetahRun: 393.5 at 307k
+#   env steps against 197.9 with 8 updates per iteration, §7).
+# With alpha_gain 0 (inherited) a single update can move the mean far past ε_μ and a solved task can dip; the
+# remedies measured (alpha_gain 3, policy_lr 1e-4, normalize_penalty) are not used here (docs/journal.md §7).
 _PLAYGROUND: Dict[str, Any] = dict(_LOCOMOTION, critic_lr=1e-3, episode_length=1000, reset_pool_size=256,
                                    epsilon_per_dimension=True, epsilon_mean=5e-3, epsilon_std=1e-5,
                                    updates_per_iteration=16)
-# WalkerWalk: normalize_penalty with a 3x looser ε_μ. The shared preset walks by 737k env steps but keeps
-# dropping single episodes (a fall in 7 evaluations after 300k, one at 1M: 849.3); with these two settings the
-# bound holds (KL_μ ≤ 0.52x over the whole run) and no episode falls once it walks: 964.1 and 915.9 at 1M on
-# seeds 0 and 1 (SAC 974.8 / 969.5; RESULTS.md §7). CheetahRun trails the shared preset with them (2 seeds), so they stay per task.
-# It walks sooner with an E-step ε of 0.3 (800 at 532k) or 32 updates per iteration (451k; 1.9x the cost per env
-# step), but ends no higher (942.9, 959.0; one seed each, session 11), so neither is used.
-# So does policy_lr 1e-3 (532k / 655k; 961.8 / 946.3 at 1M, 2 seeds), but it moves the mean up to 7.3x the bound
-# and drops single episodes again; a critic layer-normed on every layer learned no sooner (session 12). Without
-# the action penalty it walks at 532k / 655k but ends at 965.1 / 718.6, a single episode falling (session 13).
-# The gap to SAC at 1M is the policy's, not the critic's (benchmarks/final_policies.py, 64 shared starts: 949.9
-# against 969.2): 80% of it is getting up, and under purempo's own σ ≈ 0.5 SAC's gait is no better (session 14).
-# CartpoleSwingup: Polyak-averaged targets (τ 0.005, Brax SAC's) instead of a hard copy every 50 updates. With the
-# copies, chunks whose largest per-update KL_μ reached 136-202x ε_μ, with α_μ swinging to 10⁴-10⁵, came right
-# before its falls (857 -> 425 at 573k, 854 -> 509 at 1M on seed 0; raw rewards instead of the normalised ones
-# fell the same way at 532k). With Polyak targets the applied α_μ stays ≤ 0.08 after 330k, and 3 seeds never
-# fall once they swing up (≥ 826 from 330-370k to 860k / 860k / 492k; RESULTS.md §7, session 9); to 1M, 2 more
-# seeds end at 863.7 and 856.1 (SAC 845.6), never below 817.9 after first reaching 800 (session 10).
-# On CheetahRun and WalkerWalk Polyak targets hold the bound too but learn no faster (584.6 at 1M against the
-# preset's 618.3 / 671.1; 961.4 against 964.1; one seed each, session 10), so they stay CartpoleSwingup's.
+# WalkerWalk: normalize_penalty with a 3x looser ε_μ holds the trust region, and no episode falls once it walks
+# (964.1 and 915.9 at 1M env steps against the shared preset's 849.3); CheetahRun trails with them
+# (docs/journal.md §7).
+# CartpoleSwingup: Polyak-averaged targets (τ 0.005, Brax SAC's) instead of a hard copy every 50 updates, whose KL
+# spikes came right before its falls; with them none of 5 seeds fell once swung up (docs/journal.md §7).
 PLAYGROUND_OVERRIDES: Dict[str, Dict[str, Any]] = {
     "WalkerWalk": dict(normalize_penalty=True, epsilon_mean=1.5e-2),
     "CartpoleSwingup": dict(target_update_period=0),
@@ -175,42 +149,29 @@ def _gpu(num_envs: int, unroll_length: int, batch_size: int, ratio: float, total
 # - Playground's Brax configs (`mujoco_playground.config`): DM Control PPO 2,048 envs, γ 0.995; DM Control SAC
 #   128 envs, batch 512, 8 updates per step (32 sampled transitions per env step), γ 0.99, 4M replay; locomotion
 #   and manipulation PPO 1,024-8,192 envs, γ 0.97.
-# Every GPU preset: batches of 4,096 sequences × 8 steps = 32,768 transitions (FastTD3's batch), so one update
-# per lockstep step of 4,096 envs is 8 sampled transitions per env step; an unroll of 8 steps per iteration;
-# Polyak targets with FastTD3's τ 0.1 (a hard copy every 50 updates would be 50 × 32k env steps apart at these
-# sizes); 3 episodes of replay per env (3,072 steps: FastTD3 keeps 10,240 per env at 1,024 envs, about the same
-# 10-12M transitions in all); 128 evaluation episodes. Replay ratios are far below FastTD3's 64 because the
-# issue's target is training at >= 0.5× the simulation rate on one H100 (`benchmarks/throughput.py --scale
-# gpu`, roofline estimates at the FP32 peak): few, large updates keep the GPU busy, many small sequential ones
-# idle it. On one H200, CheetahRun with 1,024 envs, batches of 1,024 sequences and 32 sampled transitions per
-# env step trained at 86.9k env steps/s per seed but learnt more slowly per env step than the CPU preset
-# (RESULTS.md §7, session 8): these sizes trade sample efficiency for wall time and have not been trained yet.
+# Every GPU preset: batches of 4,096 sequences × 8 steps = 32,768 transitions (FastTD3's batch); an unroll of 8
+# steps per iteration; Polyak targets with FastTD3's τ 0.1 (a hard copy every 50 updates would be 50 × 32k env
+# steps apart); 3 episodes of replay per env (about FastTD3's 10-12M transitions in all); 128 evaluation episodes.
+# Replay ratios stay far below FastTD3's 64 so that training keeps up with >= 0.5× the simulation rate on one
+# H100 (`benchmarks/throughput.py --scale gpu`): few, large updates keep the GPU busy, many small sequential ones
+# idle it. These sizes trade sample efficiency for wall time and have not been trained with yet
+# (docs/journal.md §7, §8).
 _GPU_BATCH = 4096
-# Brax locomotion (generalized physics). Replay ratio 8: one update of 32,768 transitions per lockstep step of
-# 4,096 envs. No published simulation rate fits Brax's generalized ant, and against the roofline of its bare step
-# (18.0M env steps/s, an over-estimate: XLA's cost analysis counts each of the step's 6 while-loop bodies once,
-# Brax's 5 physics steps per env step among them) the estimate is 0.085× (1.54M env steps/s;
-# benchmarks/results/throughput_ant_gpu_estimate.json); meeting 0.5× against that ceiling would take under one
-# sampled transition per env step, so ratio 8 is kept. The same roofline over-states CheetahRun's published
-# simulation rate 50×; with ant's ceiling scaled down alike (~360k env steps/s) the estimate is ~0.8×.
+# Brax locomotion (generalized physics): replay ratio 8, one update of 32,768 transitions per lockstep step of
+# 4,096 envs; training estimated at 0.94× ant's simulation rate (a lower bound: Brax PPO's training rate;
+# docs/journal.md §8).
 _GPU_LOCOMOTION = dict(num_envs=4096, unroll_length=8, batch_size=_GPU_BATCH, ratio=8.0)
 GPU_TOTAL_STEPS: Dict[str, int] = {
     "ant": 50_000_000, "humanoid": 100_000_000, "halfcheetah": 20_000_000, "hopper": 20_000_000,
     "walker2d": 20_000_000, "reacher": 10_000_000, "pusher": 20_000_000,
 }
-# humanoid: 244-dim observations and wider networks (27 MFLOP per sampled transition against ant's 3.9, XLA's
-# count). Simulation: MJX's documentation gives 950k physics steps/s for one humanoid on an A100 at a batch of
-# 8,192, i.e. 190k env steps/s at Brax humanoid's 5 physics steps per env step; at ratio 8 the estimate is
-# >= 0.5× that (throughput_humanoid_gpu_estimate.json). Replay observations in bfloat16: 3,072 steps × 4,096 envs
-# = 12.6M transitions at ~567 B each (244 × 2 B observation, 17 × 4 B action, reward, flags, behaviour log-prob)
-# is 7.1 GB, against 13.3 GB in float32 (1,055 B each); throughput.py prints the exact figure.
+# humanoid: replay observations in bfloat16, 7.1 GB for its 12.6M transitions against 13.3 GB in float32; at
+# ratio 8 training is estimated at >= 0.5× MJX's documented 190k humanoid env steps/s on an A100
+# (docs/journal.md §8).
 _GPU_HUMANOID = dict(_GPU_LOCOMOTION, replay_obs_dtype="bfloat16")
 # DM Control Suite (Playground): Playground's DM Control PPO env count (2,048) and ratio 16, half the CPU
-# preset's 32 (Brax SAC's): 8 updates of 32,768 transitions per 8-step unroll of 2,048 envs, one update per
-# lockstep step. Simulation rate: Playground's Table IV reports Brax PPO training CheetahRun at 435,162 env
-# steps/s on one A100 (its learning included, so the simulation is at least that fast); at ratio 32 the learner
-# would take as long as that simulation (estimate ~0.5×), at 16 the estimate is above 0.5×
-# (benchmarks/results/throughput_CheetahRun_gpu_estimate.json).
+# preset's 32, at which the learner would take as long as the simulation (>= 435k CheetahRun env steps/s on an
+# A100, Brax PPO's training rate in Playground's paper); at 16 the estimate is 0.67× (docs/journal.md §8).
 _GPU_DM_CONTROL = dict(num_envs=2048, unroll_length=8, batch_size=_GPU_BATCH, ratio=16.0, total_steps=20_000_000)
 # Playground locomotion and manipulation: 8,192 envs (Playground's locomotion PPO), γ 0.97 (FastTD3 and
 # Playground's PPO configs for both families), ratio 8, 50M env steps (Playground's PPO uses 100-200M).
