@@ -51,8 +51,8 @@ class Config:
     """Brax physics backend (generalized, positional, spring, mjx); None uses the env's default. Brax envs only."""
     impl: Optional[str] = None
     """MuJoCo Playground physics implementation, jax (MJX) or warp (MuJoCo Warp); None: warp on an NVIDIA GPU with warp-lang installed (written for it), jax elsewhere (on a CPU 2.2–7.7× Warp's steps/s, docs/journal.md §7). Playground envs only."""
-    episode_length: int = 1000
-    """Time limit in env steps; reaching it truncates (bootstraps), it does not terminate."""
+    episode_length: Optional[int] = None
+    """Time limit in agent steps (after the env's action repeat); None: the env's own (Brax's 1000, a Playground env's config; `envs.time_limit`). Reaching it truncates (bootstraps), it does not terminate."""
     num_envs: int = 256
     """Parallel environments stepped in lockstep."""
     reset_pool_size: int = 4096
@@ -166,7 +166,8 @@ class Config:
         need(isinstance(self.env, str) and bool(self.env), "env", "a Brax or MuJoCo Playground env name")
         need(self.backend is None or self.backend in KNOWN_BACKENDS, "backend", f"None or one of {KNOWN_BACKENDS}")
         need(self.impl is None or self.impl in PLAYGROUND_IMPLS, "impl", f"None or one of {PLAYGROUND_IMPLS}")
-        for field in ("episode_length", "num_envs", "unroll_length", "updates_per_iteration", "num_evals",
+        need(self.episode_length is None or self.episode_length >= 1, "episode_length", ">= 1 (None: the env's own)")
+        for field in ("num_envs", "unroll_length", "updates_per_iteration", "num_evals",
                       "eval_episodes", "batch_size", "num_action_samples", "total_steps"):
             need(getattr(self, field) >= 1, field, ">= 1")
         need(self.prefill_steps >= 0, "prefill_steps", ">= 0")

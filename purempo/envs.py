@@ -273,6 +273,12 @@ def episode_length(name: str) -> int:
     return int(config.episode_length) // int(config.get("action_repeat", 1))
 
 
+def time_limit(config) -> int:
+    """The run's time limit in agent steps: `config.episode_length`, or when None the env's own
+    (`episode_length(config.env)`). Every consumer of the limit reads it here."""
+    return episode_length(config.env) if config.episode_length is None else int(config.episode_length)
+
+
 def observation_size(env) -> int:
     """Observation width, found by tracing `env.reset` (Brax's `env.observation_size` runs it eagerly, op by op,
     which costs seconds of compilation)."""

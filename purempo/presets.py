@@ -86,7 +86,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 #   env steps against 197.9 with 8 updates per iteration, §7).
 # With alpha_gain 0 (inherited) a single update can move the mean far past ε_μ and a solved task can dip; the
 # remedies measured (alpha_gain 3, policy_lr 1e-4, normalize_penalty) are not used here (docs/journal.md §7).
-_PLAYGROUND: Dict[str, Any] = dict(_LOCOMOTION, critic_lr=1e-3, episode_length=1000, reset_pool_size=256,
+_PLAYGROUND: Dict[str, Any] = dict(_LOCOMOTION, critic_lr=1e-3, reset_pool_size=256,
                                    epsilon_per_dimension=True, epsilon_mean=5e-3, epsilon_std=1e-5,
                                    updates_per_iteration=16)
 # WalkerWalk: normalize_penalty with a 3x looser ε_μ holds the trust region, and no episode falls once it walks
@@ -187,9 +187,8 @@ def gpu_settings(env: str) -> Dict[str, Any]:
         return _gpu(total_steps=GPU_TOTAL_STEPS.get(env, 20_000_000), **_GPU_LOCOMOTION)
     from purempo import envs
 
-    if env in envs.dm_control_names():
-        return _gpu(**_GPU_DM_CONTROL)
-    return _gpu(**_GPU_PLAYGROUND_ROBOTS)
+    scale = _GPU_DM_CONTROL if env in envs.dm_control_names() else _GPU_PLAYGROUND_ROBOTS
+    return _gpu(episode_length=envs.episode_length(env), **scale)
 
 
 def preset(env: str, scale: str = "cpu", **overrides) -> Config:

@@ -2,8 +2,8 @@
 
 The episode uses the evaluation policy of `purempo.train` (the Gaussian's mean, normalised observations,
 clipped into the action box) on `envs.make(config.env, config.backend, config.impl)` itself, without purempo's time
-limit or auto-reset: it runs `max_steps` (default `config.episode_length`) steps in one jitted `lax.scan`
-and is cut after the first step whose `done` is set. A MuJoCo Playground env is shown through the same
+limit or auto-reset: it runs `max_steps` (default the run's time limit, `envs.time_limit`) steps in one jitted
+`lax.scan` and is cut after the first step whose `done` is set. A MuJoCo Playground env is shown through the same
 viewer: its MuJoCo model converted by `brax.io.mjcf.load_model`, and each frame the bodies' world positions
 and orientations (MJX's `xpos`, `xquat`), which is all the viewer reads from a Brax pipeline state.
 """
@@ -72,7 +72,7 @@ def _system(config: Config, env):
 
 
 def _rollout(config: Config, policy_params, obs_stats, key, max_steps: Optional[int]):
-    num_steps = config.episode_length if max_steps is None else int(max_steps)
+    num_steps = envs.time_limit(config) if max_steps is None else int(max_steps)
     if num_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     env, episode = _episode_fn(config, num_steps)
@@ -89,8 +89,8 @@ def rollout_states(config: Config, policy_params, obs_stats: normalizer.RunningS
     """One episode of the deterministic (mean-action) policy from `env.reset(key)`.
 
     Returns `(states, episode_return)`: the `pipeline_state` (a Playground env: its `Frame`) after reset and after every step up to and
-    including the first `done` (at most `max_steps or config.episode_length` steps, so at most that many + 1
-    states), ready for `brax.io.html.render(env.sys, states)`, and the sum of the rewards of those steps.
+    including the first `done` (at most `max_steps`, default the run's time limit `envs.time_limit(config)`,
+    steps, so at most that many + 1 states), ready for `brax.io.html.render(env.sys, states)`, and the sum of the rewards of those steps.
     The jitted episode is cached per `(config, max_steps)`, so later calls do not recompile.
     """
     _, states, episode_return = _rollout(config, policy_params, obs_stats, key, max_steps)

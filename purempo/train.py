@@ -224,6 +224,7 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
     num_envs, pool_size = config.num_envs // num_devices, config.reset_pool_size // num_devices
     batch_size = config.batch_size // num_devices
     env = envs.make(config.env, config.backend, config.impl)
+    limit = envs.time_limit(config)
     obs_dim, action_dim = envs.observation_size(env), env.action_size
     views = envs.views(env)
     nets = make_networks(config, action_dim, views)
@@ -240,7 +241,7 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
     def collect(state: TrainState, policy_params, key, hp: HParams):
         env_state, transitions, episodes, noise = acting.rollout(
             env, nets.policy, policy_params, state.obs_stats, state.env_state, sharding.per_device(key, axis),
-            config.unroll_length, config.episode_length, hp.reward_scale,
+            config.unroll_length, limit, hp.reward_scale,
             state.exploration_noise,
             jnp.where(env_steps(state) >= hp.exploration_correlation_from_step, hp.exploration_correlation, 0.0),
         )
@@ -302,7 +303,7 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
             learner=learner,
             obs_stats=normalizer.init(obs_dim),
             reward_stats=normalizer.init_reward_scale(),
-            replay=replay.init(example, config.capacity_per_env, config.episode_length,
+            replay=replay.init(example, config.capacity_per_env, limit,
                                jnp.dtype(config.replay_obs_dtype)),
             env_state=env_state,
             # Stationary from the first step: N(0, I), like every later step's noise.
@@ -359,7 +360,7 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
             noise = jax.random.normal(step_key, mean.shape) * stochastic[:, None]
             return acting.env_action(mean + std * noise)
 
-        return envs.evaluate(env, act, key, num_episodes, config.episode_length)
+        return envs.evaluate(env, act, key, num_episodes, limit)
 
     def train_chunk(state: TrainState, hparams: Optional[HParams] = None):
         hp = config.hparams if hparams is None else hparams

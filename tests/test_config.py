@@ -61,12 +61,24 @@ def test_default_config_is_valid():
         (dict(exploration_correlation=1.0), "exploration_correlation"),
         (dict(exploration_correlation=-0.1), "exploration_correlation"),
         (dict(exploration_correlation_from_step=-1.0), "exploration_correlation_from_step"),
+        (dict(episode_length=0), "episode_length"),
+        (dict(episode_length=-5), "episode_length"),
     ],
 )
 def test_invalid_field_raises_value_error_naming_it(changes, field):
     """Each invalid value raises ValueError whose message names the offending field."""
     with pytest.raises(ValueError, match=rf"\binvalid {field}="):
         Config(**changes)
+
+
+def test_episode_length_defaults_to_the_envs_own_and_an_explicit_one_is_kept():
+    """None (the default) means the env's own time limit, resolved when the trainer is built; a stored or
+    explicit value (old config.json files hold 1000) is kept as given; the error for a bad one is one line."""
+    assert Config().episode_length is None
+    assert Config(episode_length=1000).episode_length == 1000 and Config(episode_length=1).episode_length == 1
+    with pytest.raises(ValueError) as info:
+        Config(episode_length=0)
+    assert "\n" not in str(info.value)
 
 
 def test_boundary_values_are_accepted():

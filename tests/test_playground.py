@@ -153,7 +153,7 @@ def test_playground_envs_get_the_shared_playground_preset_with_their_own_episode
     assert config.num_envs == presets._PLAYGROUND["num_envs"] != presets.preset("inverted_pendulum").num_envs
     assert config.critic_lr == presets._PLAYGROUND["critic_lr"]
     for name in envs.dm_control_names():
-        assert presets.preset(name).episode_length == envs.episode_length(name), name
+        assert envs.time_limit(presets.preset(name)) == envs.episode_length(name), name
     assert presets.preset("nope").env == "nope"  # unknown names are reported when the trainer is built
     # A per-task override changes only its own fields of its own task; the other tasks keep the shared values.
     walker, cheetah = presets.preset("WalkerWalk"), presets.preset("CheetahRun")
@@ -178,6 +178,51 @@ def trained():
     config = presets.preset("CartpoleBalance", **TINY)
     state, metrics = jax.device_get(jax.jit(make_train(config))(jax.random.PRNGKey(0)))
     return config, state, metrics
+
+
+def _short_cartpole(monkeypatch, episode_length=40, action_repeat=2):
+    """CartpoleBalance with a time limit of `episode_length` physics steps and an action repeat in its Playground
+    config (every DM Control env has 1000 and 1; PandaPickCube's 150 needs Menagerie's assets, absent here)."""
+    registry = envs._playground()[0]
+    real = registry.get_default_config
+
+    def patched(name):
+        config = real(name)
+        if name == "CartpoleBalance":
+            config.episode_length, config.action_repeat = episode_length, action_repeat
+        return config
+
+    monkeypatch.setattr(registry, "get_default_config", patched)
+
+
+def test_the_time_limit_is_the_envs_own_in_agent_steps_and_an_explicit_one_wins(monkeypatch):
+    """A 40-physics-step limit with action repeat 2: acting truncates every 20 agent steps, evaluation and
+    rendering run 20 (DM Control never terminates); an explicit episode_length overrides it."""
+    from purempo import make_train, make_trainer, rendering
+
+    _short_cartpole(monkeypatch)
+    tiny = {key: value for key, value in TINY.items() if key != "episode_length"}
+    config = presets.preset("CartpoleBalance", **tiny)
+    state, metrics = jax.device_get(jax.jit(make_train(config))(jax.random.PRNGKey(0)))
+    np.testing.assert_array_equal(metrics["eval_episode_length"], 20.0)
+    data = state.replay.data
+    assert int(state.replay.write_index) == 0  # exactly full: rows in time order
+    ends = (np.arange(data.obs.shape[0]) + 1) % 20 == 0
+    np.testing.assert_array_equal(data.truncated, np.broadcast_to(ends[:, None], data.truncated.shape))
+    params, stats = state.learner.policy_params, state.obs_stats
+    states, _ = rendering.rollout_states(config, params, stats, jax.random.PRNGKey(1))
+    assert len(states) == 20 + 1
+    episodes = jax.jit(make_trainer(config.replace(episode_length=7)).evaluate)(params, stats, jax.random.PRNGKey(2))
+    np.testing.assert_array_equal(episodes.lengths, 7)
+    assert envs.time_limit(config) == 20 and envs.time_limit(config.replace(episode_length=7)) == 7
+
+
+def test_gpu_presets_size_the_replay_by_the_envs_own_time_limit(monkeypatch):
+    """3 episodes of 20 agent steps per env, rounded up to 1,024 steps (the DM Control default: 3 × 1,000 → 3,072)."""
+    assert presets.preset("CartpoleBalance", scale="gpu").capacity_per_env == 3072
+    _short_cartpole(monkeypatch)
+    config = presets.preset("CartpoleBalance", scale="gpu")
+    assert config.episode_length is None and config.capacity_per_env == 1024
 
 
 def test_the_trainer_runs_a_playground_env(trained):

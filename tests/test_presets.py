@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from purempo import presets
+from purempo import envs, presets
 from purempo.config import Config
 
 # A literal copy of the CPU presets as they stood before the GPU presets were added (copied, not computed):
@@ -31,7 +31,7 @@ CPU_BEFORE = {
 }
 _PLAYGROUND_BEFORE = dict(
     _LOCOMOTION_BEFORE, updates_per_iteration=16, epsilon_mean=0.005, epsilon_std=1e-05, critic_lr=0.001,
-    episode_length=1000, reset_pool_size=256, epsilon_per_dimension=True,
+    reset_pool_size=256, epsilon_per_dimension=True,
 )
 PLAYGROUND_BEFORE = {
     "CheetahRun": _PLAYGROUND_BEFORE,
@@ -86,7 +86,7 @@ def _check_gpu_bounds(config: Config):
     assert 1024 <= config.num_envs <= 8192
     assert config.batch_size >= 1024  # thousands of sequences
     assert config.batch_size * config.sequence_length >= 8192  # at least FastSAC's batch in transitions
-    assert config.capacity_per_env >= 3 * config.episode_length
+    assert config.capacity_per_env >= 3 * envs.time_limit(config)
     assert config.replay_size == config.capacity_per_env * config.num_envs
     assert config.reset_pool_size >= config.num_envs
     assert config.eval_episodes >= 128
