@@ -19,7 +19,7 @@ Two steps, each its own sub-command:
          deterministic gaits, overall and per phase.
       Writes benchmarks/results/final_policies_NAME.json (and prints a table).
 
-Why: at 1M env steps purempo's WalkerWalk ends at ~955–965 and SAC's at ~965–980 (RESULTS.md §7). (1) says
+Why: at 1M env steps purempo's WalkerWalk ends at ~955–965 and SAC's at ~965–980 (docs/journal.md §7). (1) says
 which reward term holds the gap and whether it is the width of purempo's policy (SAC's gait under purempo's
 noise); (2) and (3) say whether purempo's critic is wrong about its own policy, or right about it and blind to
 SAC's better gait, or sees it and the policy does not follow.
