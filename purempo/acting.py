@@ -23,6 +23,7 @@ def env_action(action: chex.Array) -> chex.Array:
 class EpisodeStats(NamedTuple):
     return_sum: chex.Array  # [] sum of returns of episodes that finished during the unroll
     count: chex.Array  # [] number of finished episodes
+    nonfinite: chex.Array  # [] steps whose observation or reward was not finite (each ended its episode)
 
 
 def correlated_noise(previous: chex.Array, key: chex.PRNGKey, correlation: chex.Numeric) -> chex.Array:
@@ -73,10 +74,11 @@ def rollout(env, policy, policy_params, obs_stats, env_state, key, unroll_length
         # A new episode's noise is independent of the last one's (and stationary: N(0, I)).
         fresh = jax.random.normal(jax.random.fold_in(act_key, 1), noise.shape)
         noise = jnp.where(finished[:, None], fresh, noise)
-        return (env_state, noise), (transition, result.finished_return, finished)
+        return (env_state, noise), (transition, result.finished_return, finished, result.nonfinite)
 
-    (env_state, noise), (transitions, finished_return, finished) = jax.lax.scan(
+    (env_state, noise), (transitions, finished_return, finished, nonfinite) = jax.lax.scan(
         one_step, (env_state, noise), jax.random.split(key, unroll_length)
     )
-    stats = EpisodeStats(return_sum=jnp.sum(finished_return), count=jnp.sum(finished).astype(jnp.float32))
+    stats = EpisodeStats(return_sum=jnp.sum(finished_return), count=jnp.sum(finished).astype(jnp.float32),
+                         nonfinite=jnp.sum(nonfinite).astype(jnp.float32))
     return env_state, transitions, stats, noise

@@ -300,6 +300,7 @@ class StepResult(NamedTuple):
     terminated: chex.Array  # bool [E]
     truncated: chex.Array  # bool [E]: time limit reached and not terminated
     finished_return: chex.Array  # [E] return of the episode that ended at this step (0 where none ended)
+    nonfinite: chex.Array  # bool [E]: the env's observation or reward was not finite (so: terminated, reward 0)
 
 
 @functools.lru_cache(maxsize=None)
@@ -339,6 +340,16 @@ def initial_states(env: Any, key: chex.PRNGKey, num: int, pool=None):
     return _per_env_map(env, lambda x: x[index], pool)
 
 
+def _finite(stepped):
+    """(finite [E], obs, reward) of a batched stepped state, with observation and reward 0 where it is not finite.
+
+    An unstable simulation's NaN passes every `done` check (each comparison with NaN is false); callers end such
+    a step's episode. Its stored observation 0 is never bootstrapped from (a terminal step's discount is 0) and
+    keeps NaN and inf out of the replay and the observation statistics (where even 0 · NaN would stay NaN)."""
+    finite = jnp.isfinite(stepped.reward) & jnp.all(jnp.isfinite(stepped.obs), axis=-1)
+    return finite, jnp.where(finite[:, None], stepped.obs, 0.0), jnp.where(finite, stepped.reward, 0.0)
+
+
 def observation(state: EnvState) -> chex.Array:
     """Current observations `[E, O]` (the first observation of a new episode after a reset)."""
     return state.sim_state.obs
@@ -347,14 +358,16 @@ def observation(state: EnvState) -> chex.Array:
 def step(
     env: Any, state: EnvState, action: chex.Array, key: chex.PRNGKey, episode_length: int
 ) -> tuple[EnvState, StepResult]:
-    """Steps every env with `action` `[E, A]` (already inside the action bounds), resetting finished ones."""
+    """Steps every env with `action` `[E, A]` (already inside the action bounds), resetting finished ones. A step
+    whose observation or reward is not finite terminates, with observation and reward 0 (`_finite`)."""
     num_envs = state.episode_step.shape[0]
     stepped = jax.vmap(env.step)(state.sim_state, action)
+    finite, final_obs, reward = _finite(stepped)
     episode_step = state.episode_step + 1
-    terminated = stepped.done > 0.5
+    terminated = (stepped.done > 0.5) | ~finite
     truncated = jnp.logical_and(episode_step >= episode_length, jnp.logical_not(terminated))
     done = jnp.logical_or(terminated, truncated)
-    episode_return = state.episode_return + stepped.reward
+    episode_return = state.episode_return + reward
 
     fresh = initial_states(env, key, num_envs, state.reset_pool)
 
@@ -370,11 +383,12 @@ def step(
         reset_pool=state.reset_pool,
     )
     result = StepResult(
-        final_obs=stepped.obs,
-        reward=stepped.reward,
+        final_obs=final_obs,
+        reward=reward,
         terminated=terminated,
         truncated=truncated,
         finished_return=jnp.where(done, episode_return, 0.0),
+        nonfinite=~finite,
     )
     return next_state, result
 
@@ -394,7 +408,8 @@ def evaluate(
 
     `policy_fn(obs [E, O], key) -> action [E, A]` must return actions inside the bounds; it gets a fresh key
     every step (a deterministic policy ignores it). Episodes start from `initial_states(env, k, num_episodes,
-    pool)` with `k` the first half of `jax.random.split(key)`, and end at termination or after `episode_length` steps; rewards after the end are ignored.
+    pool)` with `k` the first half of `jax.random.split(key)`, and end at termination, at a non-finite step (reward
+    and observation 0, as in `step`) or after `episode_length` steps; rewards after the end are ignored.
     """
     start_key, policy_key = jax.random.split(key)
     sim_state = initial_states(env, start_key, num_episodes, pool)
@@ -402,12 +417,13 @@ def evaluate(
     def body(carry, step_key):
         sim_state, alive, total, length, final_obs = carry
         next_state = jax.vmap(env.step)(sim_state, policy_fn(sim_state.obs, step_key))
+        finite, obs, reward = _finite(next_state)
         # Finished episodes keep stepping (lockstep) from their terminal state, where Brax's physics can
         # produce NaN (e.g. a fallen walker2d): select, since 0 * NaN would still poison the return.
-        total = total + jnp.where(alive, next_state.reward, 0.0)
+        total = total + jnp.where(alive, reward, 0.0)
         length = length + alive.astype(jnp.int32)
-        final_obs = jnp.where(alive[:, None], next_state.obs, final_obs)
-        alive = alive & (next_state.done < 0.5)
+        final_obs = jnp.where(alive[:, None], obs, final_obs)
+        alive = alive & (next_state.done < 0.5) & finite
         return (next_state, alive, total, length, final_obs), None
 
     init = (sim_state, jnp.ones((num_episodes,), bool), jnp.zeros((num_episodes,)),

@@ -265,8 +265,7 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
             replay=replay.add(state.replay, transitions),
             iteration=state.iteration + 1,
         )
-        return state, episodes._replace(return_sum=sharding.total(episodes.return_sum, axis),
-                                        count=sharding.total(episodes.count, axis))
+        return state, jax.tree.map(lambda x: sharding.total(x, axis), episodes)
 
     def init(key, hparams: Optional[HParams] = None) -> TrainState:
         hp = config.hparams if hparams is None else hparams
@@ -345,6 +344,7 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
             reward_divisor=jnp.asarray(divisor, jnp.float32),
             episode_return_sum=episodes.return_sum,
             episodes_finished=episodes.count,
+            nonfinite_steps=episodes.nonfinite,  # envs whose step was not finite (`envs.step`), summed over envs
         )
         return state._replace(learner=learner), metrics
 

@@ -270,6 +270,82 @@ def test_evaluate_ignores_nan_rewards_after_an_episode_has_ended(env, raw_single
     assert np.all(np.isfinite(np.asarray(episodes.final_obs)))
 
 
+class NanAtStep(envs._Wrapper):
+    """`env` whose simulation state (the state's field `physics`: Brax's `pipeline_state`, Playground's `data`)
+    turns NaN just before the `at`-th step of every episode, as an unstable simulation's would (Brax's `done`, a
+    comparison with NaN, stays 0), or with `poison="reward"` whose reward at that step is inf. `never_done`:
+    the env's own terminations are dropped, so that episodes end only at the poisoned step."""
+
+    def __init__(self, env, at, physics="pipeline_state", poison="state", never_done=False):
+        super().__init__(env)
+        self.at, self.physics, self.poison, self.never_done = at, physics, poison, never_done
+
+    def reset(self, key):
+        state = self.env.reset(key)
+        return state.replace(info={**state.info, "t": jnp.zeros((), jnp.int32)})
+
+    def step(self, state, action):
+        t = state.info["t"] + 1
+        bad = t == self.at
+        if self.poison == "state":
+            nan = lambda x: jnp.where(bad, jnp.nan, x) if jnp.issubdtype(x.dtype, jnp.floating) else x  # noqa: E731
+            state = state.replace(**{self.physics: jax.tree.map(nan, getattr(state, self.physics))})
+        stepped = self.env.step(state, action)
+        if self.poison == "reward":
+            stepped = stepped.replace(reward=jnp.where(bad, jnp.inf, stepped.reward))
+        if self.never_done:
+            stepped = stepped.replace(done=jnp.zeros_like(stepped.done))
+        return stepped.replace(info={**stepped.info, "t": t})
+
+
+def check_non_finite_steps_end_episodes(env, poisoned, at, num_steps, episode_length=50, pool_size=0):
+    """Steps `poisoned` (a `NanAtStep` of `env`, every step of whose episodes before `at` is finite and not done)
+    with zero actions through `envs.step`, comparing each step with the raw step of the same state: the poisoned
+    step is terminated (not truncated) with reward 0, a zero final observation and a finite fresh start."""
+    # One program for both, as rounding may differ between separately compiled ones.
+    step = jax.jit(lambda s, a, k: (envs.step(poisoned, s, a, k, episode_length),
+                                    jax.vmap(poisoned.step)(s.sim_state, a)))
+    state = envs.reset(poisoned, jax.random.PRNGKey(4), NUM_ENVS, pool_size)
+    action = jnp.zeros((NUM_ENVS, env.action_size))
+    results = []
+    for t, key in enumerate(jax.random.split(jax.random.PRNGKey(5), num_steps), start=1):
+        (state, result), raw = jax.device_get(step(state, action, key))
+        results.append(result)
+        bad = t % at == 0
+        np.testing.assert_array_equal(result.terminated, bad)
+        assert not result.truncated.any()
+        assert np.all(np.isfinite(result.final_obs)) and np.all(np.isfinite(result.reward))
+        assert np.all(np.isfinite(envs.observation(state)))
+        if bad:
+            assert not (np.all(np.isfinite(raw.obs)) and np.all(np.isfinite(raw.reward)))  # the raw step was not
+            np.testing.assert_array_equal(result.reward, 0.0)
+            np.testing.assert_array_equal(result.final_obs, 0.0)
+            np.testing.assert_array_equal(state.episode_step, 0)  # restarted
+        else:
+            np.testing.assert_array_equal(result.final_obs, raw.obs)
+            np.testing.assert_array_equal(result.reward, raw.reward)
+    for t, result in enumerate(results, start=1):
+        np.testing.assert_array_equal(result.nonfinite, t % at == 0)
+    return result
+
+
+@pytest.mark.parametrize("poison", ["state", "reward"])
+def test_a_non_finite_step_ends_the_episode_with_reward_zero_and_a_finite_observation(env, poison):
+    """A NaN simulation state passes Brax's `done` check; a step whose observation or reward is not finite
+    terminates all the same, with reward 0 and observation 0, and the env restarts from a fresh reset."""
+    result = check_non_finite_steps_end_episodes(env, NanAtStep(env, at=3, poison=poison), at=3, num_steps=6)
+    np.testing.assert_array_equal(result.finished_return, 2.0)  # inverted_pendulum: 1 per step, then the 0
+
+
+def test_evaluation_ends_an_episode_at_a_non_finite_step(env):
+    """Evaluation episodes end at a non-finite step too: its reward counts 0 and its observation is 0."""
+    poisoned = NanAtStep(env, at=4)
+    episodes = envs.evaluate(poisoned, _constant_policy(env, 0.0), jax.random.PRNGKey(6), 3, 20)
+    np.testing.assert_array_equal(episodes.lengths, 4)
+    np.testing.assert_array_equal(episodes.returns, 3.0)
+    np.testing.assert_array_equal(episodes.final_obs, 0.0)
+
+
 def test_make_unknown_env_lists_valid_names():
     """An unknown name raises ValueError naming the valid environments."""
     with pytest.raises(ValueError) as info:

@@ -195,6 +195,17 @@ def _short_cartpole(monkeypatch, episode_length=40, action_repeat=2):
     monkeypatch.setattr(registry, "get_default_config", patched)
 
 
+def test_a_non_finite_playground_step_ends_the_episode_too():
+    """Playground's DM Control envs flag a NaN state as done but still return its NaN observation and reward:
+    through the action repeat (a NaN at the 3rd physics step is in the 2nd agent step of 2 × 2) and the reset
+    pool, the step ends with reward 0 and a finite observation, and the env restarts."""
+    from test_envs import NanAtStep, check_non_finite_steps_end_episodes
+
+    env = envs.make("CartpoleBalance", impl="jax")
+    poisoned = envs.ActionRepeat(NanAtStep(env, at=3, physics="data"), 2)
+    check_non_finite_steps_end_episodes(env, poisoned, at=2, num_steps=4, pool_size=4)
+
+
 def test_the_time_limit_is_the_envs_own_in_agent_steps_and_an_explicit_one_wins(monkeypatch):
     """A 40-physics-step limit with action repeat 2: acting truncates every 20 agent steps, evaluation and
     rendering run 20 (DM Control never terminates); an explicit episode_length overrides it."""

@@ -649,3 +649,28 @@ def test_trainer_evaluate_deterministic_and_sampled_episodes(glue_run):
     for field in ("returns", "lengths", "final_obs"):
         np.testing.assert_array_equal(getattr(mixed, field)[0], getattr(det, field)[0], err_msg=field)
     assert not np.array_equal(mixed.final_obs[1:], det.final_obs[1:])
+
+
+def test_a_run_on_an_env_whose_state_turns_nan_stays_finite_and_counts_the_steps(monkeypatch):
+    """inverted_pendulum without its own terminations, whose state turns NaN at the 7th step of every episode:
+    the episode ends there (reward 0), the env restarts, nothing non-finite reaches replay, statistics or
+    learner, evaluation episodes last 7 steps (6 rewards of 1), and `nonfinite_steps` counts, per iteration, the
+    envs whose global step number is a multiple of 7 (the one kind of episode end)."""
+    from test_envs import NanAtStep
+
+    make = envs.make
+    monkeypatch.setattr(train.envs, "make", lambda *args: NanAtStep(make(*args), at=7, never_done=True))
+    state, metrics = jax.device_get(jax.jit(make_train(GLUE))(jax.random.PRNGKey(0)))
+    steps = np.arange(GLUE.num_iterations)[:, None] * GLUE.unroll_length + np.arange(1, GLUE.unroll_length + 1)
+    expected = GLUE.num_envs * np.sum(steps % 7 == 0, axis=1).reshape(GLUE.num_evals, -1)
+    assert expected.sum() == GLUE.num_envs * 2  # 20 steps per env: NaN at the 7th and 14th
+    np.testing.assert_array_equal(metrics["nonfinite_steps"], expected)
+    np.testing.assert_array_equal(metrics["episodes_finished"], expected)
+    np.testing.assert_array_equal(metrics["episode_return_sum"], 6.0 * expected)
+    np.testing.assert_array_equal(metrics["eval_episode_length"], 7.0)
+    np.testing.assert_array_equal(metrics["eval_return"], 6.0)
+    for leaf in jax.tree.leaves((state.replay, state.obs_stats, state.reward_stats, state.learner)):
+        assert np.all(np.isfinite(np.asarray(leaf, np.float64))) if np.issubdtype(leaf.dtype, np.floating) else True
+    assert np.sum(state.replay.data.terminated) == GLUE.num_envs * 2
+    learned = metrics["updates"] > 0
+    assert learned.any() and np.all(np.isfinite(metrics["critic_loss"][learned]))
