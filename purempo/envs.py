@@ -11,7 +11,8 @@ replaced by a cached first observation) and restart every episode of an env from
 - `terminated` (the task says the episode ended) and `truncated` (the time limit was hit) are kept apart;
 - `final_obs` is always the true observation after the step, used to bootstrap at a time limit;
 - a finished env restarts from a fresh initial state: one drawn uniformly (fresh key each time) from a pool
-  of `env.reset` states drawn once at `reset`, or, with no pool, from `env.reset` itself. The pool avoids
+  of `env.reset` states drawn once at `reset`, with a fresh `info["rng"]` (a Playground env's per-episode
+  randomness), or, with no pool, from `env.reset` itself. The pool avoids
   running (and compiling) the reset inside every training step; with thousands of pool states the starts
   are as varied as fresh resets for practical purposes, while Brax's wrapper reuses one state per env.
 """
@@ -331,13 +332,23 @@ def reset(env: Any, key: chex.PRNGKey, num_envs: int, pool_size: int = 0) -> Env
 
 
 def initial_states(env: Any, key: chex.PRNGKey, num: int, pool=None):
-    """`num` initial states: drawn uniformly from `pool` (per-env leaves `[P, ...]`) if given, else from
-    `env.reset`."""
+    """`num` initial states: drawn uniformly from `pool` (per-env leaves `[P, ...]`), each with a fresh
+    `info["rng"]` where it has one (`_fresh_rng`), if given, else from `env.reset`."""
     if pool is None:
         return jax.vmap(env.reset)(jax.random.split(key, num))
     size = jax.tree.leaves(pool.obs)[0].shape[0]
     index = jax.random.randint(key, (num,), 0, size)
-    return _per_env_map(env, lambda x: x[index], pool)
+    return _fresh_rng(_per_env_map(env, lambda x: x[index], pool), jax.random.fold_in(key, 1))
+
+
+def _fresh_rng(states, key: chex.PRNGKey):
+    """`states` (leaves `[N, ...]`) with `info["rng"]`, where present, replaced by N new keys from `key`: a
+    Playground env draws an episode's randomness (velocity commands, pushes) from it, so a copy of a pool state
+    must not bring the pool state's own."""
+    info = getattr(states, "info", None)
+    if not isinstance(info, Mapping) or "rng" not in info:
+        return states
+    return states.replace(info={**info, "rng": jax.random.split(key, info["rng"].shape[0])})
 
 
 def _finite(stepped):

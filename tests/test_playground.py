@@ -206,6 +206,35 @@ def test_a_non_finite_playground_step_ends_the_episode_too():
     check_non_finite_steps_end_episodes(env, poisoned, at=2, num_steps=4, pool_size=4)
 
 
+def _restarts_from_one_pool_state(env, num_steps=2):
+    """The pool (of one state) and the state of 2 envs after each of `num_steps` steps with a time limit of 1 step:
+    every step restarts every env from that one pool state."""
+    state = envs.reset(env, jax.random.PRNGKey(3), 2, pool_size=1)
+    step = jax.jit(lambda s, k: envs.step(env, s, jnp.zeros((2, env.action_size)), k, episode_length=1)[0])
+    restarted = []
+    for key in jax.random.split(jax.random.PRNGKey(4), num_steps):
+        state = step(state, key)
+        restarted.append(jax.tree.map(np.asarray, state.sim_state))
+    return jax.tree.map(lambda x: np.asarray(x[0]), state.reset_pool), restarted
+
+
+def test_restarts_from_the_pool_draw_a_fresh_info_rng_and_copy_the_rest():
+    """A Playground env draws an episode's randomness (velocity commands, pushes) from `info["rng"]`: each restart
+    from the same pool state gets its own, and every other leaf is the pool state's. A Brax state (no
+    `info["rng"]`) is copied as it is."""
+    pool, restarted = _restarts_from_one_pool_state(envs.make("CartpoleBalance", impl="jax"))
+    keys = [bytes(pool.info["rng"])] + [bytes(k) for state in restarted for k in state.info["rng"]]
+    assert len(set(keys)) == len(keys) == 1 + 2 * 2
+    for state in restarted:
+        for env_index in range(2):
+            copy = jax.tree.map(lambda x: x[env_index], state)
+            jax.tree.map(np.testing.assert_array_equal, copy.replace(info={**copy.info, "rng": pool.info["rng"]}), pool)
+    pool, restarted = _restarts_from_one_pool_state(envs.make("inverted_pendulum"))
+    for state in restarted:
+        for env_index in range(2):
+            jax.tree.map(np.testing.assert_array_equal, jax.tree.map(lambda x: x[env_index], state), pool)
+
+
 def test_the_time_limit_is_the_envs_own_in_agent_steps_and_an_explicit_one_wins(monkeypatch):
     """A 40-physics-step limit with action repeat 2: acting truncates every 20 agent steps, evaluation and
     rendering run 20 (DM Control never terminates); an explicit episode_length overrides it."""
