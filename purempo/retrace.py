@@ -6,7 +6,8 @@ For one sequence of T transitions (s_t, a_t, r_t, s_{t+1}):
     G_t     = r_t + d_t · ( V(s_{t+1}) + c_{t+1} · (G_{t+1} − Q(s_{t+1}, a_{t+1})) )
     c_t     = λ · min(1, π(a_t|s_t) / b(a_t|s_t))
 
-with V(s) = E_{a~π} Q(s, a) and d_t = γ·(1 − terminated_{t+1}). Batch with `jax.vmap`.
+with V(s) = E_{a~π} Q(s, a) and d_t = γ·(1 − terminated_t), where terminated_t says that transition t ended
+in a terminal state s_{t+1} (`Transition.terminated`). Batch with `jax.vmap`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def retrace_targets(
       v_tp1: `E_{a~π} Q'(s_{t+1}, a)`, the value of the next state (the true final state at a time limit).
         Ignored (may be NaN or inf) where `discount_t` is 0.
       r_t: reward of transition t.
-      discount_t: `γ·(1 − terminated_{t+1})`; zero stops bootstrapping and cuts the trace.
+      discount_t: `γ·(1 − terminated_t)`; zero stops bootstrapping and cuts the trace.
       log_rhos: `log π(a_t|s_t) − log b(a_t|s_t)`.
       truncated_t: bool, transition t ended its episode at a time limit: G_t still bootstraps from
         `v_tp1[t]` (the true final state), but the trace is cut, since step t+1 belongs to a new episode.

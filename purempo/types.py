@@ -13,7 +13,7 @@ class Transition(NamedTuple):
 
     obs: chex.Array  # [O] raw (unnormalised) observation s_t
     action: chex.Array  # [A] unclipped sample from the behaviour policy; the env received clip(a, -1, 1)
-    reward: chex.Array  # [] unscaled reward r_t
+    reward: chex.Array  # [] reward r_t times Config.reward_scale (as acting stores it; evaluation is unscaled)
     terminated: chex.Array  # bool []: s_{t+1} is terminal (no bootstrap)
     truncated: chex.Array  # bool []: the time limit ended the episode at s_{t+1} (bootstrap, cut the trace)
     next_obs: chex.Array  # [O] s_{t+1}: the true final observation when the episode ended here
