@@ -69,11 +69,10 @@ def jsonable(config) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()}
 
 
-def train_in_driver(config, callbacks, seed: int = 0, num_seeds: int = 1, sweep=(), run_dir=None,
-                    program_cache=None):
+def train_in_driver(config, callbacks, seed: int = 0, num_seeds: int = 1, sweep=(), run_dir=None):
     """Runs `config` through `purempo.driver.train`, the loop `purempo train` runs: in a temporary run directory
-    (or `run_dir`, kept), with no program cache unless `program_cache` names one (without, every benchmark
-    compiles cold, as a comparison with Brax must). Checkpoints only at the
+    (or `run_dir`, kept). JAX's persistent cache stays off unless the caller turns it on (a comparison with Brax
+    compiles cold). Checkpoints only at the
     start and the end, without the replay, and no TensorBoard. Seed i of `num_seeds` is the one `purempo train
     --seed SEED --num-seeds N` trains. Returns the run directory (None when temporary). What a benchmark
     reports comes from `callbacks` (`driver.Callbacks.chunk`: per-run metrics, the state, train/eval seconds).
@@ -85,7 +84,7 @@ def train_in_driver(config, callbacks, seed: int = 0, num_seeds: int = 1, sweep=
     options = driver.Options(seed=seed, num_seeds=num_seeds, sweep=tuple(sweep), checkpoint_every=config.num_evals,
                              keep_checkpoints=1, checkpoint_replay="never", tensorboard=False)
     if run_dir is not None:
-        return driver.train(config, Path(run_dir), options, callbacks=callbacks, program_cache=program_cache)
+        return driver.train(config, Path(run_dir), options, callbacks=callbacks)
     with tempfile.TemporaryDirectory(prefix="purempo-benchmark-") as directory:
-        driver.train(config, Path(directory) / "run", options, callbacks=callbacks, program_cache=program_cache)
+        driver.train(config, Path(directory) / "run", options, callbacks=callbacks)
     return None

@@ -41,7 +41,6 @@ import numpy as np
 from common import RESULTS, command_line, jsonable, machine, parse_overrides, today, train_in_driver, versions
 from purempo import driver, envs, normalizer
 from purempo.presets import preset
-from purempo.train import state_structure
 
 # Run lengths of the stability check (the presets' own total_steps are sized for a first result).
 DEFAULT_RUNS = {
@@ -189,14 +188,12 @@ class Recorder(driver.Callbacks):
     def __init__(self, args, config, members, settings, seeds, threshold, out_dir):
         self.args, self.config, self.members, self.settings = args, config, members, settings
         self.seeds, self.threshold, self.out_dir = seeds, threshold, out_dir
-        self.tree = state_structure(config)
         self.stats_before = None  # the observation statistics at the start of the chunk, per run
         self.chunks, self.times = [], []
         self.start = time.perf_counter()
 
-    def chunk(self, index, metrics, leaves, seconds):
+    def chunk(self, index, metrics, state, seconds):
         config, num_runs = self.config, len(self.members) * len(self.seeds)
-        state = self.tree.unflatten(leaves)
         self.action_dim = state.exploration_noise.shape[-1]  # [runs, E, A]
         if self.stats_before is None:  # the initial statistics, the same for every run
             initial = normalizer.init(state.obs_stats.mean.shape[-1])

@@ -3,8 +3,8 @@
     python benchmarks/steps_to_threshold.py --env inverted_pendulum --seeds 0 1 2 3 18 --set critic_lr=3e-3
 
 Each seed runs on its own (not vmapped: on a CPU that is faster per seed) through `purempo.driver.train`, as
-`purempo train --seed SEED` would; the first seed traces and compiles the programs, the others load them from
-a temporary program and compilation cache. Each is evaluated every `--eval-every` env steps and stops at the
+`purempo train --seed SEED` would; the first seed compiles the programs, the others load them from a
+temporary compilation cache (each still traces them). Each is evaluated every `--eval-every` env steps and stops at the
 first evaluation ≥ `--threshold` (or, with `--full`, runs on to `--max-steps` to show what happens after).
 Training time counts `train_chunk` only: neither compilation nor evaluation. Prints one line per seed and a summary, and
 writes `results/steps_to_threshold_<name>.json`.
@@ -49,10 +49,10 @@ class UntilThreshold(driver.Callbacks):
         return self.hit is not None and not self.full
 
 
-def run_seed(config, seed, threshold, full, cache):
+def run_seed(config, seed, threshold, full):
     """Evaluation returns after each chunk until the threshold (or all chunks with `full`), and compile time."""
     recorder = UntilThreshold(threshold, full)
-    train_in_driver(config, recorder, seed=seed, program_cache=cache / "programs")
+    train_in_driver(config, recorder, seed=seed)
     return dict(seed=seed, hit=recorder.hit, curve=recorder.curve, compile_s=round(recorder.compile_s, 1))
 
 
@@ -78,7 +78,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="purempo-steps-") as cache:
         driver.enable_compile_cache(Path(cache) / "xla")
         for seed in args.seeds:
-            run = run_seed(config, seed, args.threshold, args.full, Path(cache))
+            run = run_seed(config, seed, args.threshold, args.full)
             runs.append(run)
             hit = run["hit"]
             returns = " ".join(f"{p['eval_return']:.0f}" for p in run["curve"])

@@ -15,7 +15,7 @@ scaled with E (and the unroll lengthened where fewer than one update would remai
   wrapper (time limit + auto-reset from the config's reset pool) and the env's bare `vmap(env.step)`; the
   ratio is training / bare ceiling.
 With `--compile-breakdown`, the preset's three programs (init, training chunk, evaluation) compiled one after
-the other (what one core pays; `programs.build` compiles them on concurrent threads), and the run time of
+the other (what one core pays; the driver compiles them on concurrent threads), and the run time of
 init (the reset pool), of the first chunk and of one evaluation.
 Then the default preset with 1, 4, 16... seeds vmapped in one program (cost per seed), and a profile of one
 learner step (FLOPs from XLA's cost analysis; time of the sampled-action critic pass, the largest part).
@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from common import RESULTS, command_line, jsonable, machine, parse_overrides, today, versions
-from purempo import acting, envs, programs, replay
+from purempo import acting, driver, envs, replay
 from purempo.presets import preset
 from purempo.train import learner_step, make_networks, make_optimizer, make_trainer
 
@@ -76,7 +76,7 @@ def time_training(config, num_seeds: int, chunks: int):
     """(compile s, env steps/s per seed, updates/s per seed) of `chunks` chunks after one warm-up chunk."""
     start = time.perf_counter()
     keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)  # the seeds of `purempo train --num-seeds N`
-    compiled = programs.build(config, keys)  # what the driver runs, traced (no cache)
+    compiled = driver.lower_programs(config, keys).compile()  # what the driver runs
     compile_s = time.perf_counter() - start
     state = compiled.init(keys)
     for _ in range(1 + -(-config.prefill_iterations // config.iterations_per_eval)):  # prefill + warm-up

@@ -8,9 +8,7 @@ periods completed (0 = the initial state). Each checkpoint holds three orbax ite
 - `replay`: the replay buffer's leaves, present only when replay is checkpointed;
 - `meta`: JSON with the wall time reached, purempo's format version and the leaves' shapes and dtypes.
 Leaves are stored flat and the tree structure comes from the run's config (`jax.eval_shape` of `init`), so a
-checkpoint is checked against the config before any array is read. `Saver.save` and `restore` take the
-`TrainState` itself, or its leaves with `leaf_roles(state)` (the driver's programs work on leaves:
-`purempo.programs`); both store the same checkpoint. Orbax writes each step to a temporary
+checkpoint is checked against the config before any array is read. Orbax writes each step to a temporary
 directory and renames it when complete, so a kill mid-save leaves the previous checkpoints intact.
 """
 
@@ -52,25 +50,9 @@ def _manager(run_dir: Path, keep: Optional[int] = None, create: bool = False):
     return ocp.CheckpointManager(Path(run_dir).resolve() / CHECKPOINT_DIR, options=options)
 
 
-STATE, REPLAY, REPLAY_DATA = "state", "replay", "replay_data"
-
-
-def leaf_roles(state) -> List[str]:
-    """Per leaf of `jax.tree.leaves(state)` (a `TrainState`): REPLAY_DATA for the replay's data (its own
-    orbax item, left out without the replay), REPLAY for the rest of the replay (replaced by a fresh replay
-    when the checkpoint holds none) and STATE for everything else."""
-    replay = jax.tree.map(lambda _: REPLAY, state.replay)
-    replay = replay._replace(data=jax.tree.map(lambda _: REPLAY_DATA, state.replay.data))
-    return jax.tree.leaves(jax.tree.map(lambda _: STATE, state)._replace(replay=replay))
-
-
-def _flat(state, roles: Optional[List[str]]) -> Tuple[List[Any], List[str]]:
-    return (list(state), list(roles)) if roles is not None else (jax.tree.leaves(state), leaf_roles(state))
-
-
-def _split(leaves: List[Any], roles: List[str]) -> Tuple[List[Any], List[Any]]:
-    """(the leaves without the replay data, the replay data's leaves)."""
-    return ([x for x, r in zip(leaves, roles) if r != REPLAY_DATA], [x for x, r in zip(leaves, roles) if r == REPLAY_DATA])
+def _split(state) -> Tuple[Any, Any]:
+    """(the `TrainState` without its replay data, the replay data): the data is its own orbax item."""
+    return state._replace(replay=state.replay._replace(data=None)), state.replay.data
 
 
 def _leaf_dict(tree) -> Dict[str, Any]:
@@ -99,11 +81,10 @@ class Saver:
         self.with_replay = with_replay
         self._manager = _manager(run_dir, keep=keep, create=True)
 
-    def save(self, step: int, state, meta: Dict[str, Any], roles: Optional[List[str]] = None) -> None:
-        """Synchronous: returns once the checkpoint is on disk (the caller may then donate `state`). `state` is a
-        `TrainState`, or its leaves with their `roles` (`leaf_roles`)."""
+    def save(self, step: int, state, meta: Dict[str, Any]) -> None:
+        """Synchronous: returns once the `TrainState` is on disk (the caller may then donate it)."""
         ocp = _ocp()
-        rest, replay_data = _split(*_flat(state, roles))
+        rest, replay_data = _split(state)
         meta = dict(meta, format_version=FORMAT_VERSION, state_signature=_signature(rest),
                     replay_signature=_signature(replay_data) if self.with_replay else None)
         items = dict(state=ocp.args.StandardSave(_leaf_dict(rest)), meta=ocp.args.JsonSave(meta))
@@ -126,25 +107,15 @@ def _check_signature(run_dir, step, what, stored, abstract) -> None:
 
 
 def restore(run_dir: Path, abstract_state, fresh_replay=None, step: Optional[int] = None,
-            with_replay: bool = True, roles: Optional[List[str]] = None) -> Restored:
+            with_replay: bool = True) -> Restored:
     """The checkpoint `step` (default: the newest) of `run_dir`, as a `TrainState` shaped like `abstract_state`
-    (or, with `roles`, as a list of leaves shaped like the list `abstract_state`).
+    (`jax.ShapeDtypeStruct` leaves; their shardings, where set, place the restored arrays).
 
-    `fresh_replay` (a `ReplayState`, empty; with `roles`, the leaves whose role is not STATE) replaces the
-    replay when the checkpoint has none or `with_replay` is False (evaluation needs no replay). Raises
-    `CheckpointError` (one line) when there is no checkpoint, it cannot be read, or its arrays do not match
-    `abstract_state`.
+    `fresh_replay` (an empty `ReplayState`) replaces the replay when the checkpoint has none; with `with_replay`
+    False the replay is not read and stays `abstract_state`'s unless `fresh_replay` is given (evaluation needs
+    none). Raises `CheckpointError` (one line) when there is no checkpoint, it cannot be read, or its arrays do
+    not match `abstract_state`.
     """
-    if roles is None:
-        leaves, roles = _flat(abstract_state, None)
-        fresh = None if fresh_replay is None else jax.tree.leaves(fresh_replay)
-        restored = _restore_leaves(run_dir, leaves, roles, fresh, step, with_replay)
-        return restored._replace(state=jax.tree.unflatten(jax.tree.structure(abstract_state), restored.state))
-    return _restore_leaves(run_dir, list(abstract_state), list(roles), fresh_replay, step, with_replay)
-
-
-def _restore_leaves(run_dir: Path, abstract: List[Any], roles: List[str], fresh_replay: Optional[List[Any]],
-                    step: Optional[int], with_replay: bool) -> Restored:
     ocp = _ocp()
     run_dir = Path(run_dir)
     available = steps(run_dir)
@@ -154,7 +125,7 @@ def _restore_leaves(run_dir: Path, abstract: List[Any], roles: List[str], fresh_
     if step not in available:
         raise CheckpointError(f"no checkpoint {step} in {run_dir / CHECKPOINT_DIR}; available: {available}")
     manager = _manager(run_dir)
-    rest_abstract, replay_abstract = _split(abstract, roles)
+    rest_abstract, replay_abstract = _split(abstract_state)
     try:
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
     except Exception as error:  # orbax raises many types for damaged files
@@ -178,25 +149,20 @@ def _restore_leaves(run_dir: Path, abstract: List[Any], roles: List[str], fresh_
         items["replay"] = restore_args(replay_abstract)
     try:
         restored = manager.restore(step, args=ocp.args.Composite(**items))
-        rest = _unflatten(rest_abstract, restored.state)
+        state = _unflatten(rest_abstract, restored.state)
         replay_data = _unflatten(replay_abstract, restored.replay) if load_replay else None
     except CheckpointError:
         raise
     except Exception as error:
         raise CheckpointError(f"cannot read checkpoint {step} in {run_dir}: {_first_line(error)}") from None
     if load_replay:
-        rest, replay_data = iter(rest), iter(replay_data)
-        state = [next(replay_data if role == REPLAY_DATA else rest) for role in roles]
-    else:
-        if fresh_replay is None and with_replay:
-            raise ValueError("the checkpoint holds no replay: pass fresh_replay")
-        if fresh_replay is None:  # evaluation: the replay's leaves are left as the abstract ones
-            fresh_replay = [x for x, r in zip(abstract, roles) if r != STATE]
-        rest, fresh, state = iter(rest), iter(fresh_replay), []
-        for role in roles:
-            if role != REPLAY_DATA:  # the stored leaf: kept for the STATE role, replaced for REPLAY
-                stored = next(rest)
-            state.append(stored if role == STATE else next(fresh))
+        state = state._replace(replay=state.replay._replace(data=replay_data))
+    elif fresh_replay is not None:
+        state = state._replace(replay=fresh_replay)
+    elif with_replay:
+        raise ValueError("the checkpoint holds no replay: pass fresh_replay")
+    else:  # evaluation: the replay stays abstract
+        state = state._replace(replay=abstract_state.replay)
     return Restored(state=state, step=step, meta=meta, has_replay=has_replay)
 
 

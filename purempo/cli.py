@@ -39,7 +39,7 @@ class TrainArgs:
     scale: Literal["auto", "cpu", "gpu"] = "auto"
     """Preset sizes: cpu (tens to hundreds of envs), gpu (thousands of envs, large batches), auto: gpu on a GPU or TPU backend."""
     compile_cache: bool = True
-    """Keep the run's exported programs ($XDG_CACHE_HOME/purempo/programs) and their compiled code (JAX's persistent cache, $XDG_CACHE_HOME/purempo/xla), so that a second run of the same setup starts in seconds: without tracing, compiling or importing the simulator."""
+    """Keep the run's compiled programs in JAX's persistent compilation cache ($XDG_CACHE_HOME/purempo/xla, or $JAX_COMPILATION_CACHE_DIR), so that a second run of the same setup skips XLA's compilation."""
     coordinator: Optional[str] = None
     """Multi-host: HOST:PORT of process 0; every host runs the same command with its --process-id, and the devices of all of them form one mesh (jax.distributed.initialize)."""
     num_processes: int = 1
@@ -109,16 +109,14 @@ COMMANDS = {"train": TrainArgs, "eval": EvalArgs, "render": RenderArgs, "plot": 
 
 def run_training(args: TrainArgs) -> Path:
     """Trains as `args` says (a new run, or `args.resume`); returns the run directory."""
-    program_cache = None
     if args.compile_cache:
         driver.enable_compile_cache()
-        program_cache = driver.default_program_cache()
     if args.resume is not None and args.run_dir is not None and Path(args.run_dir).resolve() != args.resume.resolve():
         raise UsageError(f"--run-dir {args.run_dir} differs from --resume {args.resume}; a resumed run stays in its dir")
     progress = driver.ConsoleProgress()
     try:
         return driver.train(args.config, args.resume or args.run_dir, args.options, resume=args.resume is not None,
-                            callbacks=progress, overwrite=args.overwrite, program_cache=program_cache)
+                            callbacks=progress, overwrite=args.overwrite)
     finally:
         progress.bar.stop()
 

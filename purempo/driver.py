@@ -1,7 +1,7 @@
 """The run loop shared by the CLI, the benchmarks and the notebook: `train(config, run_dir, options)`.
 
 A run directory holds `config.json`, `metrics.jsonl` (one row per evaluation), `tb/` (TensorBoard) and
-`checkpoints/` (orbax, `purempo.checkpoint`). `train` compiles the trainer's chunks once (`purempo.programs`),
+`checkpoints/` (orbax, `purempo.checkpoint`). `train` compiles the trainer's chunks once (`lower_programs`),
 runs them one evaluation period at a time (the same numerics as `make_train`'s fused scan), writes a row and a
 checkpoint after each, and stops with a `RunError` naming the first non-finite metric. `resume=True`
 continues the run in `run_dir` from its newest checkpoint and ends bit-identical to an uninterrupted run
@@ -27,7 +27,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple
 
 from purempo.config import Config, HParams
 
@@ -91,8 +91,8 @@ class Callbacks:
         """After evaluation `index` (0-based), before its rows are written, for drivers that need more than a
         row (the benchmarks): the chunk's metrics as numpy arrays over all R = members × seeds runs (`[R, I]`
         per iteration, `[R]` per evaluation, `eval_episodes` a dict of `[R, 2·eval_episodes, ...]` arrays:
-        mean-action episodes first), the state's leaves on the devices (`train.state_structure` unflattens
-        them; the next chunk donates them, so read them here) and the seconds that `train` and `evaluate` ran."""
+        mean-action episodes first), the `TrainState` of all runs on the devices (the next chunk donates it,
+        so read it here) and the seconds that `train` and `evaluate` ran."""
 
     def stop(self, row: Dict[str, Any]) -> bool:
         """True ends the run after this evaluation (e.g. a wall-time budget), with a checkpoint of it, so that
@@ -376,8 +376,16 @@ def metrics_row(metrics: Dict[str, Any], index: int, iterations_per_eval: int, s
         value = np.asarray(value)
         if name in per_iteration:
             value = value[learned] if learned.any() else np.full(1, np.nan)
-        row[name] = float(np.mean(value))
+        row[name] = float(_reduce(name, value))
     return row
+
+
+def _reduce(name: str, values):
+    """A metric over seeds and iterations: peaks stay peaks (the largest `*_max`, the smallest `*_min`), the
+    rest is averaged."""
+    import numpy as np
+
+    return np.max(values) if name.endswith("_max") else np.min(values) if name.endswith("_min") else np.mean(values)
 
 
 class TensorBoard:
@@ -417,11 +425,6 @@ def default_cache_dir() -> Path:
     return Path(base) / "purempo" / "xla"
 
 
-def default_program_cache() -> Path:
-    """`$XDG_CACHE_HOME/purempo/programs` (`~/.cache/purempo/programs` without it): `train`'s exported programs."""
-    return default_cache_dir().parent / "programs"
-
-
 def enable_compile_cache(directory: Optional[Path] = None) -> Optional[Path]:
     """Turns on JAX's persistent compilation cache for every program of this process, even quick ones (a
     cached executable is the compiled code itself: same results, bit for bit). `directory` defaults to
@@ -451,6 +454,58 @@ def enable_compile_cache(directory: Optional[Path] = None) -> Optional[Path]:
 # ----------------------------------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------------------------------
+
+
+class Programs(NamedTuple):
+    """A batch of runs' compiled programs, over the `TrainState` of all runs (a leading runs axis)."""
+
+    init: Callable  # keys [R, 2] -> TrainState
+    train_chunk: Callable  # TrainState -> (TrainState, per-iteration metrics [R, I]); donates its input
+    evaluate_state: Callable  # TrainState -> (TrainState, evaluation metrics [R]); donates its input
+    state_shape: Any  # the TrainState's jax.ShapeDtypeStructs, with their shardings on a mesh
+
+
+class Lowered(NamedTuple):
+    """The three programs traced and lowered: enough to check a checkpoint against the state before compiling."""
+
+    programs: Tuple[Any, Any, Any]  # jax.stages.Lowered of init, train_chunk, evaluate_state
+    state_shape: Any
+    hparams: Any
+
+    def compile(self) -> Programs:
+        """Compiles the three at once on threads (XLA releases the GIL while compiling); JAX's persistent cache
+        (`enable_compile_cache`) serves the executables of a setup compiled before."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(self.programs)) as pool:
+            init, train_chunk, evaluate_state = pool.map(lambda program: program.compile(), self.programs)
+        hparams = self.hparams
+        return Programs(lambda keys: init(keys, hparams), lambda state: train_chunk(state, hparams),
+                        evaluate_state, self.state_shape)
+
+
+def lower_programs(config: Config, keys, hparams=None, num_devices: int = 1, mesh=None) -> Lowered:
+    """`jax.jit` of the trainer's `init`, `train_chunk` and `evaluate_state` for runs `keys` (`[R, 2]`), vmapped
+    over them, with `hparams` shared (None: the config's) or per run (leaves `[R]`), split over `mesh` when
+    `num_devices` > 1; the chunks donate their state. Raises ValueError for a config the trainer refuses."""
+    import jax
+
+    from purempo import sharding
+    from purempo.train import distribute, make_trainer
+
+    trainer = make_trainer(config, num_devices)
+    mesh = mesh if num_devices > 1 else None
+    hp_axis = None if hparams is None or jax.numpy.ndim(jax.tree.leaves(hparams)[0]) == 0 else 0
+    init, train_chunk, evaluate_state, specs = distribute(trainer, mesh, True, hp_axis)
+    state_sharding = None if specs is None else sharding.named(mesh, specs, True)
+    shape = jax.eval_shape(init, keys, hparams)
+    if state_sharding is not None:
+        shape = jax.tree.map(lambda s, where: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=where),
+                             shape, state_sharding)
+    programs = (jax.jit(init, out_shardings=state_sharding).lower(keys, hparams),
+                jax.jit(train_chunk, donate_argnums=0).lower(shape, hparams),
+                jax.jit(evaluate_state, donate_argnums=0).lower(shape))
+    return Lowered(programs, shape, hparams)
 
 
 def _stack(trees):
@@ -546,46 +601,39 @@ def join_processes(coordinator: Optional[str], num_processes: int, process_id: i
     jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
 
 
-def _restore_members(members, abstract_member, step: Optional[int], with_replay: bool, fresh_replay=None,
-                     num_seeds: int = 1, roles=None):
-    """Each member's checkpoint `step` (default: the newest that every member holds)."""
-    from purempo import checkpoint
-
-    if step is None:
-        held = [set(checkpoint.steps(member.run_dir)) for member in members]
-        common = set.intersection(*held)
-        if not common:
-            where = members[0].run_dir.parent if members[0].name else members[0].run_dir
-            raise RunError(f"cannot resume {where}: no checkpoint that every member holds")
-        step = max(common)
-    restored = []
-    for index, member in enumerate(members):
-        fresh = None if fresh_replay is None else _member_slice(fresh_replay, index, num_seeds, len(members))
-        try:
-            restored.append(checkpoint.restore(member.run_dir, abstract_member, fresh, step=step,
-                                               with_replay=with_replay, roles=roles))
-        except checkpoint.CheckpointError as error:
-            raise RunError(f"cannot resume {member.run_dir}: {error}") from None
-    return restored
+# ----------------------------------------------------------------------------------------------------------
+# Setting a run up: its runs (members × seeds), a new run directory, or the checkpoint it resumes from
+# ----------------------------------------------------------------------------------------------------------
 
 
-def train(config: Config, run_dir: Optional[Path] = None, options: Options = Options(), resume: bool = False,
-          callbacks: Optional[Callbacks] = None, overwrite: bool = False, program_cache: Optional[Path] = None) -> Path:
-    """Trains `config` as `options` say into `run_dir` (default: runs/ENV-TIMESTAMP), or continues the run there
-    (`resume`). Returns the run directory. `program_cache` (e.g. `default_program_cache()`) keeps the run's
-    exported programs, so that a second start of the same setup neither traces nor imports the simulator
-    (`purempo.programs`; the results are the same with or without it). Raises RunError (one line) for bad
-    input, a run that cannot be resumed, or divergence; nothing already written is lost (a diverged run keeps
-    its metrics and checkpoints)."""
+class Runs(NamedTuple):
+    """Every run of a `train` call: members (a sweep's grid points, or the run itself) × seeds, on devices."""
+
+    members: List[Member]
+    num_seeds: int
+    keys: Any  # [R, 2], member-major: member m's seeds are rows m·S ... m·S + S − 1
+    hparams: Any  # None (the config's), or per run (leaves [R]) for a sweep
+    num_devices: int
+    mesh: Any
+
+    def member(self, tree, index: int):
+        """Member `index`'s part of a tree over all runs."""
+        return _member_slice(tree, index, self.num_seeds, len(self.members))
+
+    def member_shape(self, state_shape):
+        """One member's part of the state's shape (its shardings kept)."""
+        import jax
+
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct((s.shape[0] // len(self.members),) + s.shape[1:], s.dtype,
+                                                           sharding=getattr(s, "sharding", None)), state_shape)
+
+
+def plan_runs(config: Config, run_dir: Path, options: Options) -> Runs:
     import jax
     import jax.numpy as jnp
 
-    from purempo import checkpoint, programs, sharding
+    from purempo import sharding
 
-    options.check()
-    callbacks = callbacks or Callbacks()
-    run_dir = Path(run_dir or Path("runs") / f"{config.env}-{time.strftime('%Y%m%d-%H%M%S')}")
-    writer = jax.process_index() == 0  # with several processes, one writes the run's files
     members = sweep_members(config, run_dir, options.sweep)
     num_devices = options.num_devices or jax.device_count()
     try:
@@ -594,129 +642,205 @@ def train(config: Config, run_dir: Optional[Path] = None, options: Options = Opt
     except ValueError as error:
         raise RunError(str(error)) from None
     seeds = jax.random.split(jax.random.PRNGKey(options.seed), options.num_seeds)
-    keys = jnp.tile(seeds, (len(members), 1))
     hparams = None if not options.sweep else jax.tree.map(
         lambda *values: jnp.repeat(jnp.asarray(values, jnp.float32), options.num_seeds),
         *(member.config.hparams for member in members))
+    return Runs(members, options.num_seeds, jnp.tile(seeds, (len(members), 1)), hparams, num_devices, mesh)
 
-    if resume:
-        if overwrite:
-            raise RunError("--resume and --overwrite exclude each other: resume continues a run, overwrite replaces it")
-        check_resume(run_dir, config, options)
-    else:
-        check_new_run_dir(run_dir, overwrite)  # the directory is made once the config has proved trainable
 
-    def per_member(shapes, shardings=None):  # one member's part of the stacked runs
-        return [jax.ShapeDtypeStruct((s.shape[0] // len(members),) + s.shape[1:], s.dtype, sharding=sh)
-                for s, sh in zip(shapes, shardings or [None] * len(shapes))]
+def start_new_run(config: Config, runs: Runs, options: Options, writer: bool) -> None:
+    """Writes config.json of every member (and a sweep's sweep.json)."""
+    if not writer:
+        return
+    if options.sweep:
+        run_dir = runs.members[0].run_dir.parent
+        replace_file(run_dir / "sweep.json", json.dumps(config_record(
+            config, options, sweep=list(options.sweep), members=[m.name for m in runs.members]), indent=2) + "\n")
+    for member in runs.members:
+        member.run_dir.mkdir(parents=True, exist_ok=True)
+        record = config_record(member.config, options, **({"sweep_member": member.name} if member.name else {}))
+        (member.run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
 
+
+class ResumePoint(NamedTuple):
+    step: int  # evaluations completed
+    wall_time_s: float  # spent up to it
+    has_replay: bool  # every member's checkpoint holds its replay
+
+
+def resume_point(runs: Runs, state_shape) -> ResumePoint:
+    """The newest checkpoint that every member holds, each checked against the run's state (without reading
+    the replay)."""
+    restored = _restore_members(runs, state_shape, None, with_replay=False)
+    return ResumePoint(restored[0].step, float(restored[0].meta.get("wall_time_s", 0.0)),
+                       all(r.has_replay for r in restored))
+
+
+def resumed_state(runs: Runs, programs: Programs, point: ResumePoint, callbacks: Callbacks):
+    """The state of every run at checkpoint `point`, on the run's devices; a checkpoint without replay gets a
+    fresh one (refilled before learning resumes)."""
+    import jax
+
+    fresh = None
+    if not point.has_replay:
+        fresh = programs.init(runs.keys).replay
+        callbacks.message("the checkpoint holds no replay: refilling it before learning resumes "
+                          "(the run will differ from an uninterrupted one)")
+    state = _stack([r.state for r in _restore_members(runs, programs.state_shape, point.step, True, fresh)])
+    return jax.device_put(state, jax.tree.map(lambda s: s.sharding, programs.state_shape)) \
+        if runs.num_devices > 1 else state
+
+
+def _restore_members(runs: Runs, state_shape, step: Optional[int], with_replay: bool, fresh_replay=None):
+    """Each member's checkpoint `step` (default: the newest that every member holds)."""
+    from purempo import checkpoint
+
+    members = runs.members
+    if step is None:
+        common = set.intersection(*(set(checkpoint.steps(member.run_dir)) for member in members))
+        if not common:
+            where = members[0].run_dir.parent if members[0].name else members[0].run_dir
+            raise RunError(f"cannot resume {where}: no checkpoint that every member holds")
+        step = max(common)
+    restored, abstract = [], runs.member_shape(state_shape)
+    for index, member in enumerate(members):
+        fresh = None if fresh_replay is None else runs.member(fresh_replay, index)
+        try:
+            restored.append(checkpoint.restore(member.run_dir, abstract, fresh, step=step, with_replay=with_replay))
+        except checkpoint.CheckpointError as error:
+            raise RunError(f"cannot resume {member.run_dir}: {error}") from None
+    return restored
+
+
+class Records:
+    """What a run leaves behind, per member: metrics.jsonl, TensorBoard events and checkpoints."""
+
+    def __init__(self, runs: Runs, config: Config, options: Options, first_eval: int, with_replay: bool, writer: bool):
+        from purempo import checkpoint
+
+        self.runs, self.config, self.last_saved = runs, config, first_eval
+        self.savers = [checkpoint.Saver(m.run_dir, keep=options.keep_checkpoints, with_replay=with_replay)
+                       for m in runs.members]
+        self.logs, self.boards = [], []
+        done_steps = first_eval * config.iterations_per_eval * config.steps_per_iteration
+        for member in runs.members if writer else []:
+            path = member.run_dir / "metrics.jsonl"  # rows after the checkpoint are recomputed
+            replace_file(path, "".join(line + "\n" for line in kept_metric_rows(path, first_eval)))
+            self.logs.append(open(path, "a"))
+            if options.tensorboard:
+                self.boards.append(TensorBoard(member.run_dir / "tb", purge_after_step=done_steps if first_eval else None))
+
+    def save(self, step: int, state, wall_time_s: float) -> None:
+        for index, saver in enumerate(self.savers):
+            saver.save(step, self.runs.member(state, index), dict(wall_time_s=wall_time_s))
+        self.last_saved = step
+
+    def rows(self, metrics: Dict[str, Any], index: int, wall_time_s: float) -> List[Dict[str, Any]]:
+        """One metrics row per member (RunError naming the member and what is kept, if training diverged)."""
+        rows = []
+        for m, member in enumerate(self.runs.members):
+            try:
+                rows.append(metrics_row(self.runs.member(metrics, m), index, self.config.iterations_per_eval,
+                                        self.config.steps_per_iteration, wall_time_s))
+            except RunError as error:
+                raise RunError(f"{error}{f' in {member.name}' if member.name else ''}; metrics up to evaluation "
+                               f"{index} are in {member.run_dir / 'metrics.jsonl'}, newest checkpoint kept: "
+                               f"{member.run_dir / 'checkpoints' / str(self.last_saved)}") from None
+        return rows
+
+    def write(self, rows: List[Dict[str, Any]]) -> None:
+        for log, row in zip(self.logs, rows):
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+        for board, row in zip(self.boards, rows):
+            board.write(row)
+
+    def close(self) -> None:
+        for handle in [*self.logs, *self.boards]:
+            handle.close()
+
+
+def _host_metrics(metrics, evaluation) -> Dict[str, Any]:
+    """A chunk's metrics as numpy arrays, the evaluation's episodes as a dict of them."""
+    import jax
+
+    values = jax.device_get({**metrics, **evaluation})
+    return dict(values, eval_episodes=values["eval_episodes"]._asdict())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------------------
+
+
+def train(config: Config, run_dir: Optional[Path] = None, options: Options = Options(), resume: bool = False,
+          callbacks: Optional[Callbacks] = None, overwrite: bool = False) -> Path:
+    """Trains `config` as `options` say into `run_dir` (default: runs/ENV-TIMESTAMP), or continues the run there
+    (`resume`). Returns the run directory. Raises RunError (one line) for bad input, a run that cannot be
+    resumed, or divergence; nothing already written is lost (a diverged run keeps its metrics and checkpoints)."""
+    import jax
+
+    options.check()
+    callbacks = callbacks or Callbacks()
+    run_dir = Path(run_dir or Path("runs") / f"{config.env}-{time.strftime('%Y%m%d-%H%M%S')}")
+    writer = jax.process_index() == 0  # with several processes, one writes the run's files
+    if resume and overwrite:
+        raise RunError("--resume and --overwrite exclude each other: resume continues a run, overwrite replaces it")
+    check_resume(run_dir, config, options) if resume else check_new_run_dir(run_dir, overwrite)
+    runs = plan_runs(config, run_dir, options)
     start = time.perf_counter()  # wall_time_s counts compilation, and a resumed run's time before
-    try:  # from the program cache: no tracing, no simulator import
-        prepared = programs.prepare(config, keys, hparams, num_devices, mesh, program_cache)
-    except programs.UnusableConfig as error:
-        raise RunError(str(error)) from None
-    if prepared.not_cached_because:
-        callbacks.message(f"the programs are not cached: {prepared.not_cached_because}")
-    if not resume:
-        prepare_new_run_dir(run_dir, overwrite)
-    start_eval, elapsed = 0, 0.0
-    if resume:  # the newest checkpoint, checked against the config, without its replay: before compiling
-        probe = _restore_members(members, per_member(prepared.shapes), None, False, roles=prepared.roles)
-        start_eval, elapsed = probe[0].step, float(probe[0].meta.get("wall_time_s", 0.0))
-        if start_eval >= config.num_evals:
-            callbacks.message(f"{run_dir} is complete ({start_eval} of {config.num_evals} evaluations); nothing to do")
+    try:
+        lowered = lower_programs(config, runs.keys, runs.hparams, runs.num_devices, runs.mesh)
+    except ValueError as error:
+        raise RunError(" ".join(str(error).split())) from None
+    point = ResumePoint(0, 0.0, False)
+    if resume:  # the checkpoint is checked against the config before compiling
+        point = resume_point(runs, lowered.state_shape)
+        if point.step >= config.num_evals:
+            callbacks.message(f"{run_dir} is complete ({point.step} of {config.num_evals} evaluations); nothing to do")
             return run_dir
-        start -= elapsed
-    compiled = programs.compile(prepared, keys, hparams, mesh)
-    callbacks.compiled(time.perf_counter() - start - elapsed)
-    roles = compiled.roles
-    abstract_member = per_member(compiled.state_shape, compiled.state_sharding)
-    replay_bytes = _nbytes([s for s, role in zip(compiled.state_shape, roles) if role != checkpoint.STATE])
-    with_replay = {"always": True, "never": False}.get(options.checkpoint_replay,
-                                                       replay_bytes <= REPLAY_CHECKPOINT_AUTO_BYTES)
-
-    if resume:
-        fresh_replay = None
-        if not all(r.has_replay for r in probe):
-            fresh_replay = [x for x, role in zip(compiled.init(keys), roles) if role != checkpoint.STATE]
-        restored = _restore_members(members, abstract_member, start_eval, True, fresh_replay, options.num_seeds,
-                                    roles=roles)
-        state = _stack([r.state for r in restored])
-        if compiled.state_sharding is not None:
-            state = jax.device_put(state, compiled.state_sharding)
-        if fresh_replay is not None:
-            callbacks.message("the checkpoint holds no replay: refilling it before learning resumes "
-                              "(the run will differ from an uninterrupted one)")
     else:
-        if writer:
-            if options.sweep:
-                replace_file(run_dir / "sweep.json", json.dumps(config_record(
-                    config, options, sweep=list(options.sweep), members=[m.name for m in members]), indent=2) + "\n")
-            for member in members:
-                member.run_dir.mkdir(parents=True, exist_ok=True)
-                record = config_record(member.config, options, **({"sweep_member": member.name} if member.name else {}))
-                (member.run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
-        state = compiled.init(keys)
-    savers = [checkpoint.Saver(m.run_dir, keep=options.keep_checkpoints, with_replay=with_replay) for m in members]
-
-    def save(step: int, state) -> None:
-        for index, saver in enumerate(savers):
-            saver.save(step, _member_slice(state, index, options.num_seeds, len(members)),
-                       dict(wall_time_s=time.perf_counter() - start), roles=roles)
-
+        prepare_new_run_dir(run_dir, overwrite)
+    programs = lowered.compile()
+    callbacks.compiled(time.perf_counter() - start)
+    start -= point.wall_time_s
+    first_eval = point.step
+    if resume:
+        state = resumed_state(runs, programs, point, callbacks)
+    else:
+        start_new_run(config, runs, options, writer)
+        state = programs.init(runs.keys)
+    with_replay = {"always": True, "never": False}.get(
+        options.checkpoint_replay, _nbytes(programs.state_shape.replay) <= REPLAY_CHECKPOINT_AUTO_BYTES)
+    records = Records(runs, config, options, first_eval, with_replay, writer)
     if not resume:
-        save(0, state)
-    done_steps = start_eval * config.iterations_per_eval * config.steps_per_iteration
-    callbacks.started(f"{config.env}: {len(members)} member(s) × {options.num_seeds} seed(s) × "
-                      f"{config.env_steps:,} env steps, {config.num_envs} envs on {num_devices} device(s), "
+        records.save(0, state, time.perf_counter() - start)
+    done_steps = first_eval * config.iterations_per_eval * config.steps_per_iteration
+    callbacks.started(f"{config.env}: {len(runs.members)} member(s) × {runs.num_seeds} seed(s) × "
+                      f"{config.env_steps:,} env steps, {config.num_envs} envs on {runs.num_devices} device(s), "
                       f"{config.num_evals} evaluations → {run_dir}", config.env_steps, done_steps)
     if resume:
-        callbacks.message(f"resuming after evaluation {start_eval}")
-    logs, boards = [], []
+        callbacks.message(f"resuming after evaluation {first_eval}")
+    began = time.perf_counter()
     try:
-        for member in members:
-            path = member.run_dir / "metrics.jsonl"
-            if writer:
-                replace_file(path, "".join(line + "\n" for line in kept_metric_rows(path, start_eval)))
-                logs.append(open(path, "a"))
-                if options.tensorboard:
-                    boards.append(TensorBoard(member.run_dir / "tb", purge_after_step=done_steps if resume else None))
-        last_saved = start_eval
-        for index in range(start_eval, config.num_evals):
+        for index in range(first_eval, config.num_evals):
             tick = time.perf_counter()
-            state, metrics = compiled.train_chunk(state)
+            state, metrics = programs.train_chunk(state)
             jax.block_until_ready(state)
             trained = time.perf_counter()
-            state, eval_metrics = compiled.evaluate_state(state)
-            metrics = jax.device_get({**metrics, **eval_metrics})
+            state, evaluation = programs.evaluate_state(state)
+            metrics = _host_metrics(metrics, evaluation)
             callbacks.chunk(index, metrics, state, dict(train=trained - tick, evaluate=time.perf_counter() - trained))
-            rows = []
-            for m, member in enumerate(members):
-                try:
-                    rows.append(metrics_row(_member_slice(metrics, m, options.num_seeds, len(members)), index,
-                                            config.iterations_per_eval, config.steps_per_iteration,
-                                            time.perf_counter() - start))
-                except RunError as error:
-                    where = member.run_dir
-                    raise RunError(f"{error}{f' in {member.name}' if member.name else ''}; metrics up to evaluation "
-                                   f"{index} are in {where / 'metrics.jsonl'}, newest checkpoint kept: "
-                                   f"{where / 'checkpoints' / str(last_saved)}") from None
-            for log, row in zip(logs, rows):
-                log.write(json.dumps(row) + "\n")
-                log.flush()
-            for board, row in zip(boards, rows):
-                board.write(row)
-            stop = any([callbacks.stop(dict(row, member=member.name)) for member, row in zip(members, rows)])
-            if (index + 1) % options.checkpoint_every == 0 or index + 1 == config.num_evals or stop:
-                save(index + 1, state)
-                last_saved = index + 1
-            sps = (rows[0]["env_steps"] - done_steps) * options.num_seeds * len(members) \
-                / max(time.perf_counter() - start - elapsed, 1e-9)
-            for member, row in zip(members, rows):
-                callbacks.evaluated(dict(row, member=member.name), sps)
+            rows = records.rows(metrics, index, time.perf_counter() - start)
+            records.write(rows)
+            stop = any([callbacks.stop(dict(row, member=m.name)) for m, row in zip(runs.members, rows)])
+            if stop or index + 1 == config.num_evals or (index + 1) % options.checkpoint_every == 0:
+                records.save(index + 1, state, time.perf_counter() - start)
+            steps_per_second = (rows[0]["env_steps"] - done_steps) * len(runs.keys) / (time.perf_counter() - began)
+            for member, row in zip(runs.members, rows):
+                callbacks.evaluated(dict(row, member=member.name), steps_per_second)
             if stop:
                 break
     finally:
-        for handle in [*logs, *boards]:
-            handle.close()
+        records.close()
     return run_dir

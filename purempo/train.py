@@ -217,7 +217,7 @@ class Trainer(NamedTuple):
 
 def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
     """The pure pieces of a run. With `num_devices` D > 1 they are per-device programs for `shard_map` over
-    `sharding.AXIS` (`distribute` with a mesh; `programs.build` compiles them): each device steps num_envs / D envs, keeps their replay,
+    `sharding.AXIS` (`distribute` with a mesh; `driver.lower_programs` compiles them): each device steps num_envs / D envs, keeps their replay,
     samples batch_size / D sequences and runs eval_episodes / D of each kind of evaluation episode."""
     sharding.check_divisible(config, num_devices)
     axis = sharding.AXIS if num_devices > 1 else None
@@ -408,12 +408,6 @@ def run_chunk(trainer: Trainer, state: TrainState, hparams: Optional[HParams] = 
     state, metrics = trainer.train_chunk(state, hparams)
     state, evaluation = trainer.evaluate_state(state)
     return state, {**metrics, **evaluation}
-
-
-def state_structure(config: Config):
-    """The `TrainState`'s tree structure (the same vmapped or split over devices), to unflatten the leaves that
-    `purempo.programs` and the driver pass around: `state_structure(config).unflatten(leaves)`."""
-    return jax.tree.structure(jax.eval_shape(make_trainer(config).init, jax.random.PRNGKey(0)))
 
 
 def make_train(config: Config) -> Callable:

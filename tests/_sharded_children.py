@@ -106,35 +106,29 @@ def _final(run_dir, num_seeds):
 
 def run_and_resume(out, root):
     """A 4-device run with 2 seeds, uninterrupted and interrupted + resumed; replicated leaves per device."""
-    from purempo import programs, train
+    from purempo import train
 
     root = Path(root)
     options = driver.Options(num_seeds=2, tensorboard=False, checkpoint_replay="always")
-    # The uninterrupted run exports the sharded programs; the cut and resumed ones load them from the cache.
-    cache = root / "programs"
-    whole = driver.train(TINY, root / "whole", options, program_cache=cache)
-    written = [p.stat().st_mtime_ns for p in sorted(cache.glob("*/*.jaxexport"))]
+    whole = driver.train(TINY, root / "whole", options)
     try:
-        driver.train(TINY, root / "cut", options, callbacks=_StopAfter(2), program_cache=cache)
+        driver.train(TINY, root / "cut", options, callbacks=_StopAfter(2))
     except KeyboardInterrupt:
         pass
     cut_steps = sorted(int(p.name) for p in (root / "cut" / "checkpoints").iterdir() if p.name.isdigit())
-    driver.train(TINY, root / "cut", options, resume=True, program_cache=cache)
+    driver.train(TINY, root / "cut", options, resume=True)
     a, b = _final(whole, 2), _final(root / "cut", 2)
     identical = all(np.array_equal(x, y) for x, y in zip(_leaves(a.state), _leaves(b.state)))
     # Per-device copies of the replicated parameters straight from the 4-device programs (the runs' own).
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
-    compiled = programs.build(TINY, keys, num_devices=4, mesh=sharding.make_mesh(4), cache_dir=cache)
-    assert compiled.cached
+    compiled = driver.lower_programs(TINY, keys, num_devices=4, mesh=sharding.make_mesh(4)).compile()
     state = compiled.init(keys)
     for _ in range(TINY.num_evals):
         state, _ = compiled.train_chunk(state)
-    state = train.state_structure(TINY).unflatten(state)
     learner_leaves = jax.tree.leaves(state.learner)
     obs = state.replay.data.obs
     rows = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
-    json.dump(dict(identical=identical, cut_steps=cut_steps, cache_entries=len(list(cache.iterdir())),
-                   cache_reused=written == [p.stat().st_mtime_ns for p in sorted(cache.glob("*/*.jaxexport"))], final_step=b.step, num_leaves=len(_leaves(a.state)),
+    json.dump(dict(identical=identical, cut_steps=cut_steps, final_step=b.step, num_leaves=len(_leaves(a.state)),
                    learner_copies_equal=all(all(np.array_equal(c[0], x) for x in c)
                                             for c in map(sharding.device_copies, learner_leaves)),
                    num_copies=len(sharding.device_copies(learner_leaves[0])),

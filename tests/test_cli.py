@@ -134,11 +134,13 @@ def _chunk_metrics(critic_loss):
     return dict(
         critic_loss=np.asarray(critic_loss, np.float32),
         kl_mean_max=np.array([[np.nan, 0.3, 0.5], [np.nan, 0.1, 0.1]], np.float32),
+        alpha_mean_min=np.array([[np.nan, 0.2, 0.05], [np.nan, 0.4, 0.3]], np.float32),
         env_steps=np.array([[1.0, 2.0, 3.0]] * 2, np.float32) * 256,
         updates=updates,
         episode_return_sum=np.array([[0.0, 10.0, 20.0], [5.0, 0.0, 0.0]], np.float32),
         episodes_finished=np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]], np.float32),
         eval_return=np.array([10.0, 20.0], np.float32),
+        eval_return_min=np.array([2.0, 12.0], np.float32),
         eval_stochastic_return=np.array([4.0, 6.0], np.float32),
         # 3,000,001 iterations of 256 steps: 768,000,256 env steps, not a float32 number.
         eval_iteration=np.array([3_000_001, 3_000_001], np.int32),
@@ -148,7 +150,7 @@ def _chunk_metrics(critic_loss):
     )
 
 
-def test_metrics_row_counts_env_steps_from_the_iteration_and_averages_learned_iterations():
+def test_metrics_row_counts_env_steps_from_the_iteration_and_reduces_learned_iterations():
     metrics = _chunk_metrics([[float("nan"), 1.0, 3.0], [float("nan"), 5.0, 7.0]])
     row = driver.metrics_row(metrics, index=6, iterations_per_eval=3, steps_per_iteration=256, wall_time_s=1.23456)
     assert row["eval"] == 7 and row["wall_time_s"] == 1.235
@@ -156,7 +158,10 @@ def test_metrics_row_counts_env_steps_from_the_iteration_and_averages_learned_it
     assert row["eval_return"] == 15.0 and row["eval_return_per_seed"] == [10.0, 20.0]
     assert row["eval_stochastic_return"] == 5.0
     assert row["critic_loss"] == 4.0  # mean over the iterations that learned (prefill NaNs left out)
-    assert math.isclose(row["kl_mean_max"], 0.25, rel_tol=1e-6)
+    # Peaks stay peaks: the largest per-iteration maximum, the smallest minimum (over seeds and iterations).
+    assert math.isclose(row["kl_mean_max"], 0.5, rel_tol=1e-6)
+    assert math.isclose(row["alpha_mean_min"], 0.05, rel_tol=1e-6)
+    assert row["eval_return_min"] == 2.0
     assert row["train_episode_return"] == 10.0  # seeds 0 and 1: 30 / 2 = 15 and 5 / 1 = 5
     for name in ("eval_episodes", "eval_iteration", "eval_env_steps", "updates", "episodes_finished"):
         assert name not in row, name
@@ -206,13 +211,11 @@ def test_impossible_config_is_a_one_line_usage_error(capsys, tmp_path, flags, ex
 
 
 def test_unwritable_run_dir_is_a_one_line_usage_error(capsys, tmp_path, monkeypatch):
-    # Reported before the trainer is traced (seconds for the default config): preparing programs fails the test.
-    from purempo import programs
-
+    # Reported before the trainer is traced (seconds for the default config): tracing fails the test.
     def traced(*args, **kwargs):
         raise AssertionError("the trainer was traced before the run dir was checked")
 
-    monkeypatch.setattr(programs, "prepare", traced)
+    monkeypatch.setattr(driver, "lower_programs", traced)
     blocker = tmp_path / "a-file"
     blocker.write_text("keep me\n")
     code = cli.main(["train", "--run-dir", str(blocker / "run" / "deeper")])

@@ -9,12 +9,6 @@ import pytest
 from test_sharding import _run
 
 
-@pytest.fixture(scope="module")
-def program_cache(tmp_path_factory):
-    """One program cache for the driver runs below, all of test_checkpoint's TINY: the first traces it."""
-    return tmp_path_factory.mktemp("programs")
-
-
 @pytest.mark.slow
 def test_four_devices_learn_inverted_pendulum(tmp_path):
     # The default config (256 envs: 64 per device) with XLA's full CPU optimisation; one seed. It solved at
@@ -59,17 +53,16 @@ def test_a_sweep_runs_every_member_in_one_program_into_its_own_run_directory(tmp
     assert not (tmp_path / "bad").exists()
 
 
-def test_checkpoint_replay_auto_leaves_a_large_replay_out(tmp_path, monkeypatch, program_cache):
+def test_checkpoint_replay_auto_leaves_a_large_replay_out(tmp_path, monkeypatch):
     # auto keeps the replay in checkpoints while the whole replay is at most REPLAY_CHECKPOINT_AUTO_BYTES.
     from purempo import checkpoint, driver
     from test_checkpoint import TINY
 
     options = driver.Options(tensorboard=False)
-    driver.train(TINY, tmp_path / "small", options, program_cache=program_cache)
+    driver.train(TINY, tmp_path / "small", options)
     monkeypatch.setattr(driver, "REPLAY_CHECKPOINT_AUTO_BYTES", 1000)  # this TINY replay is larger
-    driver.train(TINY, tmp_path / "large", options, program_cache=program_cache)
-    driver.train(TINY, tmp_path / "forced", driver.Options(tensorboard=False, checkpoint_replay="always"),
-                 program_cache=program_cache)
+    driver.train(TINY, tmp_path / "large", options)
+    driver.train(TINY, tmp_path / "forced", driver.Options(tensorboard=False, checkpoint_replay="always"))
 
     import jax
 
@@ -83,7 +76,7 @@ def test_checkpoint_replay_auto_leaves_a_large_replay_out(tmp_path, monkeypatch,
     assert has_replay(tmp_path / "small") and not has_replay(tmp_path / "large") and has_replay(tmp_path / "forced")
 
 
-def test_a_callback_can_end_a_run_early_and_resume_finishes_it_identically(tmp_path, program_cache):
+def test_a_callback_can_end_a_run_early_and_resume_finishes_it_identically(tmp_path):
     # Callbacks.stop (a wall-time budget, say) ends the run after an evaluation with a checkpoint of it;
     # --resume then finishes the run, ending where an uninterrupted one does (replay checkpointed).
     import numpy as np
@@ -96,11 +89,11 @@ def test_a_callback_can_end_a_run_early_and_resume_finishes_it_identically(tmp_p
             return row["eval"] == 1
 
     options = driver.Options(tensorboard=False)
-    driver.train(TINY, tmp_path / "whole", options, program_cache=program_cache)
-    driver.train(TINY, tmp_path / "cut", options, callbacks=StopAfterFirst(), program_cache=program_cache)
+    driver.train(TINY, tmp_path / "whole", options)
+    driver.train(TINY, tmp_path / "cut", options, callbacks=StopAfterFirst())
     assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 1
     assert (tmp_path / "cut" / "checkpoints" / "1").is_dir()
-    driver.train(TINY, tmp_path / "cut", options, resume=True, program_cache=program_cache)
+    driver.train(TINY, tmp_path / "cut", options, resume=True)
     rows = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
             for name in ("whole", "cut")}
     assert [r["eval_return_per_seed"] for r in rows["cut"]] == [r["eval_return_per_seed"] for r in rows["whole"]]

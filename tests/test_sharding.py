@@ -55,12 +55,9 @@ def test_parameters_stay_identical_on_every_device_and_seeds_compose_with_device
 
 
 def test_a_sharded_run_resumes_bit_identically(four_device_runs):
-    # The killed and the resumed run load the programs the uninterrupted one exported (one cache entry), so
-    # this is also warm against cold on 4 devices.
     _, result = four_device_runs
     assert result["cut_steps"] == [0, 1, 2]  # killed after evaluation 2, then resumed
     assert result["final_step"] == 4 and result["num_leaves"] > 100 and result["identical"]
-    assert result["cache_entries"] == 1 and result["cache_reused"]
 
 
 def _free_port():
