@@ -1,4 +1,5 @@
-"""Start-up of `purempo train`: cold (empty program and compilation caches) against warm (the same command again).
+"""Start-up of `purempo train`: cold (an empty compilation cache) against warm (the same command again, served by
+JAX's persistent compilation cache).
 
     python benchmarks/startup.py                      # inverted_pendulum, its preset, 3 cold + 3 warm launches
     python benchmarks/startup.py --flags --env hopper --total-steps 40960
@@ -7,7 +8,7 @@ Each launch runs `purempo train FLAGS --run-dir TMP` in a fresh process with `XD
 temporary directory (cold: a new one; warm: the one the previous cold launch filled) and timestamps, from the
 moment the process is spawned, the lines it prints: `compiled in …`, `training from …` (the first training
 step is about to run) and the first evaluation row. A launch with `--no-compile-cache` is the reference for
-what the caches save. Writes benchmarks/results/startup_<env>.json.
+what the cache saves. Writes benchmarks/results/startup_<env>.json.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -66,18 +66,15 @@ def main() -> None:
         for repeat in range(args.repeats):
             cache = tmp / f"cache-{repeat}"
             cold = launch(args.flags, cache, tmp / f"run-cold-{repeat}")
-            jax_only = cache.with_name(f"jax-only-{repeat}")  # JAX's compiled code without the exported programs
-            shutil.copytree(cache, jax_only, ignore=shutil.ignore_patterns("programs"))
             warm = launch(args.flags, cache, tmp / f"run-warm-{repeat}")
-            warm_jax = launch(args.flags, jax_only, tmp / f"run-warm-jax-{repeat}")
-            pairs.append(dict(cold=cold, warm=warm, warm_jax_cache_only=warm_jax))
-            print(f"cold: {cold}\nwarm: {warm}\nwarm, JAX's cache only: {warm_jax}", flush=True)
+            pairs.append(dict(cold=cold, warm=warm))
+            print(f"cold: {cold}\nwarm: {warm}", flush=True)
 
     def median(kind, key):
         values = sorted(pair[kind][key] for pair in pairs)
         return values[len(values) // 2]
 
-    summary = {f"{kind}_{key}_median": median(kind, key) for kind in ("cold", "warm", "warm_jax_cache_only")
+    summary = {f"{kind}_{key}_median": median(kind, key) for kind in ("cold", "warm")
                for key in ("first_training_step_s", "first_eval_s", "total_s")}
     summary["first_eval_sooner_when_warm_s"] = round(summary["cold_first_eval_s_median"]
                                                      - summary["warm_first_eval_s_median"], 2)
