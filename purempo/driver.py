@@ -201,10 +201,14 @@ def sweep_member_dirs(run_dir: Path) -> Optional[List[Path]]:
 
 
 def config_record(config: Config, options: Options, **extra) -> Dict[str, Any]:
+    """config.json: the config, the seeds, the time limit the run uses (`episode_length`, or the env's own
+    when it is None) and the versions."""
     import jax
 
+    from purempo import envs
+
     return dict(dataclasses.asdict(config), seed=options.seed, num_seeds=options.num_seeds,
-                env_steps_per_seed=config.env_steps, jax_version=jax.__version__,
+                time_limit=envs.time_limit(config), env_steps_per_seed=config.env_steps, jax_version=jax.__version__,
                 device=str(jax.devices()[0].device_kind), **extra)
 
 

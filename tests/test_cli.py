@@ -99,6 +99,7 @@ def test_tiny_run_writes_config_and_metrics(tiny_run):
     assert config["num_seeds"] == 2
     assert config["seed"] == 0
     assert config["total_steps"] == 6400 and config["num_envs"] == 8
+    assert config["episode_length"] == config["time_limit"] == 50
     assert config["policy_hidden"] == [16, 16] and config["critic_hidden"] == [16, 16]
 
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -148,6 +149,14 @@ def _chunk_metrics(critic_loss):
         eval_episodes=Episodes(returns=np.zeros((2, 4), np.float32), lengths=np.ones((2, 4), np.int32),
                                final_obs=np.zeros((2, 4, 3), np.float32)),
     )
+
+
+def test_config_json_records_the_time_limit_the_run_uses():
+    from purempo.config import Config
+
+    assert driver.config_record(Config(env="hopper"), driver.Options())["time_limit"] == 1000  # Brax's own
+    record = driver.config_record(Config(env="hopper", episode_length=70), driver.Options())
+    assert record["episode_length"] == record["time_limit"] == 70
 
 
 def test_metrics_row_counts_env_steps_from_the_iteration_and_reduces_learned_iterations():
