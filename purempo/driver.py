@@ -777,16 +777,23 @@ def _host_metrics(metrics, evaluation) -> Dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def train(config: Config, run_dir: Optional[Path] = None, options: Options = Options(), resume: bool = False,
-          callbacks: Optional[Callbacks] = None, overwrite: bool = False) -> Path:
-    """Trains `config` as `options` say into `run_dir` (default: runs/ENV-TIMESTAMP), or continues the run there
-    (`resume`). Returns the run directory. Raises RunError (one line) for bad input, a run that cannot be
-    resumed, or divergence; nothing already written is lost (a diverged run keeps its metrics and checkpoints)."""
+class Setup(NamedTuple):
+    runs: Runs
+    programs: Programs
+    records: Records
+    state: Any  # the TrainState of every run, on the devices
+    first_eval: int  # evaluations already done (a resumed run's checkpoint)
+    start: float  # perf_counter origin of wall_time_s (moved back by a resumed run's time before)
+
+
+def set_up(config: Config, run_dir: Path, options: Options, resume: bool, overwrite: bool,
+           callbacks: Callbacks) -> Optional[Setup]:
+    """Checks the input, compiles the run's programs and gives the state to train from: a new run's (its
+    config.json and initial checkpoint written) or the resumed one's newest checkpoint; None when a resumed run
+    is already complete. Bad input is reported before anything is traced or written."""
     import jax
 
     options.check()
-    callbacks = callbacks or Callbacks()
-    run_dir = Path(run_dir or Path("runs") / f"{config.env}-{time.strftime('%Y%m%d-%H%M%S')}")
     writer = jax.process_index() == 0  # with several processes, one writes the run's files
     if resume and overwrite:
         raise RunError("--resume and --overwrite exclude each other: resume continues a run, overwrite replaces it")
@@ -802,13 +809,12 @@ def train(config: Config, run_dir: Optional[Path] = None, options: Options = Opt
         point = resume_point(runs, lowered.state_shape)
         if point.step >= config.num_evals:
             callbacks.message(f"{run_dir} is complete ({point.step} of {config.num_evals} evaluations); nothing to do")
-            return run_dir
+            return None
     else:
         prepare_new_run_dir(run_dir, overwrite)
     programs = lowered.compile()
     callbacks.compiled(time.perf_counter() - start)
     start -= point.wall_time_s
-    first_eval = point.step
     if resume:
         state = resumed_state(runs, programs, point, callbacks)
     else:
@@ -816,9 +822,25 @@ def train(config: Config, run_dir: Optional[Path] = None, options: Options = Opt
         state = programs.init(runs.keys)
     with_replay = {"always": True, "never": False}.get(
         options.checkpoint_replay, _nbytes(programs.state_shape.replay) <= REPLAY_CHECKPOINT_AUTO_BYTES)
-    records = Records(runs, config, options, first_eval, with_replay, writer)
+    records = Records(runs, config, options, point.step, with_replay, writer)
     if not resume:
         records.save(0, state, time.perf_counter() - start)
+    return Setup(runs, programs, records, state, point.step, start)
+
+
+def train(config: Config, run_dir: Optional[Path] = None, options: Options = Options(), resume: bool = False,
+          callbacks: Optional[Callbacks] = None, overwrite: bool = False) -> Path:
+    """Trains `config` as `options` say into `run_dir` (default: runs/ENV-TIMESTAMP), or continues the run there
+    (`resume`). Returns the run directory. Raises RunError (one line) for bad input, a run that cannot be
+    resumed, or divergence; nothing already written is lost (a diverged run keeps its metrics and checkpoints)."""
+    import jax
+
+    callbacks = callbacks or Callbacks()
+    run_dir = Path(run_dir or Path("runs") / f"{config.env}-{time.strftime('%Y%m%d-%H%M%S')}")
+    setup = set_up(config, run_dir, options, resume, overwrite, callbacks)
+    if setup is None:
+        return run_dir
+    runs, programs, records, state, first_eval, start = setup
     done_steps = first_eval * config.iterations_per_eval * config.steps_per_iteration
     callbacks.started(f"{config.env}: {len(runs.members)} member(s) × {runs.num_seeds} seed(s) × "
                       f"{config.env_steps:,} env steps, {config.num_envs} envs on {runs.num_devices} device(s), "

@@ -106,7 +106,6 @@ def _final(run_dir, num_seeds):
 
 def run_and_resume(out, root):
     """A 4-device run with 2 seeds, uninterrupted and interrupted + resumed; replicated leaves per device."""
-    from purempo import train
 
     root = Path(root)
     options = driver.Options(num_seeds=2, tensorboard=False, checkpoint_replay="always")
