@@ -11,8 +11,9 @@ CLI runs, the notebook's kernel, benchmark scripts) inherits them. A user's own 
 - Several tests compile the same program again in another process (a CLI run killed and resumed, the CLI's run
   against the library loop), so the session shares one persistent compilation cache in a temporary directory,
   removed when the session ends. A cached executable is the compiled code itself: its results are the same bits.
-- `purempo train` keeps exported programs under `$XDG_CACHE_HOME/purempo/programs`: the session points
-  XDG_CACHE_HOME at a temporary directory too, so that tests leave the user's cache alone.
+- `purempo train` keeps compiled programs under `$XDG_CACHE_HOME/purempo/xla` unless JAX_COMPILATION_CACHE_DIR
+  is set: the session points XDG_CACHE_HOME at a temporary directory too, so that tests leave the user's
+  cache alone.
 """
 
 import atexit
