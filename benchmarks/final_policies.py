@@ -185,7 +185,7 @@ def compare_policies(env_name: str, run_dir: Path, sac_dir: Path, episodes: int,
     key = jax.random.PRNGKey(seed)
     start_key, *mode_keys = jax.random.split(key, 5)
     starts = jax.vmap(env.reset)(jax.random.split(start_key, episodes))
-    length = config.episode_length
+    length = envs.time_limit(config)
     modes = dict(purempo_mean=purempo_mean, purempo_sampled=purempo_sampled, sac_mean=sac_mean, sac_noisy=sac_noisy)
     trajs = {name: jax.device_get(jax.jit(lambda s, k, act=act: rollout(env, act, s, k, length))(starts, k))
              for (name, act), k in zip(modes.items(), mode_keys)}

@@ -202,7 +202,7 @@ class Recorder(driver.Callbacks):
         self.times.append(time.perf_counter() - self.start)
         stats_after = jax.device_get(state.obs_stats)
         record = chunk_record(metrics, evaluation, obs_moves(self.stats_before, stats_after),
-                              np.asarray(replay_summary(state)[0]), config.episode_length)
+                              np.asarray(replay_summary(state)[0]), envs.time_limit(config))
         self.stats_before = stats_after
         record["env_steps"] = int(evaluation["eval_iteration"][0]) * config.steps_per_iteration
         record["wall_time_s"] = round(self.times[-1], 1)

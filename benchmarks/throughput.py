@@ -316,7 +316,7 @@ def gpu_programs(config):
         return learner_step(learner, obs_stats, 1.0, batch, k, hp, config, nets, optimizer)
 
     def act(policy_params, obs_stats, env_state, noise, k):
-        return acting.rollout(env, nets.policy, policy_params, obs_stats, env_state, k, 1, config.episode_length,
+        return acting.rollout(env, nets.policy, policy_params, obs_stats, env_state, k, 1, envs.time_limit(config),
                               hp.reward_scale, noise, hp.exploration_correlation)
 
     def bare(sim_state, k):
@@ -491,7 +491,7 @@ def main():
             for num_envs in args.num_envs:
                 row = dict(impl=impl, num_envs=num_envs)
                 tick = time.perf_counter()
-                wrapped, bare = time_ceiling(envs.playground_env(base.env, impl), num_envs, base.episode_length,
+                wrapped, bare = time_ceiling(envs.playground_env(base.env, impl), num_envs, envs.time_limit(base),
                                              base.reset_pool_size)
                 row.update(seconds_with_compile=round(time.perf_counter() - tick, 1),
                            ceiling_wrapper_env_steps_per_s=_rate(wrapped), ceiling_bare_env_steps_per_s=_rate(bare))
@@ -508,7 +508,7 @@ def main():
     for num_envs in args.num_envs:
         config = at_num_envs(base, num_envs)
         compile_s, sps, ups = time_training(config, 1, args.chunks)
-        wrapped, bare = time_ceiling(env, num_envs, config.episode_length, config.reset_pool_size)
+        wrapped, bare = time_ceiling(env, num_envs, envs.time_limit(config), config.reset_pool_size)
         if not isinstance(wrapped, float) or not isinstance(bare, float):
             raise SystemExit(f"error: the env's ceiling could not be measured: {wrapped} / {bare}")
         row = dict(num_envs=num_envs, unroll_length=config.unroll_length,

@@ -132,7 +132,8 @@ class ConsoleProgress(Callbacks):
             (f"{row['member']}  " if row["member"] else "")
             + f"steps {row['env_steps']:>10,}  t {row['wall_time_s']:7.1f}s  eval {row['eval_return']:9.2f}"
             f"  train {row['train_episode_return']:9.2f}  Q {row['q_mean']:8.2f}  η {row['temperature']:.3g}"
-            f"  KLμ {row['kl_mean']:.2e}  KLσ {row['kl_std']:.2e}  σ {row['policy_std']:.3f}")
+            f"  KLμ {row['kl_mean']:.2e}  KLσ {row['kl_std']:.2e}  σ {row['policy_std']:.3f}"
+            + (f"  [red]non-finite steps {row['nonfinite_steps']}" if row.get("nonfinite_steps") else ""))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -358,9 +359,11 @@ def metrics_row(metrics: Dict[str, Any], index: int, iterations_per_eval: int, s
         eval_return_per_seed=per_seed,
         train_episode_return=float(np.mean(episode_return)),
     )
+    if "nonfinite_steps" in metrics:  # steps that ended an episode for a NaN/inf observation or reward, prefill too
+        row["nonfinite_steps"] = int(np.sum(metrics["nonfinite_steps"]))
     learned = np.asarray(metrics["updates"]) > 0  # [S, I]; prefill iterations report NaN learner metrics
     skip = {"env_steps", "updates", "episode_return_sum", "episodes_finished", "eval_return", "eval_env_steps",
-            "eval_iteration", "eval_episodes"}
+            "eval_iteration", "eval_episodes", "nonfinite_steps"}
     per_iteration = {name: np.asarray(value) for name, value in metrics.items()
                      if name not in skip and np.shape(value) == learned.shape}
     bad = {name: learned & ~np.isfinite(value) for name, value in per_iteration.items()}

@@ -140,6 +140,7 @@ def _chunk_metrics(critic_loss):
         updates=updates,
         episode_return_sum=np.array([[0.0, 10.0, 20.0], [5.0, 0.0, 0.0]], np.float32),
         episodes_finished=np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]], np.float32),
+        nonfinite_steps=np.array([[2, 0, 1], [0, 0, 0]], np.int32),
         eval_return=np.array([10.0, 20.0], np.float32),
         eval_return_min=np.array([2.0, 12.0], np.float32),
         eval_stochastic_return=np.array([4.0, 6.0], np.float32),
@@ -171,6 +172,7 @@ def test_metrics_row_counts_env_steps_from_the_iteration_and_reduces_learned_ite
     assert math.isclose(row["kl_mean_max"], 0.5, rel_tol=1e-6)
     assert math.isclose(row["alpha_mean_min"], 0.05, rel_tol=1e-6)
     assert row["eval_return_min"] == 2.0
+    assert row["nonfinite_steps"] == 3  # every iteration's, prefill included, over the seeds
     assert row["train_episode_return"] == 10.0  # seeds 0 and 1: 30 / 2 = 15 and 5 / 1 = 5
     for name in ("eval_episodes", "eval_iteration", "eval_env_steps", "updates", "episodes_finished"):
         assert name not in row, name
