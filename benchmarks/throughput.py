@@ -226,7 +226,7 @@ def profile_learner(config, repeats: int = 20):
 # sparsity), HBM3 3.35 TB/s. The estimate uses the FP32 peak: the learner's matmuls are small (K = 256-512 wide
 # layers, fused with elementwise work), JAX's default f32 precision is not guaranteed to take the TF32 path, and
 # the one GPU throughput measured here bounds the effective rate near it: CheetahRun on one H200 at 1,024 envs,
-# 2 seeds, 32 sampled transitions per env step ran 173.7k env steps/s in all (RESULTS.md §7, session 8), i.e.
+# 2 seeds, 32 sampled transitions per env step ran 173.7k env steps/s in all (docs/journal.md §7), i.e.
 # ~3.7 MFLOP × 32 × 173.7k ≈ 21 TFLOP/s of learner work with the simulation included: 0.3× the FP32 peak (the
 # H200's FP32 peak equals the H100's), 0.04× the TF32 one. TF32 figures are reported too, as "tf32" alternatives.
 H100_SXM = dict(name="NVIDIA H100 SXM5", peak_flops=67e12, peak_flops_label="FP32 (non-tensor) 67 TFLOP/s",

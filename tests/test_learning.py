@@ -13,7 +13,7 @@ def test_default_config_solves_inverted_pendulum_and_stays_solved():
     # preset in one vmapped program, 150k env steps, 15 evaluations of 16 mean-action episodes from fresh
     # resets. Every seed must reach 950 and, from 50k steps on, never evaluate below it. On this CPU, with the
     # current defaults (proportional KL multipliers, discount 0.999), four of the five seeds of the stability
-    # run never fell below 950 after first reaching it, and the fifth dipped once, at 136k steps (RESULTS.md
+    # run never fell below 950 after first reaching it, and the fifth dipped once, at 136k steps (docs/journal.md
     # §6). With discount 0.995 instead, seed 1 fell at 97k (to 228 in the stability run, to 301 here) and this
     # test failed, so it tells the two settings apart. A different CPU can round differently and follow another trajectory.
     # Compiled with FULL_OPTIMISATION: the time goes to running, and the trajectory is the one users' compile follows.

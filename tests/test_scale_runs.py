@@ -12,7 +12,7 @@ from test_sharding import _run
 @pytest.mark.slow
 def test_four_devices_learn_inverted_pendulum(tmp_path):
     # The default config (256 envs: 64 per device) with XLA's full CPU optimisation; one seed. It solved at
-    # 29k env steps in the run behind RESULTS.md §8.
+    # 29k env steps in the run behind docs/journal.md §8.
     result = _run("learn", tmp_path / "out.json", tmp_path / "run", fast=False)
     assert result["devices"] == 4
     assert max(result["returns"]) >= 950, result["returns"]
