@@ -137,6 +137,7 @@ def main():
     parser.add_argument("--drop-after", type=int, default=500_000,
                         help="env steps after which drops below the running best count")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
+    parser.add_argument("--scale", default="cpu", choices=("cpu", "gpu"), help="the preset's scale (presets.preset)")
     parser.add_argument("--name", default=None, help="output file stem after stability_ (ENV_NAME, or NAME if it holds ENV; default: ENV)")
     parser.add_argument("--sweep", action="append", default=[], metavar="FIELD=V1,V2",
                         help="sweep a float hyper-parameter within the same vmapped program (repeat for a grid)")
@@ -157,7 +158,7 @@ def main():
     seeds = list(range(num_seeds))
     threshold = args.threshold if args.threshold is not None else THRESHOLDS.get(args.env)
     overrides = {**DEFAULT_RUNS.get(args.env, {}), **parse_overrides(args.set)}
-    config = preset(args.env, **overrides)
+    config = preset(args.env, scale=args.scale, **overrides)
     members, settings = sweep_settings(config, args.sweep)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,7 @@ import numpy as np
 from common import RESULTS, command_line, jsonable, machine, parse_overrides, today, versions
 from purempo import acting, driver, envs, replay
 from purempo.presets import preset
-from purempo.train import learner_step, make_networks, make_optimizer, make_trainer
+from purempo.train import learner_step, make_networks, make_optimizers, make_trainer
 
 CHUNK_ITERATIONS = 8
 
@@ -182,7 +182,7 @@ def profile_learner(config, repeats: int = 20):
     env = envs.make(config.env, config.backend, config.impl)
     trainer = make_trainer(config)
     state = jax.jit(trainer.init)(jax.random.PRNGKey(0))
-    nets, optimizer, hp = make_networks(config, env.action_size), make_optimizer(config), config.hparams
+    nets, optimizer, hp = make_networks(config, env.action_size), make_optimizers(config), config.hparams
     buffer = state.replay._replace(size=jnp.asarray(config.capacity_per_env, state.replay.size.dtype))
 
     def updates(learner, key):
@@ -308,7 +308,7 @@ def gpu_programs(config):
     key = jax.random.PRNGKey(0)
     state = jax.eval_shape(trainer.init, key)
     nets = make_networks(config, env.action_size, envs.views(env))
-    optimizer, hp = make_optimizer(config), config.hparams
+    optimizer, hp = make_optimizers(config), config.hparams
     batch = jax.eval_shape(lambda r, k: replay.sample(r, k, config.batch_size, config.sequence_length),
                            state.replay, key)
 

@@ -21,8 +21,8 @@ def env_action(action: chex.Array) -> chex.Array:
 
 
 class EpisodeStats(NamedTuple):
-    return_sum: chex.Array  # [] sum of returns of episodes that finished during the unroll
-    count: chex.Array  # [] number of finished episodes
+    return_sum: chex.Array  # [] sum of returns of whole episodes that finished during the unroll
+    count: chex.Array  # [] number of whole episodes finished (a staggered first episode is not one)
     nonfinite: chex.Array  # [] steps whose observation or reward was not finite (each ended its episode)
 
 
@@ -79,6 +79,9 @@ def rollout(env, policy, policy_params, obs_stats, env_state, key, unroll_length
     (env_state, noise), (transitions, finished_return, finished, nonfinite) = jax.lax.scan(
         one_step, (env_state, noise), jax.random.split(key, unroll_length)
     )
-    stats = EpisodeStats(return_sum=jnp.sum(finished_return), count=jnp.sum(finished).astype(jnp.float32),
+    # A staggered first episode (NaN return, `envs.reset`) ended but is not a whole episode: not counted.
+    counted = finished & jnp.isfinite(finished_return)
+    stats = EpisodeStats(return_sum=jnp.sum(jnp.where(counted, finished_return, 0.0)),
+                         count=jnp.sum(counted).astype(jnp.float32),
                          nonfinite=jnp.sum(nonfinite).astype(jnp.float32))
     return env_state, transitions, stats, noise

@@ -37,7 +37,7 @@ class TrainArgs:
     overwrite: bool = False
     """Delete the run already in --run-dir (config.json, metrics.jsonl, sweep.json, checkpoints/, tb/) and start anew."""
     scale: Literal["auto", "cpu", "gpu"] = "auto"
-    """Preset sizes: cpu (tens to hundreds of envs), gpu (thousands of envs, large batches), auto: gpu on a GPU or TPU backend."""
+    """Preset sizes: cpu (tens to hundreds of envs), gpu (1,024 envs, batches of 1,024 sequences), auto: gpu on a GPU or TPU backend for an env whose GPU preset has a committed learning curve (CheetahRun), cpu otherwise. Every other GPU preset is untested."""
     compile_cache: bool = True
     """Keep the run's compiled programs in JAX's persistent compilation cache ($XDG_CACHE_HOME/purempo/xla, or $JAX_COMPILATION_CACHE_DIR), so that a second run of the same setup skips XLA's compilation."""
     coordinator: Optional[str] = None
@@ -182,7 +182,10 @@ def _train_defaults(argv: List[str]) -> TrainArgs:
     scale = _flag_value(argv, "--scale") or "auto"
     if scale not in ("auto", "cpu", "gpu"):
         raise UsageError(f"invalid --scale={scale!r}: must be auto, cpu or gpu")
-    return TrainArgs(config=presets.preset(env, scale=presets.default_scale() if scale == "auto" else scale))
+    scale, note = presets.resolve_scale(env, scale)
+    if note and not {"-h", "--help"} & set(argv):
+        print(f"purempo: note: {note}", file=sys.stderr)
+    return TrainArgs(config=presets.preset(env, scale=scale))
 
 
 def parse_train_args(argv: List[str]) -> TrainArgs:

@@ -60,7 +60,9 @@ class Config:
     reward_scale: float = 1.0
     """Multiplies the training envs' rewards, as a reward-scaling env wrapper would (the replay stores scaled rewards); evaluation runs the unscaled env and every reported return is unscaled."""
     reward_normalization: bool = True
-    """Divide the learner's rewards by their root mean square over the prefill data (over the first iteration if prefill_steps is 0), a constant for the rest of the run: critic, temperatures and learning rates then see the same numbers whatever the reward scale."""
+    """Divide the learner's rewards by their root mean square over the prefill and at least one time limit's worth of steps per env (updated until then), a constant for the rest of the run: critic, temperatures and learning rates then see the same numbers whatever the reward scale."""
+    stagger_starts: bool = True
+    """Start each env's first episode at a step counter drawn uniformly below the time limit, so that envs that never terminate (DM Control) do not all truncate on the same step for the whole run (exact: truncations bootstrap; such a shortened first episode's return is not reported)."""
 
     # --- replay. Replay: capacity, prefill and the sampled sequences.
     replay_size: int = 1_048_576
@@ -259,7 +261,7 @@ class Config:
 # `purempo train --help` lists the flags in this order, and `config.concern(name)` reads one section.
 CONCERNS: Dict[str, Tuple[str, ...]] = {
     "env": ("env", "backend", "impl", "episode_length", "num_envs", "reset_pool_size", "reward_scale",
-            "reward_normalization"),
+            "reward_normalization", "stagger_starts"),
     "replay": ("replay_size", "prefill_steps", "batch_size", "sequence_length", "replay_obs_dtype"),
     "networks": ("policy_hidden", "critic_hidden", "critic_norm_all", "num_critics", "init_std", "min_std",
                  "obs_norm_preserves_outputs"),

@@ -300,7 +300,8 @@ class StepResult(NamedTuple):
     reward: chex.Array  # [E]
     terminated: chex.Array  # bool [E]
     truncated: chex.Array  # bool [E]: time limit reached and not terminated
-    finished_return: chex.Array  # [E] return of the episode that ended at this step (0 where none ended)
+    finished_return: chex.Array  # [E] return of the episode that ended at this step (0 where none ended; NaN for
+    #                              a staggered first episode, `reset`)
     nonfinite: chex.Array  # bool [E]: the env's observation or reward was not finite (so: terminated, reward 0)
 
 
@@ -318,15 +319,24 @@ def _per_env_map(env: Any, fn, tree, *rest):
     return jax.tree.map(lambda per_env, x, *r: fn(x, *r) if per_env else x, per_env_leaves(env), tree, *rest)
 
 
-def reset(env: Any, key: chex.PRNGKey, num_envs: int, pool_size: int = 0) -> EnvState:
-    """`num_envs` fresh envs and, if `pool_size` > 0, a pool of `pool_size` more initial states for restarts."""
+def reset(env: Any, key: chex.PRNGKey, num_envs: int, pool_size: int = 0, stagger: int = 0) -> EnvState:
+    """`num_envs` fresh envs and, if `pool_size` > 0, a pool of `pool_size` more initial states for restarts.
+
+    `stagger` T > 0 (the time limit): each env's step counter starts at a value drawn uniformly from [0, T), so
+    the time limit truncates the envs on spread-out steps instead of all on the same one (an env that never
+    terminates would otherwise keep them in lockstep for the whole run). Exact: a truncation bootstraps. Such a
+    shortened first episode has return NaN, which `step` reports as unfinished (`StepResult.finished_return`).
+    """
     states = jax.vmap(env.reset)(jax.random.split(key, num_envs + pool_size))
     sim_state = _per_env_map(env, lambda x: x[:num_envs], states)
     pool = _per_env_map(env, lambda x: x[num_envs:], states) if pool_size > 0 else None
+    episode_step = jnp.zeros((num_envs,), jnp.int32)
+    if stagger > 0:
+        episode_step = jax.random.randint(jax.random.fold_in(key, 2), (num_envs,), 0, stagger)
     return EnvState(
         sim_state=sim_state,
-        episode_step=jnp.zeros((num_envs,), jnp.int32),
-        episode_return=jnp.zeros((num_envs,), jnp.float32),
+        episode_step=episode_step,
+        episode_return=jnp.where(episode_step > 0, jnp.nan, 0.0).astype(jnp.float32),
         reset_pool=pool,
     )
 
@@ -380,13 +390,15 @@ def step(
     done = jnp.logical_or(terminated, truncated)
     episode_return = state.episode_return + reward
 
-    fresh = initial_states(env, key, num_envs, state.reset_pool)
-
     def pick(new, old):
         mask = done.reshape(done.shape + (1,) * (old.ndim - 1))
         return jnp.where(mask, new, old)
 
-    next_sim_state = _per_env_map(env, lambda old, new: pick(new, old), stepped, fresh)
+    def restart(stepped):  # gathers num_envs initial states: skipped on the steps where no episode ended
+        fresh = initial_states(env, key, num_envs, state.reset_pool)
+        return _per_env_map(env, lambda old, new: pick(new, old), stepped, fresh)
+
+    next_sim_state = jax.lax.cond(jnp.any(done), restart, lambda stepped: stepped, stepped)
     next_state = EnvState(
         sim_state=next_sim_state,
         episode_step=jnp.where(done, 0, episode_step),

@@ -27,19 +27,41 @@ def _view(obs: chex.Array, view: View) -> chex.Array:
     return obs if view is None else obs[..., view[0]:view[1]]
 
 
+class ConcatDense(nn.Module):
+    """`nn.Dense` on the concatenation `[x, y]` (same parameters, kernel `[I_x + I_y, H]`, and initialisation),
+    computed as `x·W_x + b + y·W_y` with x's part broadcast over y's extra leading axes: x's product is computed
+    once for all of them (the critic's observation for the N actions sampled at a state)."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: chex.Array, y: chex.Array) -> chex.Array:
+        kernel = self.param("kernel", nn.initializers.lecun_uniform(), (x.shape[-1] + y.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        return (x @ kernel[:x.shape[-1]] + bias) + y @ kernel[x.shape[-1]:]
+
+
 class LayerNormMLP(nn.Module):
-    """`norm_all_layers`: a LayerNorm before each later ELU too, not only before the first layer's tanh."""
+    """`norm_all_layers`: a LayerNorm before each later ELU too, not only before the first layer's tanh.
+    `extra`: a second input concatenated to x's last axis (`ConcatDense`), broadcasting x over its leading axes."""
 
     hidden: Sequence[int]
     norm_all_layers: bool = False
 
     @nn.compact
-    def __call__(self, x):
-        x = nn.Dense(self.hidden[0], kernel_init=nn.initializers.lecun_uniform())(x)
-        x = jnp.tanh(nn.LayerNorm()(x))
-        for size in self.hidden[1:]:
-            x = nn.Dense(size, kernel_init=nn.initializers.lecun_uniform())(x)
-            x = nn.elu(nn.LayerNorm()(x) if self.norm_all_layers else x)
+    def __call__(self, x, extra=None):
+        # Layers named as flax names them (Dense_i, LayerNorm_i), whichever first layer is used.
+        if extra is None:
+            x = nn.Dense(self.hidden[0], kernel_init=nn.initializers.lecun_uniform(), name="Dense_0")(x)
+        else:
+            x = ConcatDense(self.hidden[0], name="Dense_0")(x, extra)
+        x = jnp.tanh(nn.LayerNorm(name="LayerNorm_0")(x))
+        norms = 1
+        for i, size in enumerate(self.hidden[1:], start=1):
+            x = nn.Dense(size, kernel_init=nn.initializers.lecun_uniform(), name=f"Dense_{i}")(x)
+            if self.norm_all_layers:
+                x, norms = nn.LayerNorm(name=f"LayerNorm_{norms}")(x), norms + 1
+            x = nn.elu(x)
         return x
 
 
@@ -69,12 +91,13 @@ class QHead(nn.Module):
     norm_all_layers: bool = False
 
     @nn.compact
-    def __call__(self, x: chex.Array) -> chex.Array:
-        return nn.Dense(1)(LayerNormMLP(self.hidden, self.norm_all_layers)(x))[..., 0]
+    def __call__(self, obs: chex.Array, action: chex.Array) -> chex.Array:
+        return nn.Dense(1)(LayerNormMLP(self.hidden, self.norm_all_layers)(obs, action))[..., 0]
 
 
 class Critic(nn.Module):
-    """Q_φ(s, a) → scalar per (state, action) pair; leading dims broadcast.
+    """Q_φ(s, a) → scalar per (state, action) pair; leading dims broadcast (obs `[..., O]` against actions
+    `[N, ..., A]`: N actions per state).
 
     `num_members` > 1 makes an ensemble of independently initialised Q networks (parameters stacked on a leading
     axis under "members") and the output gains a leading `[K]` axis; 1 keeps a single network and no such axis.
@@ -88,15 +111,14 @@ class Critic(nn.Module):
 
     @nn.compact
     def __call__(self, obs: chex.Array, action: chex.Array) -> chex.Array:
+        # The first layer sees [obs, action]; obs's part is computed once for all the actions it is broadcast to.
         obs = _view(obs, self.view)
-        obs = jnp.broadcast_to(obs, action.shape[:-1] + obs.shape[-1:])
-        x = jnp.concatenate([obs, action], axis=-1)
         if self.num_members == 1:
-            h = LayerNormMLP(self.hidden, self.norm_all_layers)(x)
+            h = LayerNormMLP(self.hidden, self.norm_all_layers)(obs, action)
             return nn.Dense(1)(h)[..., 0]
         members = nn.vmap(QHead, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=None,
                           out_axes=0, axis_size=self.num_members)
-        return members(self.hidden, self.norm_all_layers, name="members")(x)
+        return members(self.hidden, self.norm_all_layers, name="members")(obs, action)
 
 
 def distribution(mean: chex.Array, std: chex.Array) -> distrax.MultivariateNormalDiag:

@@ -3,9 +3,10 @@ reward scale (root mean square of the rewards seen while it is being estimated).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import chex
+import jax
 import jax.numpy as jnp
 
 
@@ -19,12 +20,19 @@ def init(size: int) -> RunningStats:
     return RunningStats(jnp.zeros(()), jnp.zeros((size,)), jnp.zeros((size,)))
 
 
-def update(stats: RunningStats, batch: chex.Array) -> RunningStats:
-    """Merges a batch `[..., O]` into the statistics (Chan et al. parallel algorithm)."""
+def update(stats: RunningStats, batch: chex.Array, axis_name: Optional[str] = None) -> RunningStats:
+    """Merges a batch `[..., O]` into the statistics (Chan et al. parallel algorithm). With `axis_name` (inside
+    `shard_map`) the batch is every device's part together: the devices' moments are merged with the same
+    formula, three O-vectors each instead of gathering the observations."""
     batch = batch.reshape(-1, stats.mean.shape[0]).astype(jnp.float32)
     n_b = jnp.asarray(batch.shape[0], jnp.float32)
     mean_b = jnp.mean(batch, axis=0)
     sum_sq_b = jnp.sum((batch - mean_b) ** 2, axis=0)
+    if axis_name is not None:
+        total = jax.lax.psum(n_b, axis_name)
+        mean_all = jax.lax.psum(n_b * mean_b, axis_name) / total
+        sum_sq_b = jax.lax.psum(sum_sq_b + n_b * (mean_b - mean_all) ** 2, axis_name)
+        n_b, mean_b = total, mean_all
     count = stats.count + n_b
     delta = mean_b - stats.mean
     mean = stats.mean + delta * n_b / count
@@ -70,9 +78,13 @@ def init_reward_scale() -> RewardScale:
     return RewardScale(jnp.zeros(()), jnp.zeros(()))
 
 
-def update_reward_scale(stats: RewardScale, rewards: chex.Array) -> RewardScale:
+def update_reward_scale(stats: RewardScale, rewards: chex.Array, axis_name: Optional[str] = None) -> RewardScale:
+    """Adds the rewards' squares and count (summed over the devices along `axis_name`, if given)."""
     rewards = rewards.astype(jnp.float32)
-    return RewardScale(stats.sum_sq + jnp.sum(rewards**2), stats.count + rewards.size)
+    sum_sq, count = jnp.sum(rewards**2), jnp.asarray(rewards.size, jnp.float32)
+    if axis_name is not None:
+        sum_sq, count = jax.lax.psum(sum_sq, axis_name), jax.lax.psum(count, axis_name)
+    return RewardScale(stats.sum_sq + sum_sq, stats.count + count)
 
 
 def reward_divisor(stats: RewardScale) -> chex.Array:

@@ -8,19 +8,16 @@ network size scaled to the task (humanoid: 244-dim observations, 17 actions); th
 A MuJoCo Playground env gets the shared `_PLAYGROUND` settings (plus `PLAYGROUND_OVERRIDES[env]`); any other
 env without a preset gets the defaults with `env` set. Every field can be overridden.
 
-Two scales (`preset(env, scale=...)`; `default_scale()` picks "gpu" on a GPU/TPU back end, else "cpu"):
+Two scales (`preset(env, scale=...)`; `resolve_scale` says what `purempo train --scale auto` picks):
 
 - ``"cpu"`` (the default): `PRESETS` / `_PLAYGROUND` above, 64-256 envs, sized for a CPU (the presets
   measured in docs/journal.md ran at this scale).
-- ``"gpu"``: the same per-env settings (networks, learning rates, KL bounds, per-task overrides) with the
-  scale fields replaced by `gpu_settings(env)` for every locomotion/Brax preset (ant, humanoid, halfcheetah,
-  hopper, walker2d, reacher, pusher, and Brax envs without a preset) and every MuJoCo Playground env:
-  1,024-8,192 envs, batches of thousands of sequences, `updates_per_iteration` from a target replay ratio
-  (`updates_for_replay_ratio`), a replay of >= 3 episodes per env, a reset pool of num_envs starts, 128
-  evaluation episodes, a prefill of a few iterations, Polyak targets and tens of millions of env steps.
-  The tiny envs in `CPU_ONLY` (inverted_pendulum, inverted_double_pendulum, fast) keep their CPU settings: a
-  100k-step run has nothing to gain from 4,096 envs. GPU presets are sized from published settings and
-  `benchmarks/throughput.py --scale gpu` estimates; they have not been trained with yet.
+- ``"gpu"``: the same per-env settings (networks, learning rates, per-update KL bounds, per-task overrides) with
+  the scale fields replaced by `gpu_settings(env)` for every locomotion/Brax preset and every MuJoCo Playground
+  env: 1,024 envs, batches of 1,024 sequences, one update per 256 env steps at a replay ratio of 32 (the
+  Playground CPU preset's; twice the locomotion one's), targets as far behind in env steps as the CPU preset's, a replay of 4 episodes per env (docs/journal.md
+  §9). The tiny envs in `CPU_ONLY` keep their CPU settings. `MEASURED_GPU` lists the GPU presets with a committed
+  learning curve; `--scale auto` on an accelerator uses only those.
 
 Replay ratio = sampled transitions per env step = updates_per_iteration * batch_size * sequence_length /
 (num_envs * unroll_length) (`replay_ratio`). CPU presets: 16 (locomotion), 32 (Playground).
@@ -29,7 +26,7 @@ Replay ratio = sampled transitions per env step = updates_per_iteration * batch_
 from __future__ import annotations
 
 import math
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
 from purempo.config import Config
 
@@ -127,68 +124,87 @@ def updates_for_replay_ratio(ratio: float, num_envs: int, unroll_length: int, ba
     return max(1, round(ratio * num_envs * unroll_length / (batch_size * sequence_length)))
 
 
-def _gpu(num_envs: int, unroll_length: int, batch_size: int, ratio: float, total_steps: int,
-         episode_length: int = 1000, episodes_in_replay: int = 3, prefill_iterations: int = 4,
-         sequence_length: int = 8, **extra) -> Dict[str, Any]:
-    """The scale fields of a GPU preset: `ratio` sampled transitions per env step in updates of `batch_size`
-    sequences, a replay of `episodes_in_replay` episodes per env (rounded up to a multiple of 1,024 steps), a
-    reset pool of num_envs starts, a prefill of `prefill_iterations` iterations and Polyak targets."""
-    steps_per_env = -(-episodes_in_replay * episode_length // 1024) * 1024
+def env_steps_per_update(config: Config) -> float:
+    """Env steps one SGD update stands for: num_envs · unroll_length / updates_per_iteration."""
+    return config.num_envs * config.unroll_length / config.updates_per_iteration
+
+
+def target_lag_env_steps(config: Config) -> float:
+    """How far behind the online networks the targets are, in env steps: a hard copy every period updates lags
+    them by the period; Polyak averaging with τ by about 1/τ updates."""
+    updates = config.target_update_period if config.target_update_period > 0 else 1.0 / config.tau
+    return updates * env_steps_per_update(config)
+
+
+def _gpu(cpu: Config, num_envs: int = 1024, unroll_length: int = 4, batch_size: int = 1024,
+         sequence_length: int = 8, ratio: float = 32.0, total_steps: int = 10_000_000, prefill_iterations: int = 2,
+         episodes_in_replay: int = 4, **extra) -> Dict[str, Any]:
+    """The scale fields of a GPU preset built from the CPU preset `cpu`: `ratio` sampled transitions per env step
+    in updates of `batch_size` sequences (one update per 256 env steps by default), targets that lag the online
+    networks by as many env steps as the CPU preset's (a hard copy every few updates, or Polyak with τ scaled),
+    and the CPU preset's per-update KL bounds, which then allow as much movement per env step as on the CPU."""
+    updates = updates_for_replay_ratio(ratio, num_envs, unroll_length, batch_size, sequence_length)
+    per_update = num_envs * unroll_length / updates
+    lag = target_lag_env_steps(cpu)
+    if cpu.target_update_period > 0:
+        target = dict(target_update_period=max(1, round(lag / per_update)))
+    else:
+        target = dict(target_update_period=0, tau=min(1.0, per_update / lag))
+    limit = cpu.episode_length or 1000
+    steps_per_env = -(-episodes_in_replay * limit // 1024) * 1024
     return dict(
         num_envs=num_envs, unroll_length=unroll_length, batch_size=batch_size, sequence_length=sequence_length,
-        updates_per_iteration=updates_for_replay_ratio(ratio, num_envs, unroll_length, batch_size, sequence_length),
-        replay_size=steps_per_env * num_envs, reset_pool_size=num_envs,
+        updates_per_iteration=updates, replay_size=steps_per_env * num_envs, reset_pool_size=num_envs,
         prefill_steps=prefill_iterations * num_envs * unroll_length, eval_episodes=128, num_evals=20,
-        total_steps=total_steps, target_update_period=0, tau=0.1, **extra)
+        total_steps=total_steps, **target, **extra)
 
 
-# GPU scale. Published settings these follow:
-# - FastTD3 on Playground (Seo et al. 2025, arXiv 2505.22642): 1,024 envs, batches of 32,768 transitions,
-#   2 updates per lockstep step (64 sampled transitions per env step), 10,240 replay steps per env, γ 0.97, τ 0.1.
-# - FastSAC (Seo et al. 2025, FastTD3's authors' SAC): batches of 8,192 transitions, 8 updates per step, τ 0.125.
-# - Playground's Brax configs (`mujoco_playground.config`): DM Control PPO 2,048 envs, γ 0.995; DM Control SAC
-#   128 envs, batch 512, 8 updates per step (32 sampled transitions per env step), γ 0.99, 4M replay; locomotion
-#   and manipulation PPO 1,024-8,192 envs, γ 0.97.
-# Every GPU preset: batches of 4,096 sequences × 8 steps = 32,768 transitions (FastTD3's batch); an unroll of 8
-# steps per iteration; Polyak targets with FastTD3's τ 0.1 (a hard copy every 50 updates would be 50 × 32k env
-# steps apart); 3 episodes of replay per env (about FastTD3's 10-12M transitions in all); 128 evaluation episodes.
-# Replay ratios stay far below FastTD3's 64 so that training keeps up with >= 0.5× the simulation rate on one
-# H100 (`benchmarks/throughput.py --scale gpu`): few, large updates keep the GPU busy, many small sequential ones
-# idle it. These sizes trade sample efficiency for wall time and have not been trained with yet
-# (docs/journal.md §7, §8).
-_GPU_BATCH = 4096
-# Brax locomotion (generalized physics): replay ratio 8, one update of 32,768 transitions per lockstep step of
-# 4,096 envs; training estimated at 0.94× ant's simulation rate (a lower bound: Brax PPO's training rate;
-# docs/journal.md §8).
-_GPU_LOCOMOTION = dict(num_envs=4096, unroll_length=8, batch_size=_GPU_BATCH, ratio=8.0)
+# GPU scale (docs/journal.md §9): what an update may move is counted per update, so a GPU preset keeps the CPU
+# preset's updates per env step within 16x (one per 256 env steps, against one per 16-32 on the CPU), a replay
+# ratio of 32 sampled transitions per env step (the Playground CPU preset's), its per-update KL bounds and its target lag in env steps, and
+# spends the accelerator on 1,024 envs and batches of 1,024 sequences. On one H200 this shape ran 87k CheetahRun
+# env steps/s per seed, learning included (docs/journal.md §7).
 GPU_TOTAL_STEPS: Dict[str, int] = {
-    "ant": 50_000_000, "humanoid": 100_000_000, "halfcheetah": 20_000_000, "hopper": 20_000_000,
-    "walker2d": 20_000_000, "reacher": 10_000_000, "pusher": 20_000_000,
+    "ant": 50_000_000, "humanoid": 50_000_000, "halfcheetah": 10_000_000, "hopper": 10_000_000,
+    "walker2d": 10_000_000, "reacher": 5_000_000, "pusher": 10_000_000,
 }
-# humanoid: replay observations in bfloat16, 7.1 GB for its 12.6M transitions against 13.3 GB in float32; at
-# ratio 8 training is estimated at >= 0.5× MJX's documented 190k humanoid env steps/s on an A100
-# (docs/journal.md §8).
-_GPU_HUMANOID = dict(_GPU_LOCOMOTION, replay_obs_dtype="bfloat16")
-# DM Control Suite (Playground): Playground's DM Control PPO env count (2,048) and ratio 16, half the CPU
-# preset's 32, at which the learner would take as long as the simulation (>= 435k CheetahRun env steps/s on an
-# A100, Brax PPO's training rate in Playground's paper); at 16 the estimate is 0.67× (docs/journal.md §8).
-_GPU_DM_CONTROL = dict(num_envs=2048, unroll_length=8, batch_size=_GPU_BATCH, ratio=16.0, total_steps=20_000_000)
-# Playground locomotion and manipulation: 8,192 envs (Playground's locomotion PPO), γ 0.97 (FastTD3 and
-# Playground's PPO configs for both families), ratio 8, 50M env steps (Playground's PPO uses 100-200M).
-_GPU_PLAYGROUND_ROBOTS = dict(num_envs=8192, unroll_length=8, batch_size=_GPU_BATCH, ratio=8.0,
-                              total_steps=50_000_000, discount=0.97)
+# Playground locomotion and manipulation: γ 0.97 (FastTD3 and Playground's PPO configs for both families).
+_GPU_PLAYGROUND_ROBOTS = dict(total_steps=50_000_000, discount=0.97)
+
+# GPU presets with a committed learning curve at their own sizes; `--scale auto` selects only these.
+MEASURED_GPU = frozenset({"CheetahRun"})
 
 
-def gpu_settings(env: str) -> Dict[str, Any]:
-    """The fields `preset(env, scale="gpu")` replaces in env's CPU preset (see the comments above)."""
-    if env == "humanoid":
-        return _gpu(total_steps=GPU_TOTAL_STEPS[env], **_GPU_HUMANOID)
+def resolve_scale(env: str, scale: str) -> Tuple[str, Optional[str]]:
+    """(the scale `preset` gets for `purempo train --env ENV --scale SCALE`, a one-line note or None).
+
+    "auto" is "gpu" on an accelerator (`default_scale`) only for an env in `MEASURED_GPU`; any other env keeps
+    its CPU preset's sizes there, and the note says what its GPU preset would change and that it is untested."""
+    if scale not in ("auto",) + SCALES:
+        raise ValueError(f"invalid scale={scale!r}: must be auto, cpu or gpu")
+    if scale != "auto":
+        return scale, None
+    if default_scale() == "cpu" or env in CPU_ONLY:
+        return "cpu", None
+    if env in MEASURED_GPU:
+        return "gpu", None
+    cpu, gpu = preset(env), preset(env, scale="gpu")
+    changes = ", ".join(f"{name} {getattr(cpu, name):,} -> {getattr(gpu, name):,}" for name in
+                        ("num_envs", "batch_size", "updates_per_iteration", "target_update_period")
+                        if getattr(cpu, name) != getattr(gpu, name))
+    return "cpu", (f"{env}'s GPU preset ({changes}) has no committed learning curve, so --scale auto trains with "
+                   f"its CPU preset sizes; --scale gpu uses it (untested)")
+
+
+def gpu_settings(env: str, cpu: Optional[Config] = None) -> Dict[str, Any]:
+    """The fields `preset(env, scale="gpu")` replaces in env's CPU preset `cpu` (default: `preset(env)`)."""
+    cpu = preset(env) if cpu is None else cpu
     if env in PRESETS or not _is_playground(env):
-        return _gpu(total_steps=GPU_TOTAL_STEPS.get(env, 20_000_000), **_GPU_LOCOMOTION)
+        return _gpu(cpu, total_steps=GPU_TOTAL_STEPS.get(env, 10_000_000))
     from purempo import envs
 
-    scale = _GPU_DM_CONTROL if env in envs.dm_control_names() else _GPU_PLAYGROUND_ROBOTS
-    return _gpu(episode_length=envs.episode_length(env), **scale)
+    extra = {} if env in envs.dm_control_names() else _GPU_PLAYGROUND_ROBOTS
+    return _gpu(cpu.replace(episode_length=envs.episode_length(env)), **extra)
 
 
 def preset(env: str, scale: str = "cpu", **overrides) -> Config:
@@ -206,7 +222,7 @@ def preset(env: str, scale: str = "cpu", **overrides) -> Config:
     if scale == "gpu" and env not in CPU_ONLY:
         if not base:  # a Brax env without a preset: the locomotion settings
             base = _LOCOMOTION
-        base = dict(base, **gpu_settings(env))
+        base = dict(base, **gpu_settings(env, Config(env=env, **base)))
     return Config(env=env, **{**base, **overrides})
 
 

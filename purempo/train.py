@@ -64,6 +64,18 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.scale_by_adam())
 
 
+class Optimizers(NamedTuple):
+    networks: optax.GradientTransformation  # policy and critic, each clipped by its own global norm
+    duals: optax.GradientTransformation
+
+
+def make_optimizers(config: Config) -> Optimizers:
+    """The networks' `make_optimizer`; for the log-space duals Adam with each gradient clipped on its own (to
+    ±max_grad_norm): under one global-norm clip a multiplier's gradient α·(ε − KL), which grows with α, would
+    scale down η's step exactly when the trust region is in trouble."""
+    return Optimizers(make_optimizer(config), optax.chain(optax.clip(config.max_grad_norm), optax.scale_by_adam()))
+
+
 def apply_updates(optimizer, grads, opt_state, params, learning_rate):
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = jax.tree.map(lambda p, u: p - learning_rate * u, params, updates)
@@ -147,7 +159,7 @@ def policy_learning_rate(hp: HParams, num_updates: chex.Array) -> chex.Array:
 
 
 def learner_step(learner: LearnerState, obs_stats, reward_divisor, batch: Transition, key, hp: HParams,
-                 config: Config, nets: Networks, optimizer, axis_name: Optional[str] = None):
+                 config: Config, nets: Networks, optimizers: Optimizers, axis_name: Optional[str] = None):
     """One SGD update of critic, policy and duals, then the target-network update.
 
     With `axis_name` (inside `shard_map` over devices, each with its own part of the batch) the gradients
@@ -161,12 +173,13 @@ def learner_step(learner: LearnerState, obs_stats, reward_divisor, batch: Transi
         grads = jax.lax.pmean(grads, axis_name)
         metrics = sharding.reduce_metrics(metrics, axis_name)
     policy_grads, critic_grads, dual_grads = grads
-    policy_params, policy_opt = apply_updates(optimizer, policy_grads, learner.policy_opt_state,
+    policy_params, policy_opt = apply_updates(optimizers.networks, policy_grads, learner.policy_opt_state,
                                               learner.policy_params, policy_learning_rate(hp, learner.num_updates))
-    critic_params, critic_opt = apply_updates(optimizer, critic_grads, learner.critic_opt_state,
+    critic_params, critic_opt = apply_updates(optimizers.networks, critic_grads, learner.critic_opt_state,
                                               learner.critic_params, hp.critic_lr)
-    dual_params, dual_opt = apply_updates(optimizer, dual_grads, learner.dual_opt_state,
+    dual_params, dual_opt = apply_updates(optimizers.duals, dual_grads, learner.dual_opt_state,
                                           learner.dual_params, hp.dual_lr)
+    metrics.update(dual_grad_norm=optax.global_norm(dual_grads))
     dual_params = mpo.project_dual_params(dual_params, hp.min_alpha)
     num_updates = learner.num_updates + 1
     if config.target_update_period > 0:
@@ -228,15 +241,15 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
     obs_dim, action_dim = envs.observation_size(env), env.action_size
     views = envs.views(env)
     nets = make_networks(config, action_dim, views)
-    optimizer = make_optimizer(config)
+    optimizers = make_optimizers(config)
 
     def env_steps(state: TrainState) -> chex.Array:
         """Env steps taken, as float32 (exact below 2²⁴ ≈ 16.8M). `state.iteration` is the exact count: int32
         iterations do not overflow in any realistic run, where an int32 step count would after 2³¹ steps."""
         return state.iteration.astype(jnp.float32) * config.steps_per_iteration
 
-    # Iterations whose rewards set the reward divisor: the prefill, or the first iteration without one.
-    reward_estimation_iterations = max(config.prefill_iterations, 1)
+    # Iterations whose rewards set the reward divisor: the prefill, and at least one episode (time limit) per env.
+    reward_estimation_iterations = max(config.prefill_iterations, -(-limit // config.unroll_length), 1)
 
     def collect(state: TrainState, policy_params, key, hp: HParams):
         env_state, transitions, episodes, noise = acting.rollout(
@@ -248,14 +261,17 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
         estimating = state.iteration < reward_estimation_iterations
         reward_stats = jax.tree.map(
             lambda new, old: jnp.where(estimating, new, old),
-            normalizer.update_reward_scale(state.reward_stats, sharding.gather(transitions.reward, axis, 1)),
+            normalizer.update_reward_scale(state.reward_stats, transitions.reward, axis),
             state.reward_stats,
         )
-        # Statistics of every device's envs (all-gathered in env order): the same on every device.
-        obs_stats = normalizer.update(state.obs_stats, sharding.gather(transitions.obs, axis, 1))
+        # Statistics of every device's envs (their moments merged): the same on every device.
+        obs_stats = normalizer.update(state.obs_stats, transitions.obs, axis)
         learner = state.learner
         if config.obs_norm_preserves_outputs:
-            learner = preserve_outputs(learner, state.obs_stats, obs_stats, views)
+            # Before the first update the networks are their initialisation: there is nothing to preserve, and
+            # preserving it through the prefill would make them start on raw-scale inputs.
+            preserved = preserve_outputs(learner, state.obs_stats, obs_stats, views)
+            learner = jax.tree.map(lambda p, x: jnp.where(learner.num_updates > 0, p, x), preserved, learner)
         state = state._replace(
             learner=learner,
             env_state=env_state,
@@ -272,7 +288,7 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
         key, env_key, policy_key, critic_key = jax.random.split(key, 4)
         # Every device draws its own envs; the networks start from the same key, so they start replicated.
         env_key = sharding.per_device(env_key, axis)
-        env_state = envs.reset(env, env_key, num_envs, pool_size)
+        env_state = envs.reset(env, env_key, num_envs, pool_size, limit if config.stagger_starts else 0)
         dummy_obs, dummy_action = jnp.zeros((obs_dim,)), jnp.zeros((action_dim,))
         policy_params = nets.policy.init(policy_key, dummy_obs)
         critic_params = nets.critic.init(critic_key, dummy_obs, dummy_action)
@@ -284,9 +300,9 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
             target_policy_params=policy_params,
             target_critic_params=critic_params,
             dual_params=dual_params,
-            policy_opt_state=optimizer.init(policy_params),
-            critic_opt_state=optimizer.init(critic_params),
-            dual_opt_state=optimizer.init(dual_params),
+            policy_opt_state=optimizers.networks.init(policy_params),
+            critic_opt_state=optimizers.networks.init(critic_params),
+            dual_opt_state=optimizers.duals.init(dual_params),
             num_updates=jnp.zeros((), jnp.int32),
         )
         example = Transition(
@@ -324,7 +340,7 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
         def update(learner, k):
             sample_key, loss_key = jax.random.split(sharding.per_device(k, axis))  # each device its own envs
             batch = replay.sample(state.replay, sample_key, batch_size, config.sequence_length)
-            return learner_step(learner, state.obs_stats, divisor, batch, loss_key, hp, config, nets, optimizer,
+            return learner_step(learner, state.obs_stats, divisor, batch, loss_key, hp, config, nets, optimizers,
                                 axis)
 
         def learn(learner):

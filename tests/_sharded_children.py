@@ -36,7 +36,7 @@ def learner_step(out):
     config = TINY.replace(batch_size=8)
     trainer = train.make_trainer(config)
     state = trainer.init(jax.random.PRNGKey(0))
-    optimizer = train.make_optimizer(config)
+    optimizers = train.make_optimizers(config)
     obs_dim, action_dim, (batch, length) = state.obs_stats.mean.shape[0], 1, (8, config.sequence_length)
     nets = train.make_networks(config, action_dim)  # inverted_pendulum: one action
     k = iter(jax.random.split(jax.random.PRNGKey(1), 8))
@@ -53,7 +53,7 @@ def learner_step(out):
     mesh = sharding.make_mesh(4)
 
     def step(learner, shard):
-        return train.learner_step(learner, state.obs_stats, 1.0, shard, key, hp, config, nets, optimizer,
+        return train.learner_step(learner, state.obs_stats, 1.0, shard, key, hp, config, nets, optimizers,
                                   sharding.AXIS)
 
     sharded, metrics = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(sharding.AXIS)), out_specs=(P(), P()),
@@ -65,14 +65,14 @@ def learner_step(out):
                                                      jax.tree.map(lambda x: x[2 * d:2 * d + 2], data), key, hp,
                                                      config, nets)[0] for d in range(4)]
     mean = jax.tree.map(lambda *g: np.mean(np.stack(g), axis=0), *grads)
-    policy, policy_opt = train.apply_updates(optimizer, mean[0], learner.policy_opt_state, learner.policy_params,
+    policy, policy_opt = train.apply_updates(optimizers.networks, mean[0], learner.policy_opt_state, learner.policy_params,
                                              train.policy_learning_rate(hp, learner.num_updates))
-    critic, critic_opt = train.apply_updates(optimizer, mean[1], learner.critic_opt_state, learner.critic_params,
+    critic, critic_opt = train.apply_updates(optimizers.networks, mean[1], learner.critic_opt_state, learner.critic_params,
                                              hp.critic_lr)
     # Adam's update hardly sees a gradient's scale, its first moment does: summed gradients would show there.
     summed = jax.tree.map(lambda *g: np.sum(np.stack(g), axis=0), *grads)
     gap = lambda a, b: max(float(np.max(np.abs(x - y))) for x, y in zip(_leaves(a), _leaves(b)))  # noqa: E731
-    _, critic_opt_if_summed = train.apply_updates(optimizer, summed[1], learner.critic_opt_state,
+    _, critic_opt_if_summed = train.apply_updates(optimizers.networks, summed[1], learner.critic_opt_state,
                                                   learner.critic_params, hp.critic_lr)
     json.dump(dict(policy_gap=gap(sharded.policy_params, policy), critic_gap=gap(sharded.critic_params, critic),
                    critic_moved=gap(critic, learner.critic_params),

@@ -160,3 +160,28 @@ def test_rollout_noise_persists_within_an_episode_restarts_after_it_and_is_retur
     np.testing.assert_allclose(np.asarray(noise)[running, 0], n[-1][running], rtol=1e-4, atol=1e-4)
     expected = stats.norm.logpdf(tr.action.astype(np.float64), pi_mean, pi_std).sum(-1)
     np.testing.assert_allclose(tr.behaviour_log_prob, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_staggered_starts_count_only_whole_episodes(setup):
+    """With staggered counters (`envs.reset(..., stagger=T)`), a naive walk over the transitions (a step ends an
+    episode where it terminated or truncated; the first episode of an env whose counter started above 0 is not a
+    whole one) gives the rollout's episode count and return sum; counters start spread over [0, T)."""
+    env, policy, params, obs_stats = setup["env"], setup["policy"], setup["params"], setup["obs_stats"]
+    env_state = envs.reset(env, jax.random.PRNGKey(7), 32, 16, stagger=EPISODE_LENGTH)
+    offsets = np.asarray(env_state.episode_step)
+    assert offsets.min() >= 0 and offsets.max() < EPISODE_LENGTH and len(set(offsets.tolist())) == EPISODE_LENGTH
+    _, tr, episodes, _ = jax.device_get(jax.jit(
+        lambda s, k: acting.rollout(env, policy, params, obs_stats, s, k, UNROLL, EPISODE_LENGTH))(
+            env_state, jax.random.PRNGKey(8)))
+    count, total = 0, 0.0
+    for e in range(32):
+        partial, ret, steps = offsets[e] > 0, 0.0, offsets[e]
+        for t in range(UNROLL):
+            ret, steps = ret + float(tr.reward[t, e]), steps + 1
+            assert bool(tr.truncated[t, e]) == (steps >= EPISODE_LENGTH and not tr.terminated[t, e])
+            if tr.terminated[t, e] or tr.truncated[t, e]:
+                if not partial:
+                    count, total = count + 1, total + ret
+                partial, ret, steps = False, 0.0, 0
+    assert count > 0 and float(episodes.count) == count
+    np.testing.assert_allclose(float(episodes.return_sum), total, rtol=1e-6)

@@ -517,15 +517,22 @@ def test_plot_writes_a_png_and_reports_bad_metrics_in_one_line(capsys, tiny_run,
     assert not (tmp_path / "other.png").exists()
 
 
-def test_on_a_gpu_backend_env_presets_are_accelerator_sized(monkeypatch):
-    # `purempo train --env ant` on a GPU must not run the 64-env CPU preset: --scale auto follows the backend.
+def test_on_a_gpu_backend_auto_scale_uses_only_measured_gpu_presets(monkeypatch, capsys):
+    # --scale auto on a GPU: a GPU preset with a committed curve (CheetahRun) is used; an untested one (ant) is
+    # not, and one line says what it would change.
     from purempo import presets
 
     monkeypatch.setattr(presets, "default_scale", lambda: "gpu")
-    config = cli.parse_train_args(["--env", "ant"]).config
-    assert config == presets.preset("ant", scale="gpu") and 1024 <= config.num_envs <= 8192
+    assert cli.parse_train_args(["--env", "CheetahRun"]).config == presets.preset("CheetahRun", scale="gpu")
+    assert capsys.readouterr().err == ""
+    assert cli.parse_train_args(["--env", "ant"]).config == presets.preset("ant", scale="cpu")
+    note = capsys.readouterr().err
+    assert note.count("\n") == 1 and note.startswith("purempo: note: ant's GPU preset") and "untested" in note
+    assert cli.parse_train_args(["--env", "ant", "--scale", "gpu"]).config == presets.preset("ant", scale="gpu")
     assert cli.parse_train_args(["--env", "ant", "--scale", "cpu"]).config == presets.preset("ant", scale="cpu")
-    assert cli.parse_train_args(["--env", "ant", "--num-envs", "2048"]).config.num_envs == 2048
+    assert capsys.readouterr().err == ""
+    assert cli.parse_train_args(["--env", "ant", "--scale", "gpu", "--num-envs", "2048", "--prefill-steps",
+                                 "24576"]).config.num_envs == 2048
     monkeypatch.setattr(presets, "default_scale", lambda: "cpu")
     assert cli.parse_train_args(["--env", "ant"]).config.num_envs == presets.PRESETS["ant"]["num_envs"]
-    assert cli.parse_train_args(["--env", "ant", "--scale", "gpu"]).config == presets.preset("ant", scale="gpu")
+    assert capsys.readouterr().err == ""

@@ -49,6 +49,29 @@ def test_single_update_matches_numpy():
     np.testing.assert_allclose(np.asarray(stats.sum_sq_dev) / float(stats.count), flat.var(0), rtol=1e-4)
 
 
+def test_devices_merge_their_moments_into_the_statistics_of_all_their_data():
+    """With `axis_name`, each of 4 devices (here: vmap members along a named axis) merges its own `[T, E, O]`
+    part; every device ends with numpy's count, mean and variance over all devices' rows, after two merges into
+    existing statistics. The reward scale likewise sums every device's squares and count."""
+    rng = np.random.default_rng(5)
+    first, second = (rng.normal([5.0, -2.0, 0.0, 100.0, 1.0], [0.1, 1.0, 3.0, 10.0, 0.5], (4, 3, 2, SIZE))
+                     .astype(np.float32) for _ in range(2))
+    rewards = rng.normal(0.3, 2.0, (4, 3, 2)).astype(np.float32)
+
+    def merge(a, b, r):
+        stats = normalizer.update(normalizer.update(normalizer.init(SIZE), a, "d"), b, "d")
+        return stats, normalizer.update_reward_scale(normalizer.init_reward_scale(), r, "d")
+
+    stats, scale = jax.device_get(jax.vmap(merge, axis_name="d")(first, second, rewards))
+    data = np.concatenate([first.reshape(-1, SIZE), second.reshape(-1, SIZE)]).astype(np.float64)
+    for d in range(4):
+        assert float(stats.count[d]) == data.shape[0] == 48
+        np.testing.assert_allclose(stats.mean[d], data.mean(0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(stats.sum_sq_dev[d] / stats.count[d], data.var(0), rtol=1e-4)
+        assert float(scale.count[d]) == rewards.size
+        np.testing.assert_allclose(scale.sum_sq[d], np.sum(rewards.astype(np.float64) ** 2), rtol=1e-5)
+
+
 def test_normalize_before_any_update_is_clipped_identity():
     """With no data, normalize returns the input clipped to ±10."""
     obs = np.array([[0.0, 1.5, -3.0, 25.0, -11.0], [9.99, -9.99, 10.0, -10.0, 1e-3]], np.float32)

@@ -82,46 +82,48 @@ def test_replay_ratio_helper_examples_and_errors():
             presets.updates_for_replay_ratio(bad, 64, 4, 64, 8)
 
 
-def _check_gpu_bounds(config: Config):
-    assert 1024 <= config.num_envs <= 8192
-    assert config.batch_size >= 1024  # thousands of sequences
-    assert config.batch_size * config.sequence_length >= 8192  # at least FastSAC's batch in transitions
-    assert config.capacity_per_env >= 3 * envs.time_limit(config)
-    assert config.replay_size == config.capacity_per_env * config.num_envs
-    assert config.reset_pool_size >= config.num_envs
-    assert config.eval_episodes >= 128
-    assert 1 <= config.prefill_iterations <= 8
-    assert config.total_steps >= 10_000_000
-    assert config.target_update_period == 0 and 0.0 < config.tau <= 0.125  # Polyak (FastTD3 0.1, FastSAC 0.125)
-    ratio = presets.replay_ratio(config.num_envs, config.unroll_length, config.updates_per_iteration,
-                                 config.batch_size, config.sequence_length)
-    assert 4.0 <= ratio <= 64.0
-    # Few, large updates: at most 2 per lockstep step (FastTD3's count).
-    assert config.updates_per_iteration <= 2 * config.unroll_length
-    return ratio
+def _check_gpu_shape(gpu: Config, cpu: Config):
+    """A GPU preset: 1,024 envs, batches of 1,024 sequences, one update per 256 env steps, 32 sampled transitions
+    per env step, the CPU preset's per-update KL bounds and its target lag in env steps (within 25%)."""
+    assert gpu.num_envs == 1024 and gpu.batch_size >= 1024
+    assert presets.env_steps_per_update(gpu) == 256.0
+    assert gpu.num_envs * gpu.unroll_length / gpu.updates_per_iteration == 256.0  # a naive count
+    assert presets.replay_ratio(gpu.num_envs, gpu.unroll_length, gpu.updates_per_iteration, gpu.batch_size,
+                                gpu.sequence_length) == 32.0
+    assert (gpu.epsilon_mean, gpu.epsilon_std, gpu.epsilon_per_dimension) == (
+        cpu.epsilon_mean, cpu.epsilon_std, cpu.epsilon_per_dimension)
+    lag_cpu = (cpu.target_update_period or 1 / cpu.tau) * cpu.num_envs * cpu.unroll_length / cpu.updates_per_iteration
+    lag_gpu = (gpu.target_update_period or 1 / gpu.tau) * 256.0
+    assert 0.75 <= lag_gpu / lag_cpu <= 1.25, (lag_gpu, lag_cpu)
+    assert presets.target_lag_env_steps(gpu) == pytest.approx(lag_gpu)
+    assert (gpu.target_update_period > 0) == (cpu.target_update_period > 0)
+    assert gpu.capacity_per_env >= 3 * envs.time_limit(gpu)
+    assert gpu.replay_size == gpu.capacity_per_env * gpu.num_envs
+    assert gpu.reset_pool_size >= gpu.num_envs and gpu.eval_episodes >= 128
+    assert 1 <= gpu.prefill_iterations <= 8 and gpu.total_steps >= 5_000_000
+    assert gpu.replay_obs_dtype == "float32"  # bfloat16 rounds relative to |x|: noise in log ρ
 
 
 @pytest.mark.parametrize("env", BRAX_GPU)
-def test_brax_gpu_presets_are_within_bounds(env):
-    cpu, gpu = presets.preset(env), presets.preset(env, scale="gpu")
-    _check_gpu_bounds(gpu)
-    # The per-env settings stay the CPU preset's (networks, learning rates, KL bounds, discount).
-    for field in ("policy_hidden", "critic_hidden", "critic_lr", "policy_lr", "epsilon_mean", "epsilon_std",
-                  "num_action_samples", "discount", "episode_length"):
-        assert getattr(gpu, field) == (getattr(cpu, field) if env in presets.PRESETS
-                                       else presets._LOCOMOTION.get(field, getattr(cpu, field)))
+def test_brax_gpu_presets_keep_the_cpu_presets_learning_per_env_step(env):
+    # A Brax env without a preset gets the locomotion settings at both scales' learner fields.
+    cpu = presets.preset(env) if env in presets.PRESETS else Config(env=env, **presets._LOCOMOTION)
+    gpu = presets.preset(env, scale="gpu")
+    _check_gpu_shape(gpu, cpu)
+    for field in ("policy_hidden", "critic_hidden", "critic_lr", "policy_lr", "num_action_samples", "discount",
+                  "episode_length", "alpha_gain", "normalize_penalty"):
+        assert getattr(gpu, field) == getattr(cpu, field), field
     if env in ("ant", "humanoid"):
         assert gpu.total_steps >= 50_000_000
     # Overrides still win.
-    assert presets.preset(env, scale="gpu", num_envs=2048, replay_size=2048 * 4096).num_envs == 2048
+    assert presets.preset(env, scale="gpu", num_envs=2048, replay_size=2048 * 4096,
+                          prefill_steps=3 * 2048 * 4).num_envs == 2048
 
 
-def test_humanoid_gpu_replay_memory():
-    config = presets.preset("humanoid", scale="gpu")
-    assert config.replay_obs_dtype == "bfloat16"
-    # 244-dim observations: 488 B each in bfloat16, ~567 B per transition with action, reward, flags, log-prob.
-    per_transition = 244 * 2 + 17 * 4 + 4 + 1 + 1 + 4 + 1
-    assert per_transition * config.replay_size < 8e9
+def test_the_cheetah_run_gpu_preset_is_the_measured_one():
+    gpu = presets.preset("CheetahRun", scale="gpu")
+    assert (gpu.num_envs, gpu.unroll_length, gpu.updates_per_iteration, gpu.batch_size, gpu.sequence_length,
+            gpu.target_update_period, gpu.replay_size) == (1024, 4, 16, 1024, 8, 3, 4096 * 1024)
 
 
 @pytest.mark.parametrize("env", sorted(presets.CPU_ONLY))
@@ -129,21 +131,62 @@ def test_tiny_envs_keep_their_cpu_settings_at_gpu_scale(env):
     assert presets.preset(env, scale="gpu") == presets.preset(env)
 
 
-def test_every_playground_gpu_preset_is_valid_and_within_bounds():
-    from purempo import envs
-
+def test_every_playground_gpu_preset_is_valid_and_keeps_its_cpu_settings():
     names = envs.playground_names()
     assert set(envs.dm_control_names()) <= set(names) and "CheetahRun" in names
     for env in names:
         config = presets.preset(env, scale="gpu")  # Config validates it
-        _check_gpu_bounds(config)
         cpu = presets.preset(env)
-        assert config.critic_lr == cpu.critic_lr and config.epsilon_mean == cpu.epsilon_mean
-        assert config.normalize_penalty == cpu.normalize_penalty  # per-task overrides kept
+        _check_gpu_shape(config, cpu)
+        assert config.critic_lr == cpu.critic_lr and config.normalize_penalty == cpu.normalize_penalty
         if env in envs.dm_control_names():
-            assert config.discount == 0.99 and config.num_envs == 2048
+            assert config.discount == 0.99
         else:
             assert config.discount == 0.97  # FastTD3 and Playground's locomotion/manipulation PPO
+
+
+def test_cartpole_swingup_gpu_polyak_rate_keeps_the_cpu_target_lag():
+    cpu, gpu = presets.preset("CartpoleSwingup"), presets.preset("CartpoleSwingup", scale="gpu")
+    assert cpu.target_update_period == 0 and gpu.target_update_period == 0
+    # CPU: 1/0.005 = 200 updates of 16 env steps = 3,200 env steps; GPU: 1/τ updates of 256.
+    assert gpu.tau == pytest.approx(256 / 3200)
+
+
+@pytest.mark.parametrize("backend_scale", ["cpu", "gpu"])
+def test_auto_scale_selects_only_measured_gpu_presets(monkeypatch, backend_scale):
+    monkeypatch.setattr(presets, "default_scale", lambda: backend_scale)
+    for env in ("ant", "halfcheetah", "WalkerWalk"):
+        scale, note = presets.resolve_scale(env, "auto")
+        assert scale == "cpu" and env not in presets.MEASURED_GPU
+        if backend_scale == "gpu":
+            assert "untested" in note and "num_envs 64 -> 1,024" in note and "\n" not in note
+        else:
+            assert note is None
+    for env in presets.MEASURED_GPU:
+        assert presets.resolve_scale(env, "auto") == (backend_scale, None)
+    assert presets.resolve_scale("inverted_pendulum", "auto") == ("cpu", None)
+    assert presets.resolve_scale("ant", "gpu") == ("gpu", None)
+    with pytest.raises(ValueError, match="scale"):
+        presets.resolve_scale("ant", "big")
+
+
+def test_measured_gpu_presets_have_a_committed_curve_and_the_help_names_them():
+    import json
+    from pathlib import Path
+
+    from purempo import cli
+
+    assert presets.MEASURED_GPU
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    for env in presets.MEASURED_GPU:
+        summary = json.loads((results / f"stability_{env}_gpu_shaped.json").read_text())
+        gpu = presets.preset(env, scale="gpu")
+        for field in ("num_envs", "unroll_length", "updates_per_iteration", "batch_size", "target_update_period",
+                      "epsilon_mean", "epsilon_std", "critic_lr", "policy_lr"):
+            assert summary["config"][field] == getattr(gpu, field), (env, field)
+    line = next(text for text in Path(cli.__file__).read_text().splitlines() if "committed learning curve (" in text)
+    named = line.split("committed learning curve (")[1].split(")")[0]
+    assert set(named.split(", ")) == set(presets.MEASURED_GPU)
 
 
 @pytest.mark.parametrize("backend,expected", [("gpu", "gpu"), ("cuda", "gpu"), ("rocm", "gpu"), ("tpu", "gpu"),

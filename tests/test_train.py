@@ -165,12 +165,17 @@ def test_flag_combinations_keeps_duals_positive_and_finite(reacher_scale_runs, n
         assert np.all(metrics[name][learned] > 0), name
 
 
-def test_reward_divisor_is_the_prefill_rms_and_removes_the_reward_scale(reacher_scale_runs):
+def test_reward_divisor_is_the_rms_over_one_time_limit_and_removes_the_reward_scale(reacher_scale_runs):
+    """The divisor each iteration uses is the RMS of every reward stored so far, until the prefill and one time
+    limit's worth of steps per env are in; constant after that."""
     config, state, metrics = reacher_scale_runs[True]
+    window = max(config.prefill_iterations, -(-config.episode_length // config.unroll_length))
+    assert config.prefill_iterations < window < config.num_iterations  # here the time limit sets it
     prefill_rows = config.prefill_iterations * config.unroll_length  # replay rows written during prefill
     for run, scale in enumerate((1.0, 1000.0)):
-        stored = state.replay.data.reward[run, :prefill_rows]
-        np.testing.assert_allclose(metrics["reward_divisor"][run, 0, -1], np.sqrt(np.mean(stored**2)), rtol=1e-5)
+        for i in range(config.num_iterations):
+            stored = state.replay.data.reward[run, :min(i + 1, window) * config.unroll_length]
+            np.testing.assert_allclose(metrics["reward_divisor"][run, 0, i], np.sqrt(np.mean(stored**2)), rtol=1e-5)
         np.testing.assert_allclose(state.replay.data.reward[run, :prefill_rows],
                                    scale * state.replay.data.reward[0, :prefill_rows], rtol=1e-5)
     # Stored rewards differ by 1000x, yet the learner sees the same numbers: its first updates agree.
@@ -252,7 +257,7 @@ def learner_pieces(glue_run):
     state = states[-1]
     action_dim = envs.make(GLUE.env).action_size
     nets = train.make_networks(GLUE, action_dim)
-    optimizer = train.make_optimizer(GLUE)
+    optimizers = train.make_optimizers(GLUE)
     divisor = normalizer.reward_divisor(state.reward_stats)
     batches = [replay.sample(state.replay, k, GLUE.batch_size, GLUE.sequence_length)
                for k in jax.random.split(jax.random.PRNGKey(5), 4)]
@@ -263,7 +268,7 @@ def learner_pieces(glue_run):
 
         @jax.jit
         def step(learner, batch, key):
-            return train.learner_step(learner, state.obs_stats, divisor, batch, key, hp, config, nets, optimizer)
+            return train.learner_step(learner, state.obs_stats, divisor, batch, key, hp, config, nets, optimizers)
 
         return step
 
@@ -446,9 +451,9 @@ def test_policy_learning_rate_decays_as_one_over_updates(learner_pieces, decay, 
 
 def test_exploration_correlation_reaches_acting_and_its_noise_is_carried_in_the_state(glue_run):
     """exploration_correlation travels from HParams to the rollout: after the prefill chunk (no update, so the
-    policy is the initial one as a function of raw observations) the state's exploration_noise equals the
-    standardised last stored action of every env still in its episode; with ρ = 0 and ρ = 0.9 the actions
-    differ from the same key."""
+    policy is the initial one, applied with the statistics of the observations before the last iteration) the
+    state's exploration_noise equals the standardised last stored action of every env still in its episode; with
+    ρ = 0 and ρ = 0.9 the actions differ from the same key."""
     trainer = glue_run[0]
     state0 = jax.jit(trainer.init)(jax.random.PRNGKey(0))
     chunk = jax.jit(trainer.train_chunk)
@@ -459,7 +464,9 @@ def test_exploration_correlation_reaches_acting_and_its_noise_is_carried_in_the_
         assert float(np.sum(metrics["updates"])) == 0.0  # prefill only
         last = int(state1.replay.write_index) - 1
         row = jax.tree.map(lambda x: x[last], state1.replay.data)
-        mean, std = nets.policy.apply(state0.learner.policy_params, normalizer.normalize(state0.obs_stats, row.obs))
+        earlier = state1.replay.data.obs[:last + 1 - GLUE.unroll_length]
+        stats = normalizer.update(normalizer.init(earlier.shape[-1]), earlier)
+        mean, std = nets.policy.apply(state0.learner.policy_params, normalizer.normalize(stats, row.obs))
         running = ~(row.terminated | row.truncated)
         assert running.any()
         np.testing.assert_allclose(state1.exploration_noise[running], ((row.action - mean) / std)[running],
@@ -535,13 +542,14 @@ def _scaled_mean_head(learner):
 
 @pytest.mark.parametrize("preserve", [True, False])
 def test_observation_statistics_updates_preserve_every_networks_outputs(glue_run, preserve):
-    """One chunk of two prefill iterations moves the observation statistics (no SGD update yet). With
-    obs_norm_preserves_outputs the policy (mean and std), the critic and both targets compute the same function
-    of the raw observation with the new statistics and parameters as with the old ones; without it they do not."""
+    """One chunk of two prefill iterations moves the observation statistics (no SGD update in it), for a learner
+    that has been updated before (as after a resume without replay). With obs_norm_preserves_outputs the policy
+    (mean and std), the critic and both targets compute the same function of the raw observation with the new
+    statistics and parameters as with the old ones; without it they do not."""
     config = GLUE.replace(obs_norm_preserves_outputs=preserve)
     _, glue_chunk, glue_states, _ = glue_run
     state = glue_states[0]
-    state = state._replace(learner=_scaled_mean_head(state.learner))
+    state = state._replace(learner=_scaled_mean_head(state.learner)._replace(num_updates=jnp.ones((), jnp.int32)))
     # GLUE itself preserves outputs (the default): reuse its compiled chunk.
     chunk = glue_chunk if preserve else jax.jit(make_trainer(config).train_chunk)
     assert GLUE.obs_norm_preserves_outputs
@@ -564,6 +572,62 @@ def test_observation_statistics_updates_preserve_every_networks_outputs(glue_run
                 assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-3, name
     if not preserve:  # without re-parametrisation the prefill leaves the parameters exactly as they were
         _assert_trees_identical(new_state.learner.policy_params, state.learner.policy_params)
+
+
+def test_each_dual_gradient_is_clipped_on_its_own():
+    """A multiplier's gradient α·(ε − KL) grows with α. Two dual steps, the second with α_σ's gradient at 1e7:
+    η's steps equal Adam's on η's own gradients alone, and α_σ's equal Adam's on its gradient clipped to
+    ±max_grad_norm. A global-norm clip over all duals (the networks' optimiser) would shrink η's second step."""
+    import optax
+
+    duals = mpo.init_dual_params(2, True, 1.0, 10.0, 1000.0)
+    grads = [jax.tree.map(jnp.ones_like, duals), jax.tree.map(jnp.ones_like, duals)._replace(
+        alpha_std=jnp.full((2,), 1e7), temperature=jnp.asarray(-0.5))]
+
+    def run(optimizer):
+        params, state = duals, optimizer.init(duals)
+        for g in grads:
+            params, state = train.apply_updates(optimizer, g, state, params, 0.01)
+        return params
+
+    def alone(values):  # Adam on one parameter's gradient sequence, from scratch
+        adam, p = optax.scale_by_adam(), jnp.zeros(())
+        state = adam.init(p)
+        for v in values:
+            update, state = adam.update(jnp.asarray(v, jnp.float32), state, p)
+            p = p - 0.01 * update
+        return float(p)
+
+    moved = jax.tree.map(lambda a, b: np.asarray(a - b), run(train.make_optimizers(GLUE).duals), duals)
+    np.testing.assert_allclose(moved.temperature, alone([1.0, -0.5]), rtol=1e-5)
+    np.testing.assert_allclose(moved.alpha_std, alone([1.0, GLUE.max_grad_norm]), rtol=1e-5)
+    globally = jax.tree.map(lambda a, b: np.asarray(a - b), run(train.make_optimizer(GLUE)), duals)
+    assert abs(float(globally.temperature) - alone([1.0, -0.5])) > 1e-3
+
+
+def test_learner_step_reports_the_duals_gradient_norm(learner_pieces):
+    """`dual_grad_norm` is the global norm of the duals' gradient (before clipping), as `jax.grad` of the loss."""
+    learner, batch = learner_pieces["learner"], learner_pieces["batches"][0]
+    key = jax.random.PRNGKey(4)
+    _, metrics = learner_pieces["step_fn"](period=1000)(learner, batch, key)
+    (_, _), (_, _, dual_grads) = learner_pieces["loss_and_grads"](learner, batch, key)
+    norm = np.sqrt(sum(np.sum(np.square(np.asarray(g, np.float64))) for g in jax.tree.leaves(dual_grads)))
+    assert norm > 0
+    np.testing.assert_allclose(float(metrics["dual_grad_norm"]), norm, rtol=1e-5)
+
+
+def test_networks_keep_their_initialisation_until_the_first_update(glue_run):
+    """Before any update there is nothing to preserve: the prefill moves the observation statistics from empty
+    to the data's, and the networks (online and target) stay exactly as initialised, so the first update sees
+    normalised inputs through the initial weights rather than raw-scale ones through rescaled weights."""
+    _, glue_chunk, glue_states, _ = glue_run
+    state = glue_states[0]
+    assert GLUE.obs_norm_preserves_outputs and int(state.learner.num_updates) == 0
+    new_state, metrics = jax.device_get(glue_chunk(state))
+    assert np.all(metrics["updates"] == 0) and int(new_state.learner.num_updates) == 0
+    assert float(new_state.obs_stats.count) > 0 and float(state.obs_stats.count) == 0
+    for name in ("policy_params", "critic_params", "target_policy_params", "target_critic_params"):
+        _assert_trees_identical(getattr(new_state.learner, name), getattr(state.learner, name))
 
 
 def test_iteration_counter_and_env_steps(glue_run):
@@ -646,8 +710,11 @@ def test_trainer_evaluate_deterministic_and_sampled_episodes(glue_run):
         np.testing.assert_allclose(det.returns[i], total, rtol=1e-6)
         assert det.lengths[i] == length
         np.testing.assert_allclose(det.final_obs[i], np.asarray(sim_state.obs), rtol=1e-5, atol=1e-5)
-    for field in ("returns", "lengths", "final_obs"):
-        np.testing.assert_array_equal(getattr(mixed, field)[0], getattr(det, field)[0], err_msg=field)
+    # The same episode in another program: equal up to the rounding of its own compilation.
+    assert mixed.lengths[0] == det.lengths[0]
+    for field in ("returns", "final_obs"):
+        np.testing.assert_allclose(getattr(mixed, field)[0], getattr(det, field)[0], rtol=1e-6, atol=1e-7,
+                                   err_msg=field)
     assert not np.array_equal(mixed.final_obs[1:], det.final_obs[1:])
 
 
@@ -660,7 +727,8 @@ def test_a_run_on_an_env_whose_state_turns_nan_stays_finite_and_counts_the_steps
 
     make = envs.make
     monkeypatch.setattr(train.envs, "make", lambda *args: NanAtStep(make(*args), at=7, never_done=True))
-    state, metrics = jax.device_get(jax.jit(make_train(GLUE))(jax.random.PRNGKey(0)))
+    # Envs in lockstep (the count below assumes every env restarts on the same steps).
+    state, metrics = jax.device_get(jax.jit(make_train(GLUE.replace(stagger_starts=False)))(jax.random.PRNGKey(0)))
     steps = np.arange(GLUE.num_iterations)[:, None] * GLUE.unroll_length + np.arange(1, GLUE.unroll_length + 1)
     expected = GLUE.num_envs * np.sum(steps % 7 == 0, axis=1).reshape(GLUE.num_evals, -1)
     assert expected.sum() == GLUE.num_envs * 2  # 20 steps per env: NaN at the 7th and 14th
