@@ -96,7 +96,8 @@ def run_purempo(env: str, args, overrides: dict, out: Path) -> dict:
                    scale=args.scale, budget_s=args.budget_s, seeds=list(range(args.seed, args.seed + args.num_seeds)),
                    config=jsonable(config), points=[], rates={})
     path = out / f"gpu_{env}.json"
-    train_in_driver(config, WallClock(path, summary, args.budget_s, start, args.max_evals), seed=args.seed, num_seeds=args.num_seeds)
+    clock = WallClock(path, summary, args.budget_s, start, args.max_evals)
+    train_in_driver(config, clock, seed=args.seed, num_seeds=args.num_seeds)
     return summary
 
 

@@ -426,6 +426,8 @@ def main_gpu(args):
                          "is indicative; XLA counts a while loop's body once, so physics with inner loops is "
                          "under-counted and its roofline rate is optimistic); cpu_measured fields are measured here"),
                    **result)
+    rate = e.get("train_env_steps_per_s_with_published_simulation", e["train_env_steps_per_s"])
+    summary["estimate_h100_seconds_to"] = {f"{n:,}": n / rate for n in (2_000_000, 10_000_000)}
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{args.name or 'throughput_' + args.env + '_gpu_estimate'}.json"
     out.write_text(json.dumps(summary, indent=1) + "\n")
@@ -448,6 +450,8 @@ def main_gpu(args):
                  ("estimate: training / published simulation", f"{e['ratio_to_published_simulation']:.3f}")]
     rows += [("estimate (TF32 alternative): training env steps/s",
               f"{result['estimate_h100_tf32_alternative']['train_env_steps_per_s']:,.0f}"),
+             ("estimate: training wall time to 2M / 10M env steps (s, compilation excluded)",
+              " / ".join(f"{v:,.0f}" for v in summary["estimate_h100_seconds_to"].values())),
              ("measured here: training env steps/s (programs one after the other)", f"{m['train_env_steps_per_s']:,.1f}"),
              ("measured here: updates/s", f"{m['updates_per_s']:,.3f}"),
              ("measured here: bare env steps/s", f"{m['bare_env_steps_per_s']:,.0f}"),

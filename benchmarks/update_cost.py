@@ -48,7 +48,8 @@ def main():
         compile_s, steps_per_s, updates_per_s = time_training(config, 1, args.chunks)
         result["scales"][scale] = dict(
             ms_per_update=profile["learner_step"]["ms"], sampled_critic_ms=profile["sampled_action_critic"]["ms"],
-            sampled_critic_share=profile["sampled_action_critic_share"], gflop_per_update=profile["learner_step"]["gflop"],
+            sampled_critic_share=profile["sampled_action_critic_share"],
+            gflop_per_update=profile["learner_step"]["gflop"],
             train_env_steps_per_s=round(steps_per_s, 1), train_updates_per_s=round(updates_per_s, 2),
             compile_s=round(compile_s, 1), config=jsonable(config))
         print(f"{args.env} {scale} ({args.label}): {profile['learner_step']['ms']:.1f} ms per update "

@@ -60,7 +60,7 @@ class Config:
     reward_scale: float = 1.0
     """Multiplies the training envs' rewards, as a reward-scaling env wrapper would (the replay stores scaled rewards); evaluation runs the unscaled env and every reported return is unscaled."""
     reward_normalization: bool = True
-    """Divide the learner's rewards by their root mean square over the prefill and at least one time limit's worth of steps per env (updated until then), a constant for the rest of the run: critic, temperatures and learning rates then see the same numbers whatever the reward scale."""
+    """Divide the learner's rewards by their root mean square over the prefill data (over the first iteration if prefill_steps is 0), a constant for the rest of the run: critic, temperatures and learning rates then see the same numbers whatever the reward scale."""
     stagger_starts: bool = True
     """Start each env's first episode at a step counter drawn uniformly below the time limit, so that envs that never terminate (DM Control) do not all truncate on the same step for the whole run (exact: truncations bootstrap; such a shortened first episode's return is not reported)."""
 
@@ -90,7 +90,7 @@ class Config:
     min_std: float = 1e-3
     """Lower bound of the policy's standard deviation."""
     obs_norm_preserves_outputs: bool = True
-    """When the running observation statistics move, re-parametrise every network's first layer (online and target) to compute the same function of the raw observation, so normalisation cannot move the policy outside its trust region (off: inverted_pendulum solves sooner but falls over again and again, docs/journal.md §6)."""
+    """When the running observation statistics move after the first SGD update, re-parametrise every network's first layer (online and target) to compute the same function of the raw observation, so normalisation cannot move the policy outside its trust region (off: inverted_pendulum solves sooner but falls over again and again, docs/journal.md §6)."""
 
     # --- mpo. MPO: Retrace targets, E-step and M-step bounds and multipliers, optimisers and target networks.
     discount: float = 0.999
@@ -136,7 +136,7 @@ class Config:
     dual_lr: float = 1e-2
     """Adam learning rate of the (log-space) dual variables η, α_μ, α_σ."""
     max_grad_norm: float = 40.0
-    """Global-norm gradient clipping, applied to every optimiser."""
+    """Gradient clipping: the policy's and the critic's gradients by their global norm, each dual's gradient on its own (so a large multiplier's gradient cannot shrink the temperature's step)."""
     target_update_period: int = 25
     """Hard-copy target networks every this many updates; 0 uses Polyak averaging with tau."""
     tau: float = 0.005

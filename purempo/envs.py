@@ -325,7 +325,8 @@ def reset(env: Any, key: chex.PRNGKey, num_envs: int, pool_size: int = 0, stagge
     `stagger` T > 0 (the time limit): each env's step counter starts at a value drawn uniformly from [0, T), so
     the time limit truncates the envs on spread-out steps instead of all on the same one (an env that never
     terminates would otherwise keep them in lockstep for the whole run). Exact: a truncation bootstraps. Such a
-    shortened first episode has return NaN, which `step` reports as unfinished (`StepResult.finished_return`).
+    shortened first episode's return is NaN, so `step` reports its `finished_return` as NaN and `acting.rollout`
+    does not count it.
     """
     states = jax.vmap(env.reset)(jax.random.split(key, num_envs + pool_size))
     sim_state = _per_env_map(env, lambda x: x[:num_envs], states)
@@ -394,7 +395,9 @@ def step(
         mask = done.reshape(done.shape + (1,) * (old.ndim - 1))
         return jnp.where(mask, new, old)
 
-    def restart(stepped):  # gathers num_envs initial states: skipped on the steps where no episode ended
+    # Gathers num_envs initial states: skipped on steps where no episode ended (under a vmap over runs, where the
+    # condition is batched, both branches run).
+    def restart(stepped):
         fresh = initial_states(env, key, num_envs, state.reset_pool)
         return _per_env_map(env, lambda old, new: pick(new, old), stepped, fresh)
 

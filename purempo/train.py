@@ -4,8 +4,8 @@ One iteration = an unroll of `unroll_length` lockstep steps of `num_envs` envs, 
 `updates_per_iteration` SGD updates on sampled sequences. Iterations are grouped into `num_evals` chunks,
 each followed by an evaluation (mean-action and sampled-action episodes from fresh resets). `train` is a
 `lax.scan` over chunks; a driver that reports and checkpoints between chunks runs the two pieces of one,
-`Trainer.train_chunk` and `Trainer.evaluate_state`, itself (`purempo.driver`, `purempo.programs`: the same
-computation; compiled as separate programs, it may round differently from the fused scan in the last bits)."""
+`Trainer.train_chunk` and `Trainer.evaluate_state`, itself (`purempo.driver`: the same computation; compiled as
+separate programs, it may round differently from the fused scan in the last bits)."""
 
 from __future__ import annotations
 
@@ -248,8 +248,8 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
         iterations do not overflow in any realistic run, where an int32 step count would after 2³¹ steps."""
         return state.iteration.astype(jnp.float32) * config.steps_per_iteration
 
-    # Iterations whose rewards set the reward divisor: the prefill, and at least one episode (time limit) per env.
-    reward_estimation_iterations = max(config.prefill_iterations, -(-limit // config.unroll_length), 1)
+    # Iterations whose rewards set the reward divisor: the prefill, or the first iteration without one.
+    reward_estimation_iterations = max(config.prefill_iterations, 1)
 
     def collect(state: TrainState, policy_params, key, hp: HParams):
         env_state, transitions, episodes, noise = acting.rollout(

@@ -65,14 +65,15 @@ def learner_step(out):
                                                      jax.tree.map(lambda x: x[2 * d:2 * d + 2], data), key, hp,
                                                      config, nets)[0] for d in range(4)]
     mean = jax.tree.map(lambda *g: np.mean(np.stack(g), axis=0), *grads)
-    policy, policy_opt = train.apply_updates(optimizers.networks, mean[0], learner.policy_opt_state, learner.policy_params,
+    adam = optimizers.networks
+    policy, policy_opt = train.apply_updates(adam, mean[0], learner.policy_opt_state, learner.policy_params,
                                              train.policy_learning_rate(hp, learner.num_updates))
-    critic, critic_opt = train.apply_updates(optimizers.networks, mean[1], learner.critic_opt_state, learner.critic_params,
+    critic, critic_opt = train.apply_updates(adam, mean[1], learner.critic_opt_state, learner.critic_params,
                                              hp.critic_lr)
     # Adam's update hardly sees a gradient's scale, its first moment does: summed gradients would show there.
     summed = jax.tree.map(lambda *g: np.sum(np.stack(g), axis=0), *grads)
     gap = lambda a, b: max(float(np.max(np.abs(x - y))) for x, y in zip(_leaves(a), _leaves(b)))  # noqa: E731
-    _, critic_opt_if_summed = train.apply_updates(optimizers.networks, summed[1], learner.critic_opt_state,
+    _, critic_opt_if_summed = train.apply_updates(adam, summed[1], learner.critic_opt_state,
                                                   learner.critic_params, hp.critic_lr)
     json.dump(dict(policy_gap=gap(sharded.policy_params, policy), critic_gap=gap(sharded.critic_params, critic),
                    critic_moved=gap(critic, learner.critic_params),
@@ -117,7 +118,7 @@ def run_and_resume(out, root):
     cut_steps = sorted(int(p.name) for p in (root / "cut" / "checkpoints").iterdir() if p.name.isdigit())
     driver.train(TINY, root / "cut", options, resume=True)
     a, b = _final(whole, 2), _final(root / "cut", 2)
-    identical = all(np.array_equal(x, y) for x, y in zip(_leaves(a.state), _leaves(b.state)))
+    identical = all(np.array_equal(x, y, equal_nan=True) for x, y in zip(_leaves(a.state), _leaves(b.state)))
     # Per-device copies of the replicated parameters straight from the 4-device programs (the runs' own).
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
     compiled = driver.lower_programs(TINY, keys, num_devices=4, mesh=sharding.make_mesh(4)).compile()

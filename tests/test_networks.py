@@ -91,29 +91,55 @@ def test_critic_of_n_actions_per_state_equals_the_naive_concatenation(num_critic
     np.testing.assert_allclose(q, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_critic_initialisation_is_flax_dense_on_the_concatenation():
-    """The first layer's parameters are initialised as `nn.Dense` on the concatenated input (same names, shapes
-    and draws), so a checkpoint of a critic built with `nn.Dense` restores into it."""
-    import flax.linen as nn
+class _ConcatenatingCritic:
+    """The critic as it was built before its first layer was split: `nn.Dense` layers named by flax on the
+    explicitly broadcast and concatenated input (a copy kept as the reference for parameter compatibility)."""
 
-    class Concatenated(nn.Module):
-        @nn.compact
-        def __call__(self, obs, action):
-            x = jnp.concatenate([obs, action], -1)
-            x = nn.Dense(8, kernel_init=nn.initializers.lecun_uniform(), name="Dense_0")(x)
-            x = nn.Dense(6, kernel_init=nn.initializers.lecun_uniform(), name="Dense_1")(jnp.tanh(x))
-            return x
+    @staticmethod
+    def make(hidden, num_members, norm_all):
+        import flax.linen as nn
 
-    config = Config(env="inverted_pendulum", critic_hidden=(8, 6))
-    ours = make_networks(config, ACT).critic.init(jax.random.key(5), jnp.zeros((OBS,)), jnp.zeros((ACT,)))
+        class MLP(nn.Module):
+            @nn.compact
+            def __call__(self, x):
+                x = jnp.tanh(nn.LayerNorm()(nn.Dense(hidden[0], kernel_init=nn.initializers.lecun_uniform())(x)))
+                for size in hidden[1:]:
+                    x = nn.Dense(size, kernel_init=nn.initializers.lecun_uniform())(x)
+                    x = nn.elu(nn.LayerNorm()(x) if norm_all else x)
+                return x
 
-    class Wrapper(nn.Module):  # flax draws a parameter from its module path: the same path, the same draw
-        @nn.compact
-        def __call__(self, obs, action):
-            return Concatenated(name="LayerNormMLP_0")(obs, action)
+        class Head(nn.Module):
+            @nn.compact
+            def __call__(self, x):
+                return nn.Dense(1)(MLP(name="LayerNormMLP_0")(x))[..., 0]
 
-    theirs = Wrapper().init(jax.random.key(5), jnp.zeros((OBS,)), jnp.zeros((ACT,)))
-    for name in ("Dense_0", "Dense_1"):
-        for leaf in ("kernel", "bias"):
-            np.testing.assert_array_equal(ours["params"]["LayerNormMLP_0"][name][leaf],
-                                          theirs["params"]["LayerNormMLP_0"][name][leaf])
+        class Critic(nn.Module):
+            @nn.compact
+            def __call__(self, obs, action):
+                x = jnp.concatenate([jnp.broadcast_to(obs, action.shape[:-1] + obs.shape[-1:]), action], -1)
+                if num_members == 1:
+                    return nn.Dense(1)(MLP(name="LayerNormMLP_0")(x))[..., 0]
+                members = nn.vmap(Head, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=None,
+                                  out_axes=0, axis_size=num_members)
+                return members(name="members")(x)
+
+        return Critic()
+
+
+@pytest.mark.parametrize("num_critics", [1, 2])
+@pytest.mark.parametrize("norm_all", [False, True])
+def test_critic_parameters_and_outputs_match_the_concatenating_critic(num_critics, norm_all):
+    """Same key, same parameter tree (names, shapes, values: a checkpoint of the earlier critic restores into this
+    one) and the same Q for N actions per state, for single and ensemble critics with and without norm_all."""
+    config = Config(env="inverted_pendulum", critic_hidden=(8, 6), num_critics=num_critics, critic_norm_all=norm_all)
+    ours = make_networks(config, ACT).critic
+    theirs = _ConcatenatingCritic.make((8, 6), num_critics, norm_all)
+    args = (jnp.zeros((OBS,)), jnp.zeros((ACT,)))
+    p_ours, p_theirs = ours.init(jax.random.key(5), *args), theirs.init(jax.random.key(5), *args)
+    assert jax.tree.structure(p_ours) == jax.tree.structure(p_theirs)
+    for a, b in zip(jax.tree.leaves(p_ours), jax.tree.leaves(p_theirs)):
+        np.testing.assert_array_equal(a, b)
+    rng = np.random.default_rng(6)
+    obs = jnp.asarray(rng.normal(size=(BATCH, OBS)), jnp.float32)
+    act = jnp.asarray(rng.uniform(-1, 1, size=(3, BATCH, ACT)), jnp.float32)
+    np.testing.assert_allclose(ours.apply(p_ours, obs, act), theirs.apply(p_theirs, obs, act), rtol=1e-5, atol=1e-6)

@@ -84,14 +84,21 @@ def test_replay_ratio_helper_examples_and_errors():
 
 def _check_gpu_shape(gpu: Config, cpu: Config):
     """A GPU preset: 1,024 envs, batches of 1,024 sequences, one update per 256 env steps, 32 sampled transitions
-    per env step, the CPU preset's per-update KL bounds and its target lag in env steps (within 25%)."""
+    per env step, the CPU preset's target lag in env steps (within 25%), learning rates and KL bounds scaled."""
     assert gpu.num_envs == 1024 and gpu.batch_size >= 1024
     assert presets.env_steps_per_update(gpu) == 256.0
     assert gpu.num_envs * gpu.unroll_length / gpu.updates_per_iteration == 256.0  # a naive count
     assert presets.replay_ratio(gpu.num_envs, gpu.unroll_length, gpu.updates_per_iteration, gpu.batch_size,
                                 gpu.sequence_length) == 32.0
-    assert (gpu.epsilon_mean, gpu.epsilon_std, gpu.epsilon_per_dimension) == (
-        cpu.epsilon_mean, cpu.epsilon_std, cpu.epsilon_per_dimension)
+    # 16 times the CPU batch of 64 sequences: learning rates x sqrt(16); KL bounds x the env steps per update,
+    # 256 against the CPU's (64 envs x 4 steps / 16 updates in Playground's, / 8 in the locomotion one).
+    assert gpu.batch_size / cpu.batch_size == 16
+    for field in ("policy_lr", "critic_lr", "dual_lr"):
+        assert getattr(gpu, field) == pytest.approx(4 * getattr(cpu, field)), field
+    k = 256 / (cpu.num_envs * cpu.unroll_length / cpu.updates_per_iteration)
+    assert k in (8, 16)
+    assert (gpu.epsilon_mean, gpu.epsilon_std) == pytest.approx((k * cpu.epsilon_mean, k * cpu.epsilon_std))
+    assert gpu.epsilon_per_dimension == cpu.epsilon_per_dimension
     lag_cpu = (cpu.target_update_period or 1 / cpu.tau) * cpu.num_envs * cpu.unroll_length / cpu.updates_per_iteration
     lag_gpu = (gpu.target_update_period or 1 / gpu.tau) * 256.0
     assert 0.75 <= lag_gpu / lag_cpu <= 1.25, (lag_gpu, lag_cpu)
@@ -110,7 +117,7 @@ def test_brax_gpu_presets_keep_the_cpu_presets_learning_per_env_step(env):
     cpu = presets.preset(env) if env in presets.PRESETS else Config(env=env, **presets._LOCOMOTION)
     gpu = presets.preset(env, scale="gpu")
     _check_gpu_shape(gpu, cpu)
-    for field in ("policy_hidden", "critic_hidden", "critic_lr", "policy_lr", "num_action_samples", "discount",
+    for field in ("policy_hidden", "critic_hidden", "num_action_samples", "discount",
                   "episode_length", "alpha_gain", "normalize_penalty"):
         assert getattr(gpu, field) == getattr(cpu, field), field
     if env in ("ant", "humanoid"):
@@ -138,7 +145,7 @@ def test_every_playground_gpu_preset_is_valid_and_keeps_its_cpu_settings():
         config = presets.preset(env, scale="gpu")  # Config validates it
         cpu = presets.preset(env)
         _check_gpu_shape(config, cpu)
-        assert config.critic_lr == cpu.critic_lr and config.normalize_penalty == cpu.normalize_penalty
+        assert config.normalize_penalty == cpu.normalize_penalty
         if env in envs.dm_control_names():
             assert config.discount == 0.99
         else:
