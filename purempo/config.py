@@ -90,7 +90,7 @@ class Config:
     min_std: float = 1e-3
     """Lower bound of the policy's standard deviation."""
     obs_norm_preserves_outputs: bool = True
-    """When the running observation statistics move after the first SGD update, re-parametrise every network's first layer (online and target) to compute the same function of the raw observation, so normalisation cannot move the policy outside its trust region (off: inverted_pendulum solves sooner but falls over again and again, docs/journal.md §6)."""
+    """When the running observation statistics move, re-parametrise every network's first layer (online and target) to compute the same function of the raw observation, so normalisation cannot move the policy outside its trust region (off: inverted_pendulum solves sooner but falls over again and again, docs/journal.md §6)."""
 
     # --- mpo. MPO: Retrace targets, E-step and M-step bounds and multipliers, optimisers and target networks.
     discount: float = 0.999

@@ -15,7 +15,7 @@ Two scales (`preset(env, scale=...)`; `resolve_scale` says what `purempo train -
 - ``"gpu"``: the same per-env settings (networks, per-task overrides) with the scale fields replaced by
   `gpu_settings(env)` for every locomotion/Brax preset and every MuJoCo Playground env: 1,024 envs, batches of
   1,024 sequences (16x the CPU's), one update per 256 env steps at a replay ratio of 32, learning rates x4 and
-  KL bounds x8-16 per update, targets as far behind in env steps as the CPU preset's, a replay of 4 episodes per
+  KL bounds x4-16 per update, targets as far behind in env steps as the CPU preset's, a replay of 4 episodes per
   env (docs/journal.md §9). The tiny envs in `CPU_ONLY` keep their CPU settings. `MEASURED_GPU` lists the GPU
   presets with a committed learning curve; `--scale auto` on an accelerator uses only those.
 
@@ -137,8 +137,8 @@ def target_lag_env_steps(config: Config) -> float:
 
 
 def _gpu(cpu: Config, num_envs: int = 1024, unroll_length: int = 4, batch_size: int = 1024,
-         sequence_length: int = 8, ratio: float = 32.0, total_steps: int = 10_000_000, prefill_iterations: int = 2,
-         episodes_in_replay: int = 4, **extra) -> Dict[str, Any]:
+         sequence_length: int = 8, ratio: float = 32.0, total_steps: int = 10_000_000, episodes_in_replay: int = 4,
+         **extra) -> Dict[str, Any]:
     """The fields of a GPU preset built from the CPU preset `cpu`: `ratio` sampled transitions per env step in
     updates of `batch_size` sequences (one update per 256 env steps by default), learning rates ×√(batch / the
     CPU batch), KL bounds × (env steps per update / the CPU preset's), and targets that lag the online networks
@@ -156,22 +156,26 @@ def _gpu(cpu: Config, num_envs: int = 1024, unroll_length: int = 4, batch_size: 
     # Learning rates by Adam's square-root scaling rule for a batch k times the CPU's (Malladi et al. 2022, "On
     # the SDEs and Scaling Rules for Adaptive Gradient Algorithms"); KL bounds grown with the env steps an update
     # stands for (k again where the replay ratio is the CPU preset's), since a KL grows with the square of a step.
+    # As many prefill steps per env as the CPU preset's, which set the reward divisor: the first few steps after
+    # a reset (CheetahRun: 8 at 2 iterations) pay almost nothing, and a divisor from them inflates every value.
+    prefill_steps = -(-cpu.prefill_steps // cpu.num_envs // unroll_length) * unroll_length * num_envs
     lr_scale = math.sqrt(batch_size / cpu.batch_size)
     kl_scale = per_update / env_steps_per_update(cpu)
-    rates = dict(policy_lr=cpu.policy_lr * lr_scale, critic_lr=cpu.critic_lr * lr_scale, dual_lr=cpu.dual_lr * lr_scale,
+    rates = dict(policy_lr=cpu.policy_lr * lr_scale, critic_lr=cpu.critic_lr * lr_scale,
+                 dual_lr=cpu.dual_lr * lr_scale,
                  epsilon_mean=cpu.epsilon_mean * kl_scale, epsilon_std=cpu.epsilon_std * kl_scale)
     return dict(
         num_envs=num_envs, unroll_length=unroll_length, batch_size=batch_size, sequence_length=sequence_length,
         updates_per_iteration=updates, replay_size=steps_per_env * num_envs, reset_pool_size=num_envs,
-        prefill_steps=prefill_iterations * num_envs * unroll_length, eval_episodes=128, num_evals=20,
+        prefill_steps=prefill_steps, eval_episodes=128, num_evals=20,
         total_steps=total_steps, **target, **rates, **extra)
 
 
-# GPU scale (docs/journal.md §9): an update of 16x the CPU batch stands for 8-16x the env steps (one per 256,
-# against one per 16 in the Playground CPU preset and one per 32 in the locomotion one), so it may move that much
-# further in KL and takes Adam's square-root-scaled learning rates; targets lag by as many env steps as on the CPU. 1,024 envs and batches of
-# 1,024 sequences keep the accelerator busy: on one H200 this shape ran 87k CheetahRun env steps/s per seed,
-# learning included (docs/journal.md §7).
+# GPU scale (docs/journal.md §9): an update of 16x the CPU batch stands for 4-16x the env steps (one per 256,
+# against one per 16 in the Playground CPU preset, 32 in the locomotion one, 64 in humanoid's), so it may move that
+# much further in KL and takes Adam's square-root-scaled learning rates; targets lag by as many env steps as on
+# the CPU. 1,024 envs and batches of 1,024 sequences keep the accelerator busy: on one H200 this shape ran 87k
+# CheetahRun env steps/s per seed, learning included (docs/journal.md §7).
 GPU_TOTAL_STEPS: Dict[str, int] = {
     "ant": 50_000_000, "humanoid": 50_000_000, "halfcheetah": 10_000_000, "hopper": 10_000_000,
     "walker2d": 10_000_000, "reacher": 5_000_000, "pusher": 10_000_000,

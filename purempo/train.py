@@ -268,10 +268,7 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
         obs_stats = normalizer.update(state.obs_stats, transitions.obs, axis)
         learner = state.learner
         if config.obs_norm_preserves_outputs:
-            # Before the first update the networks are their initialisation: there is nothing to preserve, and
-            # preserving it through the prefill would make them start on raw-scale inputs.
-            preserved = preserve_outputs(learner, state.obs_stats, obs_stats, views)
-            learner = jax.tree.map(lambda p, x: jnp.where(learner.num_updates > 0, p, x), preserved, learner)
+            learner = preserve_outputs(learner, state.obs_stats, obs_stats, views)
         state = state._replace(
             learner=learner,
             env_state=env_state,

@@ -447,9 +447,9 @@ def test_policy_learning_rate_decays_as_one_over_updates(learner_pieces, decay, 
 
 def test_exploration_correlation_reaches_acting_and_its_noise_is_carried_in_the_state(glue_run):
     """exploration_correlation travels from HParams to the rollout: after the prefill chunk (no update, so the
-    policy is the initial one, applied with the statistics of the observations before the last iteration) the
-    state's exploration_noise equals the standardised last stored action of every env still in its episode; with
-    ρ = 0 and ρ = 0.9 the actions differ from the same key."""
+    policy is the initial one as a function of raw observations) the state's exploration_noise equals the
+    standardised last stored action of every env still in its episode; with ρ = 0 and ρ = 0.9 the actions
+    differ from the same key."""
     trainer = glue_run[0]
     state0 = jax.jit(trainer.init)(jax.random.PRNGKey(0))
     chunk = jax.jit(trainer.train_chunk)
@@ -460,9 +460,7 @@ def test_exploration_correlation_reaches_acting_and_its_noise_is_carried_in_the_
         assert float(np.sum(metrics["updates"])) == 0.0  # prefill only
         last = int(state1.replay.write_index) - 1
         row = jax.tree.map(lambda x: x[last], state1.replay.data)
-        earlier = state1.replay.data.obs[:last + 1 - GLUE.unroll_length]
-        stats = normalizer.update(normalizer.init(earlier.shape[-1]), earlier)
-        mean, std = nets.policy.apply(state0.learner.policy_params, normalizer.normalize(stats, row.obs))
+        mean, std = nets.policy.apply(state0.learner.policy_params, normalizer.normalize(state0.obs_stats, row.obs))
         running = ~(row.terminated | row.truncated)
         assert running.any()
         np.testing.assert_allclose(state1.exploration_noise[running], ((row.action - mean) / std)[running],
@@ -538,14 +536,13 @@ def _scaled_mean_head(learner):
 
 @pytest.mark.parametrize("preserve", [True, False])
 def test_observation_statistics_updates_preserve_every_networks_outputs(glue_run, preserve):
-    """One chunk of two prefill iterations moves the observation statistics (no SGD update in it), for a learner
-    that has been updated before (as after a resume without replay). With obs_norm_preserves_outputs the policy
-    (mean and std), the critic and both targets compute the same function of the raw observation with the new
-    statistics and parameters as with the old ones; without it they do not."""
+    """One chunk of two prefill iterations moves the observation statistics (no SGD update yet). With
+    obs_norm_preserves_outputs the policy (mean and std), the critic and both targets compute the same function
+    of the raw observation with the new statistics and parameters as with the old ones; without it they do not."""
     config = GLUE.replace(obs_norm_preserves_outputs=preserve)
     _, glue_chunk, glue_states, _ = glue_run
     state = glue_states[0]
-    state = state._replace(learner=_scaled_mean_head(state.learner)._replace(num_updates=jnp.ones((), jnp.int32)))
+    state = state._replace(learner=_scaled_mean_head(state.learner))
     # GLUE itself preserves outputs (the default): reuse its compiled chunk.
     chunk = glue_chunk if preserve else jax.jit(make_trainer(config).train_chunk)
     assert GLUE.obs_norm_preserves_outputs
@@ -610,20 +607,6 @@ def test_learner_step_reports_the_duals_gradient_norm(learner_pieces):
     norm = np.sqrt(sum(np.sum(np.square(np.asarray(g, np.float64))) for g in jax.tree.leaves(dual_grads)))
     assert norm > 0
     np.testing.assert_allclose(float(metrics["dual_grad_norm"]), norm, rtol=1e-5)
-
-
-def test_networks_keep_their_initialisation_until_the_first_update(glue_run):
-    """Before any update there is nothing to preserve: the prefill moves the observation statistics from empty
-    to the data's, and the networks (online and target) stay exactly as initialised, so the first update sees
-    normalised inputs through the initial weights rather than raw-scale ones through rescaled weights."""
-    _, glue_chunk, glue_states, _ = glue_run
-    state = glue_states[0]
-    assert GLUE.obs_norm_preserves_outputs and int(state.learner.num_updates) == 0
-    new_state, metrics = jax.device_get(glue_chunk(state))
-    assert np.all(metrics["updates"] == 0) and int(new_state.learner.num_updates) == 0
-    assert float(new_state.obs_stats.count) > 0 and float(state.obs_stats.count) == 0
-    for name in ("policy_params", "critic_params", "target_policy_params", "target_critic_params"):
-        _assert_trees_identical(getattr(new_state.learner, name), getattr(state.learner, name))
 
 
 def test_iteration_counter_and_env_steps(glue_run):
