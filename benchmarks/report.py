@@ -408,7 +408,8 @@ GPU_ROWS = [
         settings="preset with 1,024 envs, batch 1,024, MJX (not `--scale gpu`)"),
     Row("WalkerWalk", ["gpu_dmc/stability_WalkerWalk_gpu1024"], no_brax="not measured",
         settings="preset with 1,024 envs, batch 1,024, MJX (not `--scale gpu`)"),
-    Row("any", settings="`--scale gpu` preset", missing="no run yet", no_brax="not measured"),
+    Row("CheetahRun", ["stability_CheetahRun_gpu_shaped"], no_brax="not measured", threshold=600,
+        settings="`--scale gpu` preset (1,024 envs, batch 1,024 × 8), run on a CPU"),
 ]
 BUDGET_ROWS = [  # purempo and Brax SAC for the same training time, side by side on one machine
     Row("CartpoleSwingup", ["compare_CartpoleSwingup_600s_polyak_preset_purempo"],

@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from common import RESULTS, command_line, jsonable, machine, today, versions
+from common import RESULTS, command_line, jsonable, machine, parse_overrides, today, versions
 from purempo.presets import preset
 from throughput import profile_learner, time_training
 
@@ -37,13 +37,15 @@ def main():
                         help="iterations per timed chunk at each scale")
     parser.add_argument("--repeats", type=int, nargs=2, default=[20, 4], metavar=("CPU", "GPU"),
                         help="updates per profiled call at each scale")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a config field at every scale (e.g. an older checkout's GPU preset sizes)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
     result = dict(env=args.env, label=args.label, date=today(), machine=machine(), versions=versions(),
                   command=command_line("benchmarks/update_cost.py"), scales={})
     for scale in args.scales:
         index = 0 if scale == "cpu" else 1
-        config = sized(preset(args.env, scale=scale), args.iterations[index])
+        config = sized(preset(args.env, scale=scale, **parse_overrides(args.set)), args.iterations[index])
         profile = profile_learner(config, repeats=args.repeats[index])
         compile_s, steps_per_s, updates_per_s = time_training(config, 1, args.chunks)
         result["scales"][scale] = dict(
@@ -56,9 +58,9 @@ def main():
               f"(sampled-action critic {profile['sampled_action_critic']['ms']:.1f} ms, "
               f"{profile['sampled_action_critic_share']:.0%}); training {steps_per_s:,.0f} env steps/s, "
               f"{updates_per_s:.1f} updates/s", flush=True)
-    out = Path(args.out) / f"update_cost_{args.env}_{args.label}.json"
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
+        out = Path(args.out) / f"update_cost_{args.env}_{args.label}.json"  # after every scale
+        out.write_text(json.dumps(result, indent=1))
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ class TrainArgs:
     overwrite: bool = False
     """Delete the run already in --run-dir (config.json, metrics.jsonl, sweep.json, checkpoints/, tb/) and start anew."""
     scale: Literal["auto", "cpu", "gpu"] = "auto"
-    """Preset sizes: cpu (tens to hundreds of envs), gpu (1,024 envs, batches of 1,024 sequences), auto: gpu on a GPU or TPU backend for an env whose GPU preset has a committed learning curve (CheetahRun), cpu otherwise. Every other GPU preset is untested."""
+    """Preset sizes: cpu (tens to hundreds of envs), gpu (1,024 envs, batches of 1,024 sequences), auto: gpu on a GPU or TPU backend for an env whose GPU preset has a committed learning curve that holds up (none yet), cpu otherwise (with a note). The other GPU presets are untested."""
     compile_cache: bool = True
     """Keep the run's compiled programs in JAX's persistent compilation cache ($XDG_CACHE_HOME/purempo/xla, or $JAX_COMPILATION_CACHE_DIR), so that a second run of the same setup skips XLA's compilation."""
     coordinator: Optional[str] = None

@@ -518,11 +518,12 @@ def test_plot_writes_a_png_and_reports_bad_metrics_in_one_line(capsys, tiny_run,
 
 
 def test_on_a_gpu_backend_auto_scale_uses_only_measured_gpu_presets(monkeypatch, capsys):
-    # --scale auto on a GPU: a GPU preset with a committed curve (CheetahRun) is used; an untested one (ant) is
-    # not, and one line says what it would change.
+    # --scale auto on a GPU: a GPU preset listed as measured is used; any other (ant) is not, and one line says
+    # what it would change.
     from purempo import presets
 
     monkeypatch.setattr(presets, "default_scale", lambda: "gpu")
+    monkeypatch.setattr(presets, "MEASURED_GPU", frozenset({"CheetahRun"}))
     assert cli.parse_train_args(["--env", "CheetahRun"]).config == presets.preset("CheetahRun", scale="gpu")
     assert capsys.readouterr().err == ""
     assert cli.parse_train_args(["--env", "ant"]).config == presets.preset("ant", scale="cpu")
