@@ -384,7 +384,7 @@ def seconds_1(s: Optional[float]) -> str:
 
 M = 1_000_000
 BRAX_ROWS = [
-    Row("inverted_pendulum", ["stability_inverted_pendulum_driver"], sac=["compare_inverted_pendulum"],
+    Row("inverted_pendulum", ["stability_inverted_pendulum_issue39"], sac=["compare_inverted_pendulum"],
         ppo=["compare_inverted_pendulum"]),
     Row("halfcheetah", ["stability_halfcheetah"], no_brax="not run with this preset"),
     Row("hopper", ["gpu_sweep/stability_h200_hopper_alpha_gain0"]),
@@ -424,6 +424,7 @@ BUDGET_ROWS = [  # purempo and Brax SAC for the same training time, side by side
         settings="600 s of training"),
 ]
 STABILITY_ROWS = [
+    Row("inverted_pendulum", ["stability_inverted_pendulum_issue39"]),
     Row("inverted_pendulum", ["stability_inverted_pendulum_driver"]),
     Row("inverted_pendulum", ["stability_inverted_pendulum_replay_once"]),
     Row("halfcheetah", ["stability_halfcheetah"], threshold=8000),
