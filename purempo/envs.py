@@ -395,13 +395,8 @@ def step(
         mask = done.reshape(done.shape + (1,) * (old.ndim - 1))
         return jnp.where(mask, new, old)
 
-    # Gathers num_envs initial states: skipped on steps where no episode ended (under a vmap over runs, where the
-    # condition is batched, both branches run).
-    def restart(stepped):
-        fresh = initial_states(env, key, num_envs, state.reset_pool)
-        return _per_env_map(env, lambda old, new: pick(new, old), stepped, fresh)
-
-    next_sim_state = jax.lax.cond(jnp.any(done), restart, lambda stepped: stepped, stepped)
+    fresh = initial_states(env, key, num_envs, state.reset_pool)
+    next_sim_state = _per_env_map(env, lambda old, new: pick(new, old), stepped, fresh)
     next_state = EnvState(
         sim_state=next_sim_state,
         episode_step=jnp.where(done, 0, episode_step),

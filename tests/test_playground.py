@@ -247,8 +247,7 @@ def test_the_time_limit_is_the_envs_own_in_agent_steps_and_an_explicit_one_wins(
     np.testing.assert_array_equal(metrics["eval_episode_length"], 20.0)
     data = state.replay.data
     assert int(state.replay.write_index) == 0  # exactly full: rows in time order
-    ends = (np.arange(data.obs.shape[0]) + 1) % 20 == 0
-    np.testing.assert_array_equal(data.truncated, np.broadcast_to(ends[:, None], data.truncated.shape))
+    np.testing.assert_array_equal(data.truncated, _truncations(state, 20))
     params, stats = state.learner.policy_params, state.obs_stats
     states, _ = rendering.rollout_states(config, params, stats, jax.random.PRNGKey(1))
     assert len(states) == 20 + 1
@@ -257,9 +256,18 @@ def test_the_time_limit_is_the_envs_own_in_agent_steps_and_an_explicit_one_wins(
     assert envs.time_limit(config) == 20 and envs.time_limit(config.replace(episode_length=7)) == 7
 
 
+def _truncations(state, limit):
+    """bool `[rows, E]`: where a naive per-env counter hits `limit` in a full replay (rows in time order) of envs
+    that never terminate, each counter starting at its staggered value, found from where it ended: (rows +
+    start) mod limit."""
+    rows = state.replay.data.obs.shape[0]
+    start = (np.asarray(state.env_state.episode_step) - rows) % limit
+    return (np.arange(rows)[:, None] + 1 + start[None, :]) % limit == 0
+
+
 def test_gpu_presets_size_the_replay_by_the_envs_own_time_limit(monkeypatch):
-    """3 episodes of 20 agent steps per env, rounded up to 1,024 steps (the DM Control default: 3 × 1,000 → 3,072)."""
-    assert presets.preset("CartpoleBalance", scale="gpu").capacity_per_env == 3072
+    """4 episodes of 20 agent steps per env, rounded up to 1,024 steps (the DM Control default: 4 × 1,000 → 4,096)."""
+    assert presets.preset("CartpoleBalance", scale="gpu").capacity_per_env == 4096
     _short_cartpole(monkeypatch)
     config = presets.preset("CartpoleBalance", scale="gpu")
     assert config.episode_length is None and config.capacity_per_env == 1024
@@ -284,19 +292,17 @@ def test_a_playground_env_gets_the_shared_step_semantics(trained):
     is the next row's obs by construction (the rollout's agree, tests/test_acting.py)."""
     config, state, _ = trained
     data = state.replay.data
-    env_index = np.arange(data.obs.shape[1])
     rows = data.obs.shape[0]
     assert int(state.replay.size) == rows and int(state.replay.write_index) == 0  # exactly full: rows in time order
     assert not np.any(data.terminated)
-    ends = (np.arange(rows) + 1) % config.episode_length == 0
-    np.testing.assert_array_equal(data.truncated, np.broadcast_to(ends[:, None], data.truncated.shape))
+    ends = _truncations(state, config.episode_length)
+    assert len({tuple(column) for column in ends.T}) > 1  # staggered: the envs do not all truncate together
+    np.testing.assert_array_equal(data.truncated, ends)
     pool = np.asarray(state.env_state.reset_pool.obs)
-    for t in range(rows - 1):
-        if ends[t]:
-            final_obs = state.replay.final_obs[data.final_slot[t], env_index]
-            assert np.all(np.isfinite(final_obs)) and not np.allclose(final_obs, data.obs[t + 1])
-            for obs in data.obs[t + 1]:
-                assert np.any(np.all(obs == pool, axis=1)), obs
+    for t, e in zip(*np.nonzero(ends[:-1])):
+        final_obs = state.replay.final_obs[data.final_slot[t, e], e]
+        assert np.all(np.isfinite(final_obs)) and not np.allclose(final_obs, data.obs[t + 1, e])
+        assert np.any(np.all(data.obs[t + 1, e] == pool, axis=1)), data.obs[t + 1, e]
 
 
 def test_a_playground_episode_renders_with_its_bodies_poses(trained):
