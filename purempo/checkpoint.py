@@ -24,7 +24,9 @@ import numpy as np
 FORMAT_VERSION = 2  # 2: the replay stores each observation once (replay.Stored, final_obs)
 CHECKPOINT_DIR = "checkpoints"
 
-logging.getLogger("absl").setLevel(logging.ERROR)  # orbax reports routine steps as absl warnings
+# Orbax reports routine steps as absl warnings, and a failed write as error logs with tracebacks from its threads
+# before raising; the caller reports the exception itself (a full disk as one line, `driver`).
+logging.getLogger("absl").setLevel(logging.CRITICAL)
 
 
 class CheckpointError(Exception):
@@ -90,8 +92,30 @@ class Saver:
         items = dict(state=ocp.args.StandardSave(_leaf_dict(rest)), meta=ocp.args.JsonSave(meta))
         if self.with_replay:
             items["replay"] = ocp.args.StandardSave(_leaf_dict(replay_data))
-        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
-        self._manager.wait_until_finished()
+        with _quiet_threads():
+            self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+            self._manager.wait_until_finished()
+
+
+class _quiet_threads:
+    """While saving, exceptions in orbax's and tensorstore's own threads are not printed: a failed write (a full
+    disk) reaches the caller as the save's exception, and their copies (tracebacks from every writer thread,
+    "Event loop is closed" from callbacks that come after) would bury its one line."""
+
+    def __enter__(self):
+        import sys
+        import threading
+
+        self.saved = threading.excepthook, sys.unraisablehook
+        threading.excepthook = lambda args: None
+        sys.unraisablehook = lambda unraisable: None
+
+    def __exit__(self, *exc):
+        import sys
+        import threading
+
+        threading.excepthook, sys.unraisablehook = self.saved
+        return False
 
 
 def _check_signature(run_dir, step, what, stored, abstract) -> None:

@@ -43,6 +43,8 @@ def render() -> str:
     parts = [HEADER, "```text", "$ purempo --help", _help(["--help"]), "```"]
     for command in cli.COMMANDS:
         parts += ["", "```text", f"$ purempo {command} --help", _help([command, "--help"]), "```"]
+        if command == "train":  # the grouped one-line summary above; every flag's whole description here
+            parts += ["", "```text", "$ purempo train --help-full", _help(["train", "--help-full"]), "```"]
     return "\n".join(parts) + "\n"
 
 

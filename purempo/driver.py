@@ -77,11 +77,23 @@ class Options:
 
 
 class Callbacks:
-    """Progress of a run; every method is optional (the defaults do nothing)."""
+    """Progress of a run; every method is optional (the defaults do nothing). In order: `started` (before
+    anything is compiled), `compiling`, `compiled`, `training`, then `progress` within and `evaluated` after
+    each evaluation period."""
 
-    def started(self, description: str, total_steps: int, done_steps: int) -> None: ...
+    def started(self, description: str) -> None: ...
+
+    def compiling(self, setup: str) -> None:
+        """Compilation begins; `setup` names what is compiled (env, envs, runs, devices), the same string for the
+        same programs."""
 
     def compiled(self, seconds: float) -> None: ...
+
+    def training(self, total_steps: int, done_steps: int) -> None:
+        """Training begins (or resumes) with `done_steps` of `total_steps` env steps per run done."""
+
+    def progress(self, env_steps: int) -> None:
+        """Env steps per run done so far, several times per evaluation period (`progress_iterations`)."""
 
     def message(self, text: str) -> None: ...
 
@@ -100,40 +112,90 @@ class Callbacks:
         return False
 
 
-class ConsoleProgress(Callbacks):
-    """Progress as a rich progress bar and one line per evaluation, on stderr (what `purempo train` shows)."""
+class Interrupted(RunError):
+    """The user interrupted the run (Ctrl-C); the message says what was kept and how to continue."""
 
-    def __init__(self):
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        self.console = Console(stderr=True)
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                            TextColumn("{task.completed:,.0f}/{task.total:,.0f} steps"), TextColumn("{task.fields[info]}"),
-                            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False)
-        self.task = self.bar.add_task("compiling", total=0, info="")
-        self.launched = time.perf_counter()
+class _Interrupts:
+    """SIGINT while `handle_interrupts` is active: the first stops the run at once (KeyboardInterrupt), unless a
+    checkpoint or metrics row is being written, in which case the run stops right after it; a second quits the
+    process at once (exit code 130). A KeyboardInterrupt that Python drops (raised inside a garbage-collection
+    callback, say) is raised again at the next `check_interrupt`."""
 
-    def compiled(self, seconds):  # the bar starts once the run's input has passed every check
-        self.bar.start()
-        self.console.print(f"compiled in {seconds:.1f} s")
+    def __init__(self, notify: Callable[[str], None]):
+        self.notify, self.count, self.depth, self.requested = notify, 0, 0, False
 
-    def started(self, description, total_steps, done_steps):
-        self.console.print(f"[bold]purempo[/] {description}")
-        self.console.print(f"training from {time.perf_counter() - self.launched:.1f} s after launch")
-        self.bar.update(self.task, description="training", total=total_steps, completed=done_steps)
+    def handle(self, signum, frame) -> None:
+        self.count += 1
+        if self.count > 1:
+            self.notify("quitting now")
+            os._exit(130)
+        self.requested = True
+        if self.depth:
+            self.notify("interrupted: finishing the checkpoint being written (Ctrl-C again to quit now)")
+            return
+        raise KeyboardInterrupt
 
-    def message(self, text):
-        self.console.print(f"[yellow]{text}")
 
-    def evaluated(self, row, steps_per_second):
-        self.bar.update(self.task, completed=row["env_steps"], info=f"eval {row['eval_return']:.1f}  SPS {steps_per_second:,.0f}")
-        self.console.print(
-            (f"{row['member']}  " if row["member"] else "")
-            + f"steps {row['env_steps']:>10,}  t {row['wall_time_s']:7.1f}s  eval {row['eval_return']:9.2f}"
-            f"  train {row['train_episode_return']:9.2f}  Q {row['q_mean']:8.2f}  η {row['temperature']:.3g}"
-            f"  KLμ {row['kl_mean']:.2e}  KLσ {row['kl_std']:.2e}  σ {row['policy_std']:.3f}"
-            + (f"  [red]non-finite steps {row['nonfinite_steps']}" if row.get("nonfinite_steps") else ""))
+_interrupts: Optional[_Interrupts] = None
+
+
+def check_interrupt() -> None:
+    """Raises KeyboardInterrupt if Ctrl-C was pressed (`handle_interrupts`) outside a write."""
+    if _interrupts is not None and _interrupts.requested and not _interrupts.depth:
+        raise KeyboardInterrupt
+
+
+class handle_interrupts:
+    """Context manager (main thread): Ctrl-C is handled as `_Interrupts` says while it is active; `notify`
+    prints one line."""
+
+    def __init__(self, notify: Callable[[str], None]):
+        self.interrupts = _Interrupts(notify)
+
+    def __enter__(self):
+        import signal
+
+        global _interrupts
+        self.previous = signal.signal(signal.SIGINT, self.interrupts.handle)
+        _interrupts = self.interrupts
+        return self.interrupts
+
+    def __exit__(self, *exc):
+        import signal
+
+        global _interrupts
+        signal.signal(signal.SIGINT, self.previous)
+        _interrupts = None
+        return False
+
+
+class _writing:
+    """A checkpoint or metrics write that Ctrl-C does not cut (`handle_interrupts`): the interrupt takes effect
+    after it."""
+
+    def __enter__(self):
+        if _interrupts is not None:
+            _interrupts.depth += 1
+
+    def __exit__(self, *exc):
+        if _interrupts is not None:
+            _interrupts.depth -= 1
+            if exc[0] is None:
+                check_interrupt()
+        return False
+
+
+def wait(tree) -> None:
+    """Waits for every array of `tree`, polling, so that Ctrl-C is handled at once rather than when the
+    computation ends (a blocked `block_until_ready` runs Python's signal handlers only after it returns)."""
+    import jax
+
+    for leaf in jax.tree.leaves(tree):
+        while hasattr(leaf, "is_ready") and not leaf.is_ready():
+            time.sleep(0.01)
+            check_interrupt()
+    check_interrupt()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -254,6 +316,43 @@ def check_writable(directory: Path) -> None:
         raise RunError(f"cannot write to {directory}: {error.strerror or error}") from None
 
 
+_NO_SPACE = {28: "No space left on device", 27: "File too large", 122: "Disk quota exceeded"}  # errno: strerror
+
+
+def no_space(error: BaseException) -> Optional[str]:
+    """The reason, if `error` (or one it came from) is a write that found no room: a full disk, a file size
+    limit or a quota; orbax and tensorstore report these inside their own exceptions, often only as text."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _NO_SPACE:
+            return _NO_SPACE[error.errno]
+        for reason in _NO_SPACE.values():
+            if reason.lower() in str(error).lower():
+                return reason
+        error = error.__cause__ or error.__context__
+    return None
+
+
+class _disk_errors:
+    """Turns a write that found no room into one RunError line: what could not be written, which checkpoint is
+    intact and the command that continues the run once there is space."""
+
+    def __init__(self, run_dir: Path, what: str, intact: Optional[int]):
+        self.run_dir, self.what, self.intact = run_dir, what, intact
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        reason = None if error is None or isinstance(error, RunError) else no_space(error)
+        if reason is None:
+            return False
+        kept = (f"checkpoint {self.intact} is intact; free some space, then continue with: purempo train --resume "
+                f"{self.run_dir}") if self.intact is not None else "no checkpoint was written yet"
+        raise RunError(f"cannot write {self.what} in {self.run_dir}: {reason.lower()}; {kept}") from None
+
+
 def check_output(out: Path, overwrite: bool) -> None:
     """RunError unless `out` can be written as a new file (or replaced, with `overwrite`)."""
     if out.exists() and not overwrite:
@@ -297,19 +396,51 @@ def prepare_new_run_dir(run_dir: Path, overwrite: bool) -> Path:
     return run_dir
 
 
-def check_resume(run_dir: Path, config: Config, options: Options) -> None:
-    """RunError unless `config` and `options` are the setup the run in `run_dir` was started with."""
+def extended_config(stored: Config, config: Config) -> Tuple[Config, Optional[str]]:
+    """For a run resumed with a larger `--total-steps`: the stored config with as many more evaluation periods
+    of the same length as fit (a note saying so), or `config` itself (None) when total_steps is unchanged.
+
+    The periods keep their length, so the run ends as one started with the returned total_steps and num_evals
+    would, bit for bit (an evaluation draws from the training key stream, so a different period would change
+    the numbers). RunError for a total that does not exceed the run's or a num_evals that contradicts it."""
+    if config.total_steps == stored.total_steps:
+        return config, None
+    period = stored.iterations_per_eval * stored.steps_per_iteration
+    num_evals = config.total_steps // period
+    if num_evals <= stored.num_evals:
+        raise RunError(f"invalid --total-steps={config.total_steps}: a resumed run can only grow; it must be at "
+                       f"least {(stored.num_evals + 1) * period} (one more evaluation period of {period} env "
+                       f"steps than the run's {stored.env_steps})")
+    if config.num_evals not in (stored.num_evals, num_evals):
+        raise RunError(f"cannot resume with both --total-steps and --num-evals={config.num_evals}: a longer run "
+                       f"keeps its evaluation period ({period} env steps), so --total-steps {config.total_steps} "
+                       f"gives {num_evals} evaluations")
+    extended = dataclasses.replace(config, total_steps=num_evals * period, num_evals=num_evals)
+    rounded = (f"; {config.total_steps:,} is not a whole number of periods, so {extended.total_steps:,}"
+               if extended.total_steps != config.total_steps else "")
+    return extended, (f"training on to {extended.total_steps:,} env steps: {num_evals} evaluation periods of "
+                      f"{period:,} env steps, as a run started with --total-steps {extended.total_steps} "
+                      f"--num-evals {num_evals}{rounded}")
+
+
+def check_resume(run_dir: Path, config: Config, options: Options) -> Tuple[Config, Optional[str]]:
+    """RunError unless `config` and `options` are the setup the run in `run_dir` was started with, except for a
+    larger total_steps (`extended_config`); returns the config to continue with and a note, if extended."""
     stored, record = load_run_config(run_dir)
+    config, note = extended_config(stored, config)
+    reference = stored if note is None else dataclasses.replace(stored, total_steps=config.total_steps,
+                                                                num_evals=config.num_evals)
     changed = [f"{f.name}={getattr(config, f.name)!r} (run has {getattr(stored, f.name)!r})"
-               for f in dataclasses.fields(Config) if getattr(config, f.name) != getattr(stored, f.name)]
+               for f in dataclasses.fields(Config) if getattr(config, f.name) != getattr(reference, f.name)]
     changed += [f"{name}={getattr(options, name)!r} (run has {record[name]!r})"
                 for name in ("seed", "num_seeds") if getattr(options, name) != record[name]]
     if list(options.sweep) != list(record.get("sweep", [])):
         changed.append(f"sweep={list(options.sweep)!r} (run has {record.get('sweep', [])!r})")
     if changed:
         raise RunError(f"cannot resume {run_dir} with a different setup: {', '.join(changed)}; "
-                       "a resumed run keeps its config and seeds")
+                       "a resumed run keeps its config and seeds (only a larger --total-steps is allowed)")
     check_writable(Path(run_dir))
+    return config, note
 
 
 def kept_metric_rows(path: Path, last_eval: int) -> List[str]:
@@ -348,8 +479,8 @@ def metrics_row(metrics: Dict[str, Any], index: int, iterations_per_eval: int, s
     """
     import numpy as np
 
-    finished = np.sum(metrics["episodes_finished"], axis=1)
-    episode_return = np.sum(metrics["episode_return_sum"], axis=1) / np.maximum(finished, 1)
+    finished = np.sum(metrics["episodes_finished"], axis=1)  # [S] whole training episodes ended this period
+    returns = np.sum(metrics["episode_return_sum"], axis=1)[finished > 0] / finished[finished > 0]
     per_seed = [float(x) for x in metrics["eval_return"]]
     row = dict(
         eval=index + 1,
@@ -357,7 +488,10 @@ def metrics_row(metrics: Dict[str, Any], index: int, iterations_per_eval: int, s
         wall_time_s=round(wall_time_s, 3),
         eval_return=float(np.mean(per_seed)),
         eval_return_per_seed=per_seed,
-        train_episode_return=float(np.mean(episode_return)),
+        # Mean return of the training episodes that ended in the period over the seeds that ended one; None
+        # (null) when none did, e.g. a DM Control run's first 1,000 steps, or a solved task that never fails.
+        train_episode_return=float(np.mean(returns)) if returns.size else None,
+        train_episodes=int(np.sum(finished)),
     )
     if "nonfinite_steps" in metrics:  # steps that ended an episode for a NaN/inf observation or reward, prefill too
         row["nonfinite_steps"] = int(np.sum(metrics["nonfinite_steps"]))
@@ -409,6 +543,8 @@ class TensorBoard:
         step = row["env_steps"]
         for name, value in row.items():
             if name in ("eval", "env_steps"):
+                continue
+            if value is None:  # nothing measured (no training episode ended): no point rather than a 0
                 continue
             if isinstance(value, list):
                 for seed, seed_value in enumerate(value):
@@ -463,38 +599,82 @@ def enable_compile_cache(directory: Optional[Path] = None) -> Optional[Path]:
 # ----------------------------------------------------------------------------------------------------------
 
 
+PROGRESS_CALLS = 16
+"""An evaluation period runs as at least this many calls of one compiled program where its iterations allow
+(`progress_iterations`), so that progress can be shown between them; the numbers are those of one call."""
+
+
+def progress_iterations(iterations_per_eval: int, calls: int = PROGRESS_CALLS) -> int:
+    """Iterations per compiled call: the largest divisor of `iterations_per_eval` that gives at least `calls`
+    calls per evaluation period (1 if it has fewer iterations)."""
+    return max(d for d in range(1, iterations_per_eval + 1)
+               if iterations_per_eval % d == 0 and (iterations_per_eval // d >= calls or d == 1))
+
+
 class Programs(NamedTuple):
     """A batch of runs' compiled programs, over the `TrainState` of all runs (a leading runs axis)."""
 
     init: Callable  # keys [R, 2] -> TrainState
-    train_chunk: Callable  # TrainState -> (TrainState, per-iteration metrics [R, I]); donates its input
+    # (TrainState, progress=None) -> (TrainState, per-iteration metrics [R, I] of an evaluation period) in calls
+    # of `iterations` iterations, each donating its input; progress(i) is called after each with the iterations
+    # done so far in the period.
+    train_chunk: Callable
     evaluate_state: Callable  # TrainState -> (TrainState, evaluation metrics [R]); donates its input
     state_shape: Any  # the TrainState's jax.ShapeDtypeStructs, with their shardings on a mesh
+    iterations: int  # iterations per compiled training call
 
 
 class Lowered(NamedTuple):
     """The three programs traced and lowered: enough to check a checkpoint against the state before compiling."""
 
-    programs: Tuple[Any, Any, Any]  # jax.stages.Lowered of init, train_chunk, evaluate_state
+    programs: Tuple[Any, Any, Any]  # jax.stages.Lowered of init, train (`iterations` per call), evaluate_state
     state_shape: Any
     hparams: Any
+    iterations: int
+    calls: int  # training calls per evaluation period
 
     def compile(self) -> Programs:
         """Compiles the three at once on threads (XLA releases the GIL while compiling); JAX's persistent cache
         (`enable_compile_cache`) serves the executables of a setup compiled before."""
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(len(self.programs)) as pool:
-            init, train_chunk, evaluate_state = pool.map(lambda program: program.compile(), self.programs)
-        hparams = self.hparams
-        return Programs(lambda keys: init(keys, hparams), lambda state: train_chunk(state, hparams),
-                        evaluate_state, self.state_shape)
+        pool = ThreadPoolExecutor(len(self.programs))
+        try:
+            futures = [pool.submit(program.compile) for program in self.programs]
+            while not all(future.done() for future in futures):  # polled, so that Ctrl-C stops it at once
+                time.sleep(0.02)
+                check_interrupt()
+            init, train, evaluate_state = [future.result() for future in futures]
+        finally:  # an interrupt does not wait for the compilations in flight
+            pool.shutdown(wait=False)
+        hparams, iterations, calls = self.hparams, self.iterations, self.calls
+
+        def train_chunk(state, progress: Optional[Callable[[int], None]] = None):
+            import jax
+            import numpy as np
+
+            parts = []
+            for call in range(calls):  # the next call is queued before waiting for the one before it
+                state, metrics = train(state, hparams)
+                parts.append(metrics)
+                if progress is not None and call > 0:
+                    wait(parts[-2])
+                    progress(call * iterations)
+            if progress is not None:
+                wait(parts[-1])
+                progress(calls * iterations)
+            if calls == 1:
+                return state, parts[0]
+            return state, jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *jax.device_get(parts))
+
+        return Programs(lambda keys: init(keys, hparams), train_chunk, evaluate_state, self.state_shape, iterations)
 
 
 def lower_programs(config: Config, keys, hparams=None, num_devices: int = 1, mesh=None) -> Lowered:
-    """`jax.jit` of the trainer's `init`, `train_chunk` and `evaluate_state` for runs `keys` (`[R, 2]`), vmapped
-    over them, with `hparams` shared (None: the config's) or per run (leaves `[R]`), split over `mesh` when
-    `num_devices` > 1; the chunks donate their state. Raises ValueError for a config the trainer refuses."""
+    """`jax.jit` of the trainer's `init`, `train_chunk` (`progress_iterations` iterations per call) and
+    `evaluate_state` for runs `keys` (`[R, 2]`), vmapped over them, with `hparams` shared (None: the config's) or
+    per run (leaves `[R]`), split over `mesh` when `num_devices` > 1; the chunks donate their state. Raises
+    ValueError for a config the trainer refuses."""
     import jax
 
     from purempo import sharding
@@ -503,7 +683,8 @@ def lower_programs(config: Config, keys, hparams=None, num_devices: int = 1, mes
     trainer = make_trainer(config, num_devices)
     mesh = mesh if num_devices > 1 else None
     hp_axis = None if hparams is None or jax.numpy.ndim(jax.tree.leaves(hparams)[0]) == 0 else 0
-    init, train_chunk, evaluate_state, specs = distribute(trainer, mesh, True, hp_axis)
+    iterations = progress_iterations(config.iterations_per_eval)
+    init, train_chunk, evaluate_state, specs = distribute(trainer, mesh, True, hp_axis, iterations)
     state_sharding = None if specs is None else sharding.named(mesh, specs, True)
     shape = jax.eval_shape(init, keys, hparams)
     if state_sharding is not None:
@@ -512,7 +693,7 @@ def lower_programs(config: Config, keys, hparams=None, num_devices: int = 1, mes
     programs = (jax.jit(init, out_shardings=state_sharding).lower(keys, hparams),
                 jax.jit(train_chunk, donate_argnums=0).lower(shape, hparams),
                 jax.jit(evaluate_state, donate_argnums=0).lower(shape))
-    return Lowered(programs, shape, hparams)
+    return Lowered(programs, shape, hparams, iterations, config.iterations_per_eval // iterations)
 
 
 def _stack(trees):
@@ -623,6 +804,12 @@ class Runs(NamedTuple):
     num_devices: int
     mesh: Any
 
+    @property
+    def root(self) -> Path:
+        """The run directory (a sweep's, holding the members' directories)."""
+        first = self.members[0]
+        return first.run_dir.parent if first.name else first.run_dir
+
     def member(self, tree, index: int):
         """Member `index`'s part of a tree over all runs."""
         return _member_slice(tree, index, self.num_seeds, len(self.members))
@@ -643,6 +830,12 @@ def plan_runs(config: Config, run_dir: Path, options: Options) -> Runs:
 
     members = sweep_members(config, run_dir, options.sweep)
     num_devices = options.num_devices or jax.device_count()
+    if num_devices > jax.device_count():  # before any size is checked against the count
+        platform = jax.default_backend()
+        hint = (f"; for {num_devices} CPU devices start with XLA_FLAGS=--xla_force_host_platform_device_count="
+                f"{num_devices}" if platform == "cpu" else "")
+        raise RunError(f"invalid --num-devices={num_devices}: JAX sees {jax.device_count()} {platform} "
+                       f"device(s){hint}")
     try:
         sharding.check_divisible(config, num_devices)
         mesh = sharding.make_mesh(num_devices)
@@ -725,7 +918,7 @@ class Records:
     def __init__(self, runs: Runs, config: Config, options: Options, first_eval: int, with_replay: bool, writer: bool):
         from purempo import checkpoint
 
-        self.runs, self.config, self.last_saved = runs, config, first_eval
+        self.runs, self.config, self.last_saved, self.saved = runs, config, first_eval, first_eval > 0
         self.savers = [checkpoint.Saver(m.run_dir, keep=options.keep_checkpoints, with_replay=with_replay)
                        for m in runs.members]
         self.logs, self.boards = [], []
@@ -738,9 +931,12 @@ class Records:
                 self.boards.append(TensorBoard(member.run_dir / "tb", purge_after_step=done_steps if first_eval else None))
 
     def save(self, step: int, state, wall_time_s: float) -> None:
-        for index, saver in enumerate(self.savers):
-            saver.save(step, self.runs.member(state, index), dict(wall_time_s=wall_time_s))
-        self.last_saved = step
+        """Checkpoint `step` of every member (Ctrl-C takes effect after it; a full disk is a one-line RunError
+        naming the checkpoint that is intact)."""
+        with _writing(), _disk_errors(self.runs.root, f"checkpoint {step}", self.last_saved if self.saved else None):
+            for index, saver in enumerate(self.savers):
+                saver.save(step, self.runs.member(state, index), dict(wall_time_s=wall_time_s))
+        self.last_saved, self.saved = step, True
 
     def rows(self, metrics: Dict[str, Any], index: int, wall_time_s: float) -> List[Dict[str, Any]]:
         """One metrics row per member (RunError naming the member and what is kept, if training diverged)."""
@@ -756,6 +952,10 @@ class Records:
         return rows
 
     def write(self, rows: List[Dict[str, Any]]) -> None:
+        with _writing(), _disk_errors(self.runs.root, "metrics.jsonl", self.last_saved if self.saved else None):
+            self._write(rows)
+
+    def _write(self, rows: List[Dict[str, Any]]) -> None:
         for log, row in zip(self.logs, rows):
             log.write(json.dumps(row) + "\n")
             log.flush()
@@ -781,6 +981,7 @@ def _host_metrics(metrics, evaluation) -> Dict[str, Any]:
 
 
 class Setup(NamedTuple):
+    config: Config  # what is trained (a resumed run's, extended by a larger total_steps)
     runs: Runs
     programs: Programs
     records: Records
@@ -789,87 +990,148 @@ class Setup(NamedTuple):
     start: float  # perf_counter origin of wall_time_s (moved back by a resumed run's time before)
 
 
+def _description(config: Config, runs: Runs, run_dir: Path) -> str:
+    return (f"{config.env}: {len(runs.members)} member(s) × {runs.num_seeds} seed(s) × {config.env_steps:,} env "
+            f"steps, {config.num_envs} envs on {runs.num_devices} device(s), {config.num_evals} evaluations → {run_dir}")
+
+
 def set_up(config: Config, run_dir: Path, options: Options, resume: bool, overwrite: bool,
-           callbacks: Callbacks) -> Optional[Setup]:
+           callbacks: Callbacks, created: List[Path]) -> Optional[Setup]:
     """Checks the input, compiles the run's programs and gives the state to train from: a new run's (its
     config.json and initial checkpoint written) or the resumed one's newest checkpoint; None when a resumed run
-    is already complete. Bad input is reported before anything is traced or written."""
+    is already complete. Bad input is reported before anything is traced or written; a new run's directory is
+    made only once its programs are compiled (and appended to `created`)."""
     import jax
 
     options.check()
     writer = jax.process_index() == 0  # with several processes, one writes the run's files
     if resume and overwrite:
         raise RunError("--resume and --overwrite exclude each other: resume continues a run, overwrite replaces it")
-    check_resume(run_dir, config, options) if resume else check_new_run_dir(run_dir, overwrite)
+    extension = None
+    if resume:
+        config, extension = check_resume(run_dir, config, options)
+    else:
+        check_new_run_dir(run_dir, overwrite)
     runs = plan_runs(config, run_dir, options)
     start = time.perf_counter()  # wall_time_s counts compilation, and a resumed run's time before
+    setup_name = f"{config.env}, {config.num_envs} envs, {len(runs.keys)} run(s), {runs.num_devices} device(s)"
+    if not resume:  # a new run says what it is before the seconds of tracing and compiling
+        callbacks.started(_description(config, runs, run_dir))
+        callbacks.compiling(setup_name)
     try:
         lowered = lower_programs(config, runs.keys, runs.hparams, runs.num_devices, runs.mesh)
     except ValueError as error:
         raise RunError(" ".join(str(error).split())) from None
     point = ResumePoint(0, 0.0, False)
-    if resume:  # the checkpoint is checked against the config before compiling
+    if resume:  # the checkpoint is checked against the config before compiling, and before anything is shown
         point = resume_point(runs, lowered.state_shape)
         if point.step >= config.num_evals:
             callbacks.message(f"{run_dir} is complete ({point.step} of {config.num_evals} evaluations); nothing to do")
             return None
-    else:
-        prepare_new_run_dir(run_dir, overwrite)
+        callbacks.started(_description(config, runs, run_dir))
+        callbacks.compiling(setup_name)
     programs = lowered.compile()
     callbacks.compiled(time.perf_counter() - start)
     start -= point.wall_time_s
     if resume:
         state = resumed_state(runs, programs, point, callbacks)
+        callbacks.message(f"resuming after evaluation {point.step}")
+        if extension is not None:
+            callbacks.message(extension)
+            if writer:
+                _record_extension(runs, config)
     else:
-        start_new_run(config, runs, options, writer)
+        if not Path(run_dir).exists():
+            created.append(Path(run_dir))
+        with _disk_errors(run_dir, "the run's config.json", None):
+            prepare_new_run_dir(run_dir, overwrite)
+            start_new_run(config, runs, options, writer)
         state = programs.init(runs.keys)
     with_replay = {"always": True, "never": False}.get(
         options.checkpoint_replay, _nbytes(programs.state_shape.replay) <= REPLAY_CHECKPOINT_AUTO_BYTES)
     records = Records(runs, config, options, point.step, with_replay, writer)
     if not resume:
         records.save(0, state, time.perf_counter() - start)
-    return Setup(runs, programs, records, state, point.step, start)
+    return Setup(config, runs, programs, records, state, point.step, start)
+
+
+def _record_extension(runs: Runs, config: Config) -> None:
+    """Every member's config.json (and a sweep's sweep.json) with the extended total_steps and num_evals."""
+    paths = [m.run_dir / "config.json" for m in runs.members]
+    if runs.members[0].name:
+        paths.append(runs.root / "sweep.json")
+    for path in paths:
+        record = json.loads(path.read_text())
+        record.update(total_steps=config.total_steps, num_evals=config.num_evals)
+        if "env_steps_per_seed" in record:
+            record["env_steps_per_seed"] = config.env_steps
+        with _writing():
+            replace_file(path, json.dumps(record, indent=2) + "\n")
+
+
+def _interrupted(run_dir: Path, resume: bool, records: Optional[Records], created: List[Path], num_evals: int):
+    """The `Interrupted` error for a run stopped by Ctrl-C; a new run stopped before its first checkpoint leaves
+    nothing behind (the directory it made, or its files in one that existed)."""
+    saved = records is not None and records.saved
+    if not resume and not saved:
+        for path in [Path(run_dir) / name for name in OWNED_PATHS]:
+            shutil.rmtree(path) if path.is_dir() else path.unlink() if path.exists() else None
+        for directory in created:
+            if directory.is_dir() and not any(directory.iterdir()):
+                directory.rmdir()
+        return Interrupted(f"interrupted before the first checkpoint; nothing was kept in {run_dir}")
+    step = records.last_saved if records is not None else None
+    kept = f"checkpoint {step} of {num_evals} is kept" if step is not None else "its checkpoints are kept"
+    return Interrupted(f"interrupted; {kept} in {run_dir}; continue with: purempo train --resume {run_dir}")
 
 
 def train(config: Config, run_dir: Optional[Path] = None, options: Options = Options(), resume: bool = False,
           callbacks: Optional[Callbacks] = None, overwrite: bool = False) -> Path:
     """Trains `config` as `options` say into `run_dir` (default: runs/ENV-TIMESTAMP), or continues the run there
     (`resume`). Returns the run directory. Raises RunError (one line) for bad input, a run that cannot be
-    resumed, or divergence; nothing already written is lost (a diverged run keeps its metrics and checkpoints)."""
-    import jax
-
+    resumed, or divergence; nothing already written is lost (a diverged run keeps its metrics and checkpoints).
+    A KeyboardInterrupt becomes `Interrupted`, saying what was kept and how to continue."""
     callbacks = callbacks or Callbacks()
     run_dir = Path(run_dir or Path("runs") / f"{config.env}-{time.strftime('%Y%m%d-%H%M%S')}")
-    setup = set_up(config, run_dir, options, resume, overwrite, callbacks)
-    if setup is None:
-        return run_dir
-    runs, programs, records, state, first_eval, start = setup
-    done_steps = first_eval * config.iterations_per_eval * config.steps_per_iteration
-    callbacks.started(f"{config.env}: {len(runs.members)} member(s) × {runs.num_seeds} seed(s) × "
-                      f"{config.env_steps:,} env steps, {config.num_envs} envs on {runs.num_devices} device(s), "
-                      f"{config.num_evals} evaluations → {run_dir}", config.env_steps, done_steps)
-    if resume:
-        callbacks.message(f"resuming after evaluation {first_eval}")
-    began = time.perf_counter()
+    created: List[Path] = []
+    setup = None
     try:
-        for index in range(first_eval, config.num_evals):
-            tick = time.perf_counter()
-            state, metrics = programs.train_chunk(state)
-            jax.block_until_ready(state)
-            trained = time.perf_counter()
-            state, evaluation = programs.evaluate_state(state)
-            metrics = _host_metrics(metrics, evaluation)
-            callbacks.chunk(index, metrics, state, dict(train=trained - tick, evaluate=time.perf_counter() - trained))
-            rows = records.rows(metrics, index, time.perf_counter() - start)
-            records.write(rows)
-            stop = any([callbacks.stop(dict(row, member=m.name)) for m, row in zip(runs.members, rows)])
-            if stop or index + 1 == config.num_evals or (index + 1) % options.checkpoint_every == 0:
-                records.save(index + 1, state, time.perf_counter() - start)
-            steps_per_second = (rows[0]["env_steps"] - done_steps) * len(runs.keys) / (time.perf_counter() - began)
-            for member, row in zip(runs.members, rows):
-                callbacks.evaluated(dict(row, member=member.name), steps_per_second)
-            if stop:
-                break
+        setup = set_up(config, run_dir, options, resume, overwrite, callbacks, created)
+        if setup is not None:
+            _train_loop(options, setup, callbacks)
+    except KeyboardInterrupt:
+        raise _interrupted(run_dir, resume, None if setup is None else setup.records, created,
+                           (config if setup is None else setup.config).num_evals) from None
     finally:
-        records.close()
+        if setup is not None:
+            setup.records.close()
     return run_dir
+
+
+def _train_loop(options: Options, setup: Setup, callbacks: Callbacks) -> None:
+    config, runs, programs, records, state, first_eval, start = setup
+    steps_per_iteration = config.steps_per_iteration
+    done_steps = first_eval * config.iterations_per_eval * steps_per_iteration
+    callbacks.training(config.env_steps, done_steps)
+    began = time.perf_counter()
+    for index in range(first_eval, config.num_evals):
+        tick = time.perf_counter()
+        period_start = index * config.iterations_per_eval
+        state, metrics = programs.train_chunk(
+            state, lambda iterations: callbacks.progress((period_start + iterations) * steps_per_iteration))
+        wait(state)
+        trained = time.perf_counter()
+        state, evaluation = programs.evaluate_state(state)
+        wait(evaluation)
+        metrics = _host_metrics(metrics, evaluation)
+        callbacks.chunk(index, metrics, state, dict(train=trained - tick, evaluate=time.perf_counter() - trained))
+        rows = records.rows(metrics, index, time.perf_counter() - start)
+        records.write(rows)
+        stop = any([callbacks.stop(dict(row, member=m.name)) for m, row in zip(runs.members, rows)])
+        if stop or index + 1 == config.num_evals or (index + 1) % options.checkpoint_every == 0:
+            records.save(index + 1, state, time.perf_counter() - start)
+        steps_per_second = (rows[0]["env_steps"] - done_steps) * len(runs.keys) / (time.perf_counter() - began)
+        for member, row in zip(runs.members, rows):
+            callbacks.evaluated(dict(row, member=member.name), steps_per_second)
+        if stop:
+            break

@@ -70,19 +70,66 @@ def dm_control_names() -> Tuple[str, ...]:
     return _playground()[1]["dm_control_suite"]
 
 
+TEST_ENVS = frozenset({"fast"})  # Brax's env for its own tests: accepted, never suggested or listed
+
+
 def family(name: str) -> str:
-    """`BRAX` or `PLAYGROUND`; ValueError (one line, both families' names) for an unknown name."""
+    """`BRAX` or `PLAYGROUND`; ValueError (`unknown_env_message`) for an unknown name."""
     if name in brax_names():
         return BRAX
     if name in playground_names():
         return PLAYGROUND
-    raise ValueError(f"unknown env {name!r}; Brax envs: {', '.join(brax_names())}; "
-                     f"MuJoCo Playground envs: {', '.join(playground_names())}")
+    raise ValueError(unknown_env_message(name))
 
 
 def available() -> Tuple[str, ...]:
     """Every env name `make` accepts: Brax's, then Playground's."""
     return brax_names() + playground_names()
+
+
+def _folded(name: str) -> str:
+    """A name without case, underscores, hyphens or spaces: `cheetah_run`, `cheetahrun` and `CheetahRun` agree."""
+    return "".join(c for c in name.lower() if c.isalnum())
+
+
+def resolve_name(name: str) -> str:
+    """The env `name` stands for: itself if known, else the one known name it matches without case and
+    separators (`halfcheetah` for `HalfCheetah`, `CheetahRun` for `cheetah_run`); ValueError otherwise."""
+    names = available()
+    if name in names:
+        return name
+    matches = [known for known in names if _folded(known) == _folded(name)]
+    if len(matches) == 1:
+        return matches[0]
+    raise ValueError(unknown_env_message(name, matches))
+
+
+def unknown_env_message(name: str, candidates: Tuple[str, ...] = ()) -> str:
+    """One line: `name` is unknown, the closest known names, and where the full list is."""
+    import difflib
+
+    folded = {_folded(known): known for known in available() if known not in TEST_ENVS}
+    close = list(candidates) or [folded[f] for f in difflib.get_close_matches(_folded(name), folded, n=3, cutoff=0.6)]
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    return f"unknown env {name!r}; {hint}`purempo envs` lists every env this install can train"
+
+
+def menagerie_present() -> bool:
+    """Whether MuJoCo Menagerie's assets (Playground's locomotion and manipulation robots) are installed."""
+    from mujoco_playground._src import mjx_env
+
+    return mjx_env.MENAGERIE_PATH.exists()
+
+
+def catalogue() -> Tuple[Tuple[str, Tuple[str, ...], str], ...]:
+    """(family, names, whether they run on this install) for `purempo envs`."""
+    _, parts = _playground()
+    robots = ("runs" if menagerie_present() else
+              "needs MuJoCo Menagerie's assets, which Playground downloads with git at first use (not present)")
+    return (("Brax", tuple(n for n in brax_names() if n not in TEST_ENVS), "runs"),
+            ("MuJoCo Playground, DeepMind Control Suite", parts["dm_control_suite"], "runs (its assets ship with Playground)"),
+            ("MuJoCo Playground, locomotion", parts["locomotion"], robots),
+            ("MuJoCo Playground, manipulation", parts["manipulation"], robots))
 
 
 # Warp's batched state keeps some arrays (contacts, their counts) shared by the whole batch; `per_env_leaves`
@@ -225,13 +272,43 @@ def make(name: str, backend: Optional[str] = None, impl: Optional[str] = None):
     if backend is not None:
         raise ValueError(f"invalid backend={backend!r} for MuJoCo Playground env {name!r}: backend selects a "
                          f"Brax env's pipeline; Playground envs take impl ({' or '.join(PLAYGROUND_IMPLS)})")
-    with _local_devices_only():
+    with _local_devices_only(), native_output_quieted():
         env = playground_env(name, default_impl() if impl is None else impl)
     registry = _playground()[0]
     if isinstance(jax.eval_shape(env.reset, jax.random.PRNGKey(0)).obs, Mapping):
         env = DictObservations(env)
     repeat = int(registry.get_default_config(name).get("action_repeat", 1))
     return ActionRepeat(env, repeat) if repeat > 1 else env
+
+
+VERBOSE_VARIABLE = "PUREMPO_VERBOSE"
+"""Set (to anything but 0 or empty; `purempo train -v` sets it) to see what the simulators print natively."""
+
+
+@contextlib.contextmanager
+def native_output_quieted():
+    """Silences what native code prints to stdout/stderr (MuJoCo's deprecation notices while compiling a model)
+    inside the block, unless `$PUREMPO_VERBOSE` is set; Python exceptions still propagate."""
+    if os.environ.get(VERBOSE_VARIABLE, "") not in ("", "0"):
+        yield
+        return
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
 
 
 @contextlib.contextmanager

@@ -97,11 +97,21 @@ def rollout_states(config: Config, policy_params, obs_stats: normalizer.RunningS
     return states, episode_return
 
 
+OFFLINE_NOTICE = (
+    '<p id="purempo-offline" style="font-family: sans-serif; padding: 1em">Loading the viewer… It loads its '
+    "scripts (three.js, Brax's viewer) from unpkg.com and cdn.jsdelivr.net: if this message stays, this browser "
+    "is offline or blocks them, and the page cannot show the episode.</p>\n"
+    "    <script type=\"module\">import 'viewer'; document.getElementById('purempo-offline').remove();</script>")
+
+
 def render_html(config: Config, policy_params, obs_stats: normalizer.RunningStats, key, height: int = 480,
                 max_steps: Optional[int] = None) -> Tuple[str, float]:
     """`rollout_states` rendered by `brax.io.html.render` (a self-contained page that loads Brax's viewer
-    script from a CDN); returns `(html, episode_return)`. Show it with `IPython.display.HTML(html)`."""
+    script from a CDN, with `OFFLINE_NOTICE` shown until it has loaded); returns `(html, episode_return)`. Show
+    it with `IPython.display.HTML(html)`."""
     from brax.io import html as brax_html
 
     env, states, episode_return = _rollout(config, policy_params, obs_stats, key, max_steps)
-    return brax_html.render(_system(config, env), states, height=height), episode_return
+    page = brax_html.render(_system(config, env), states, height=height)
+    viewer = '<div id="brax-viewer"></div>'
+    return page.replace(viewer, f"{viewer}\n    {OFFLINE_NOTICE}", 1), episode_return

@@ -221,7 +221,8 @@ class Trainer(NamedTuple):
 
     config: Config
     init: Callable  # (key, hparams) -> TrainState before the first env step
-    train_chunk: Callable  # (state, hparams=None) -> (state, per-iteration metrics of one evaluation period)
+    train_chunk: Callable  # (state, hparams=None, iterations=None) -> (state, per-iteration metrics of that many
+    #   iterations; default: one evaluation period)
     evaluate_state: Callable  # (state) -> (state with a new key, evaluation metrics)
     evaluate: Callable  # (policy_params, obs_stats, key, stochastic=False, num_episodes=None) -> envs.Episodes
     env_axes: Callable  # (state) -> per leaf, the index of its env axis (split over devices) or sharding.SHARED
@@ -375,9 +376,9 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
 
         return envs.evaluate(env, act, key, num_episodes, limit)
 
-    def train_chunk(state: TrainState, hparams: Optional[HParams] = None):
+    def train_chunk(state: TrainState, hparams: Optional[HParams] = None, iterations: Optional[int] = None):
         hp = config.hparams if hparams is None else hparams
-        return jax.lax.scan(lambda s, _: iteration(s, hp), state, None, length=config.iterations_per_eval)
+        return jax.lax.scan(lambda s, _: iteration(s, hp), state, None, length=iterations or config.iterations_per_eval)
 
     def evaluate_state(state: TrainState):
         # eval_episodes of the mean action and as many of the stochastic policy, in one lockstep rollout.
@@ -441,16 +442,17 @@ def make_train(config: Config) -> Callable:
     return train
 
 
-def distribute(trainer: Trainer, mesh=None, batched: bool = False, hp_axis: Optional[int] = None):
+def distribute(trainer: Trainer, mesh=None, batched: bool = False, hp_axis: Optional[int] = None,
+               iterations: Optional[int] = None):
     """(init, train_chunk, evaluate_state) of `trainer` over global arrays: vmapped over runs (`batched`;
     hyper-parameters per run if `hp_axis` is 0, shared if None) and, with a `mesh`, split over its devices by
-    `shard_map` (env-axis leaves split, the rest replicated; `sharding`). Also returns the state's
-    PartitionSpecs (None without a mesh)."""
+    `shard_map` (env-axis leaves split, the rest replicated; `sharding`); train_chunk runs `iterations`
+    iterations (default: an evaluation period). Also returns the state's PartitionSpecs (None without a mesh)."""
     def init(k, hp):
         return trainer.init(k, hp)
 
     def train_chunk(state, hp):
-        return trainer.train_chunk(state, hp)
+        return trainer.train_chunk(state, hp, iterations)
 
     def evaluate_state(state):
         return trainer.evaluate_state(state)

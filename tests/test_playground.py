@@ -16,16 +16,24 @@ from flax import struct
 from purempo import envs, presets
 
 
-def test_names_resolve_to_their_family_and_an_unknown_name_lists_both():
+def test_names_resolve_to_their_family_and_an_unknown_name_suggests_the_closest():
     assert envs.family("halfcheetah") == envs.BRAX
     assert envs.family("CheetahRun") == envs.PLAYGROUND
     assert {"CartpoleSwingup", "CheetahRun", "WalkerWalk", "FingerSpin"} <= set(envs.dm_control_names())
     assert set(envs.available()) >= {"inverted_pendulum", "CheetahRun"}
+    for typed in ("cheetahrun", "cheetah_run", "CHEETAH-RUN", "Cheetahrun"):
+        assert envs.resolve_name(typed) == "CheetahRun"
+    assert envs.resolve_name("HalfCheetah") == "halfcheetah"
     with pytest.raises(ValueError) as error:
-        envs.family("Cheetahrun")
+        envs.family("Cheetahrun")  # the trainer takes exact names; the CLI resolves them first
     message = str(error.value)
-    assert "\n" not in message and "'Cheetahrun'" in message
-    assert "Brax envs: ant," in message and "MuJoCo Playground envs: " in message and "CheetahRun" in message
+    assert "\n" not in message and "'Cheetahrun'" in message and "did you mean CheetahRun" in message
+    assert len(message) < 200 and "purempo envs" in message
+    with pytest.raises(ValueError, match="did you mean walker2d or WalkerRun or WalkerWalk"):
+        envs.resolve_name("walker")
+    with pytest.raises(ValueError) as error:
+        envs.resolve_name("fst")
+    assert "fast" not in str(error.value)  # Brax's test env is never suggested
 
 
 def test_an_env_needing_menagerie_fails_with_one_line_and_runs_no_git(monkeypatch, tmp_path):
