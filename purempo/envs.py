@@ -273,7 +273,7 @@ def make(name: str, backend: Optional[str] = None, impl: Optional[str] = None):
         raise ValueError(f"invalid backend={backend!r} for MuJoCo Playground env {name!r}: backend selects a "
                          f"Brax env's pipeline; Playground envs take impl ({' or '.join(PLAYGROUND_IMPLS)})")
     with _local_devices_only(), native_output_quieted():
-        env = playground_env(name, default_impl() if impl is None else impl)
+        env = _quiet_solver(playground_env(name, default_impl() if impl is None else impl))
     registry = _playground()[0]
     if isinstance(jax.eval_shape(env.reset, jax.random.PRNGKey(0)).obs, Mapping):
         env = DictObservations(env)
@@ -309,6 +309,22 @@ def native_output_quieted():
         os.dup2(saved[1], 2)
         for fd in (*saved, null):
             os.close(fd)
+
+
+def _quiet_solver(env):
+    """A MuJoCo Warp env whose solver does not print a line each time an iteration limit is reached (hundreds per
+    run: `warn_overflow`, MuJoCo Warp's own switch) and whose kernels load without a line each (Warp's log level),
+    unless `$PUREMPO_VERBOSE` is set; other envs unchanged."""
+    model = getattr(env, "_mjx_model", None)
+    impl = getattr(getattr(model, "opt", None), "_impl", None)
+    if impl is None or not hasattr(impl, "warn_overflow") or os.environ.get(VERBOSE_VARIABLE, "") not in ("", "0"):
+        return env
+    import warp
+
+    # Nor a line per kernel module loaded ("Module ... load on device ... took ..."), logged at Warp's INFO level.
+    warp.config.log_level = max(warp.config.log_level, warp.LOG_WARNING)
+    env._mjx_model = model.replace(opt=model.opt.replace(_impl=impl.replace(warn_overflow=0)))
+    return env
 
 
 @contextlib.contextmanager

@@ -357,3 +357,16 @@ def test_simulator_notices_are_quiet_unless_verbose(tmp_path):
     from purempo import cli
 
     assert cli.parse_train_args(["-v"]).verbose and not cli.parse_train_args([]).verbose
+
+
+def test_warp_solver_messages_are_off_unless_verbose():
+    """MuJoCo Warp prints a line whenever its solver hits its iteration limit (hundreds per run); its own
+    `warn_overflow` switch is off in purempo's envs, on with PUREMPO_VERBOSE (`train -v`). The model is built
+    on the CPU here; the messages themselves need a GPU run."""
+    script = ("from purempo import envs; env = envs.make('CartpoleBalance', impl='warp'); "
+              "print(env.mjx_model.opt._impl.warn_overflow)")
+    quiet = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(), timeout=600)
+    loud = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                          env=dict(_env(), PUREMPO_VERBOSE="1"))
+    assert quiet.stdout.split() == ["0"] and not quiet.stderr.strip(), quiet.stderr
+    assert int(loud.stdout.split()[-1]) != 0
