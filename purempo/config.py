@@ -187,9 +187,11 @@ class Config:
         need(self.replay_obs_dtype in REPLAY_OBS_DTYPES, "replay_obs_dtype", f"one of {REPLAY_OBS_DTYPES}")
         need(self.batch_size <= self.replay_size, "batch_size", f"<= replay_size ({self.replay_size})")
         need(self.iterations_per_eval >= 1, "total_steps",
-             f">= num_evals * num_envs * unroll_length = {self.num_evals * self.steps_per_iteration}")
+             f">= num_evals * num_envs * unroll_length = {self.num_evals * self.steps_per_iteration} (one iteration "
+             f"per evaluation); raise total_steps or lower num_evals")
         need(self.prefill_iterations < self.num_iterations, "prefill_steps",
-             f"< the run's env steps ({self.env_steps}) so that some iterations learn")
+             f"< the run's env steps ({self.env_steps}) so that some iterations learn; raise total_steps or lower "
+             f"prefill_steps")
         need((self.prefill_iterations + 1) * self.unroll_length >= self.sequence_length + 1, "prefill_steps",
              f">= {max(0, self.sequence_length + 1 - self.unroll_length) * self.num_envs} so the replay holds "
              f"sequence_length + 1 = {self.sequence_length + 1} steps per env at the first update")
