@@ -14,8 +14,8 @@ Two scales (`preset(env, scale=...)`; `resolve_scale` says what `purempo train -
   measured in docs/journal.md ran at this scale).
 - ``"gpu"``: the same per-env settings (networks, per-task overrides) with the scale fields replaced by
   `gpu_settings(env)` for every locomotion/Brax preset and every MuJoCo Playground env: 1,024 envs, batches of
-  1,024 sequences (16x the CPU's), one update per 256 env steps at a replay ratio of 32, learning rates x4 and
-  KL bounds x4-16 per update, targets as far behind in env steps as the CPU preset's, a replay of 4 episodes per
+  1,024 sequences (16x the CPU's), one update per 64 env steps at a replay ratio of 128, learning rates x1-2 and
+  KL bounds x1-4 per update, targets as far behind in env steps as the CPU preset's, a replay of 4 episodes per
   env (docs/journal.md §9). The tiny envs in `CPU_ONLY` keep their CPU settings. `MEASURED_GPU` lists the GPU
   presets with a committed learning curve; `--scale auto` on an accelerator uses only those.
 
@@ -137,12 +137,12 @@ def target_lag_env_steps(config: Config) -> float:
 
 
 def _gpu(cpu: Config, num_envs: int = 1024, unroll_length: int = 4, batch_size: int = 1024,
-         sequence_length: int = 8, ratio: float = 32.0, total_steps: int = 10_000_000, episodes_in_replay: int = 4,
-         **extra) -> Dict[str, Any]:
+         sequence_length: int = 8, ratio: float = 128.0, total_steps: int = 10_000_000, episodes_in_replay: int = 4,
+         prefill_steps_per_env: int = 32, **extra) -> Dict[str, Any]:
     """The fields of a GPU preset built from the CPU preset `cpu`: `ratio` sampled transitions per env step in
-    updates of `batch_size` sequences (one update per 256 env steps by default), learning rates ×√(batch / the
-    CPU batch), KL bounds × (env steps per update / the CPU preset's), and targets that lag the online networks
-    by as many env steps as the CPU preset's (a hard copy every few updates, or Polyak with τ scaled)."""
+    updates of `batch_size` sequences (one update per 64 env steps by default), with k = env steps per update /
+    the CPU preset's: learning rates ×√k and KL bounds ×k, and targets that lag the online networks by as many
+    env steps as the CPU preset's (a hard copy every few updates, or Polyak with τ scaled)."""
     updates = updates_for_replay_ratio(ratio, num_envs, unroll_length, batch_size, sequence_length)
     per_update = num_envs * unroll_length / updates
     lag = target_lag_env_steps(cpu)
@@ -153,14 +153,14 @@ def _gpu(cpu: Config, num_envs: int = 1024, unroll_length: int = 4, batch_size: 
     from purempo import envs
 
     steps_per_env = -(-episodes_in_replay * envs.time_limit(cpu) // 1024) * 1024
-    # Learning rates by Adam's square-root scaling rule for a batch k times the CPU's (Malladi et al. 2022, "On
-    # the SDEs and Scaling Rules for Adaptive Gradient Algorithms"); KL bounds grown with the env steps an update
-    # stands for (k again where the replay ratio is the CPU preset's), since a KL grows with the square of a step.
-    # As many prefill steps per env as the CPU preset's, which set the reward divisor: the first few steps after
-    # a reset (CheetahRun: 8 at 2 iterations) pay almost nothing, and a divisor from them inflates every value.
-    prefill_steps = -(-cpu.prefill_steps // cpu.num_envs // unroll_length) * unroll_length * num_envs
-    lr_scale = math.sqrt(batch_size / cpu.batch_size)
+    # One update stands for k of the CPU preset's: learning rates by Adam's square-root scaling rule for k steps
+    # in one (Malladi et al. 2022, "On the SDEs and Scaling Rules for Adaptive Gradient Algorithms"), KL bounds
+    # ×k. Measured on CheetahRun (docs/journal.md §9): with k = 4 (one update per 64 env steps, lr ×2) 162.5 /
+    # 114.8 at 205k env steps; with k = 16 (one per 256, lr ×4 for the 16× batch) 0.9 / 2.9.
+    # 32 prefill steps per env (32k env steps at 1,024 envs; the CPU preset's 128 per env would be 131k).
+    prefill_steps = -(-prefill_steps_per_env // unroll_length) * unroll_length * num_envs
     kl_scale = per_update / env_steps_per_update(cpu)
+    lr_scale = math.sqrt(kl_scale)
     rates = dict(policy_lr=cpu.policy_lr * lr_scale, critic_lr=cpu.critic_lr * lr_scale,
                  dual_lr=cpu.dual_lr * lr_scale,
                  epsilon_mean=cpu.epsilon_mean * kl_scale, epsilon_std=cpu.epsilon_std * kl_scale)
@@ -171,11 +171,10 @@ def _gpu(cpu: Config, num_envs: int = 1024, unroll_length: int = 4, batch_size: 
         total_steps=total_steps, **target, **rates, **extra)
 
 
-# GPU scale (docs/journal.md §9): an update of 16x the CPU batch stands for 4-16x the env steps (one per 256,
+# GPU scale (docs/journal.md §9): an update of 16x the CPU batch stands for 1-4x the env steps (one per 64,
 # against one per 16 in the Playground CPU preset, 32 in the locomotion one, 64 in humanoid's), so it may move that
 # much further in KL and takes Adam's square-root-scaled learning rates; targets lag by as many env steps as on
-# the CPU. 1,024 envs and batches of 1,024 sequences keep the accelerator busy: on one H200 this shape ran 87k
-# CheetahRun env steps/s per seed, learning included (docs/journal.md §7).
+# the CPU. 1,024 envs and batches of 1,024 sequences keep the accelerator busy (one H200: ~1.5 ms per update).
 GPU_TOTAL_STEPS: Dict[str, int] = {
     "ant": 50_000_000, "humanoid": 50_000_000, "halfcheetah": 10_000_000, "hopper": 10_000_000,
     "walker2d": 10_000_000, "reacher": 5_000_000, "pusher": 10_000_000,
@@ -184,7 +183,8 @@ GPU_TOTAL_STEPS: Dict[str, int] = {
 _GPU_PLAYGROUND_ROBOTS = dict(total_steps=50_000_000, discount=0.97)
 
 # GPU presets whose committed learning curve at their own sizes holds up against the CPU preset's per env step;
-# `--scale auto` selects only these. None yet: CheetahRun's (results/stability_CheetahRun_gpu_shaped.json) does not.
+# `--scale auto` selects only these. None yet: CheetahRun's (results/stability_CheetahRun_gpu_u64.json, stopped
+# at 246k env steps) trails the CPU preset's.
 MEASURED_GPU: frozenset = frozenset()
 
 

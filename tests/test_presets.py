@@ -83,33 +83,30 @@ def test_replay_ratio_helper_examples_and_errors():
 
 
 def _check_gpu_shape(gpu: Config, cpu: Config):
-    """A GPU preset: 1,024 envs, batches of 1,024 sequences, one update per 256 env steps, 32 sampled transitions
+    """A GPU preset: 1,024 envs, batches of 1,024 sequences, one update per 64 env steps, 128 sampled transitions
     per env step, the CPU preset's target lag in env steps (within 25%), learning rates and KL bounds scaled."""
     assert gpu.num_envs == 1024 and gpu.batch_size >= 1024
-    assert presets.env_steps_per_update(gpu) == 256.0
-    assert gpu.num_envs * gpu.unroll_length / gpu.updates_per_iteration == 256.0  # a naive count
+    assert presets.env_steps_per_update(gpu) == 64.0
+    assert gpu.num_envs * gpu.unroll_length / gpu.updates_per_iteration == 64.0  # a naive count
     assert presets.replay_ratio(gpu.num_envs, gpu.unroll_length, gpu.updates_per_iteration, gpu.batch_size,
-                                gpu.sequence_length) == 32.0
-    # 16 times the CPU batch of 64 sequences: learning rates x sqrt(16); KL bounds x the env steps per update,
-    # 256 against the CPU's (64 envs x 4 steps / 16 updates in Playground's, / 8 in the locomotion one).
-    assert gpu.batch_size / cpu.batch_size == 16
+                                gpu.sequence_length) == 128.0
+    # An update stands for k of the CPU preset's (64 env steps against 64 envs x 4 steps / 16 updates in
+    # Playground's, / 8 in the locomotion one; humanoid's 128 envs / 8): KL bounds x k, learning rates x sqrt(k).
+    k = 64 / (cpu.num_envs * cpu.unroll_length / cpu.updates_per_iteration)
+    assert k in (1, 2, 4)
     for field in ("policy_lr", "critic_lr", "dual_lr"):
-        assert getattr(gpu, field) == pytest.approx(4 * getattr(cpu, field)), field
-    k = 256 / (cpu.num_envs * cpu.unroll_length / cpu.updates_per_iteration)
-    assert k in (4, 8, 16)  # humanoid: 128 envs on the CPU
+        assert getattr(gpu, field) == pytest.approx(k ** 0.5 * getattr(cpu, field)), field
     assert (gpu.epsilon_mean, gpu.epsilon_std) == pytest.approx((k * cpu.epsilon_mean, k * cpu.epsilon_std))
     assert gpu.epsilon_per_dimension == cpu.epsilon_per_dimension
     lag_cpu = (cpu.target_update_period or 1 / cpu.tau) * cpu.num_envs * cpu.unroll_length / cpu.updates_per_iteration
-    lag_gpu = (gpu.target_update_period or 1 / gpu.tau) * 256.0
+    lag_gpu = (gpu.target_update_period or 1 / gpu.tau) * 64.0
     assert 0.75 <= lag_gpu / lag_cpu <= 1.25, (lag_gpu, lag_cpu)
     assert presets.target_lag_env_steps(gpu) == pytest.approx(lag_gpu)
     assert (gpu.target_update_period > 0) == (cpu.target_update_period > 0)
     assert gpu.capacity_per_env >= 3 * envs.time_limit(gpu)
     assert gpu.replay_size == gpu.capacity_per_env * gpu.num_envs
     assert gpu.reset_pool_size >= gpu.num_envs and gpu.eval_episodes >= 128
-    # The CPU preset's prefill steps per env (they set the reward divisor), in whole unrolls.
-    per_env = cpu.prefill_steps / cpu.num_envs
-    assert per_env <= gpu.prefill_steps / gpu.num_envs < per_env + gpu.unroll_length
+    assert gpu.prefill_steps == 32 * gpu.num_envs  # 32 steps per env, in whole unrolls
     assert gpu.prefill_steps % (gpu.num_envs * gpu.unroll_length) == 0 and gpu.total_steps >= 5_000_000
     assert gpu.replay_obs_dtype == "float32"  # bfloat16 rounds relative to |x|: noise in log ρ
 
@@ -133,7 +130,10 @@ def test_brax_gpu_presets_keep_the_cpu_presets_learning_per_env_step(env):
 def test_the_cheetah_run_gpu_preset_is_the_measured_one():
     gpu = presets.preset("CheetahRun", scale="gpu")
     assert (gpu.num_envs, gpu.unroll_length, gpu.updates_per_iteration, gpu.batch_size, gpu.sequence_length,
-            gpu.target_update_period, gpu.replay_size) == (1024, 4, 16, 1024, 8, 3, 4096 * 1024)
+            gpu.target_update_period, gpu.replay_size) == (1024, 4, 64, 1024, 8, 12, 4096 * 1024)
+    # As run in results/stability_CheetahRun_gpu_u64.json.
+    assert (gpu.policy_lr, gpu.critic_lr, gpu.dual_lr, gpu.epsilon_mean, gpu.epsilon_std, gpu.prefill_steps) == \
+        pytest.approx((6e-4, 2e-3, 0.02, 0.02, 4e-5, 32768))
 
 
 @pytest.mark.parametrize("env", sorted(presets.CPU_ONLY))
@@ -158,8 +158,8 @@ def test_every_playground_gpu_preset_is_valid_and_keeps_its_cpu_settings():
 def test_cartpole_swingup_gpu_polyak_rate_keeps_the_cpu_target_lag():
     cpu, gpu = presets.preset("CartpoleSwingup"), presets.preset("CartpoleSwingup", scale="gpu")
     assert cpu.target_update_period == 0 and gpu.target_update_period == 0
-    # CPU: 1/0.005 = 200 updates of 16 env steps = 3,200 env steps; GPU: 1/τ updates of 256.
-    assert gpu.tau == pytest.approx(256 / 3200)
+    # CPU: 1/0.005 = 200 updates of 16 env steps = 3,200 env steps; GPU: 1/τ updates of 64.
+    assert gpu.tau == pytest.approx(64 / 3200)
 
 
 @pytest.mark.parametrize("backend_scale", ["cpu", "gpu"])
@@ -204,7 +204,7 @@ def test_the_gpu_shaped_cheetah_run_curve_is_committed_with_the_presets_values()
     from pathlib import Path
 
     summary = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "results" /
-                          "stability_CheetahRun_gpu_shaped.json").read_text())
+                          "stability_CheetahRun_gpu_u64.json").read_text())
     gpu = presets.preset("CheetahRun", scale="gpu")
     for field in ("num_envs", "unroll_length", "updates_per_iteration", "batch_size", "target_update_period",
                   "epsilon_mean", "epsilon_std", "critic_lr", "policy_lr", "dual_lr", "prefill_steps"):
