@@ -192,8 +192,10 @@ def wait(tree) -> None:
     import jax
 
     for leaf in jax.tree.leaves(tree):
+        delay = 1e-4  # doubling up to 10 ms: a call of a few milliseconds is not left idle behind a long sleep
         while hasattr(leaf, "is_ready") and not leaf.is_ready():
-            time.sleep(0.01)
+            time.sleep(delay)
+            delay = min(2 * delay, 0.01)
             check_interrupt()
     check_interrupt()
 

@@ -113,7 +113,7 @@ def run_and_resume(out, root):
     whole = driver.train(TINY, root / "whole", options)
     try:
         driver.train(TINY, root / "cut", options, callbacks=_StopAfter(2))
-    except KeyboardInterrupt:
+    except driver.Interrupted:  # the driver's answer to a KeyboardInterrupt: what was kept, how to continue
         pass
     cut_steps = sorted(int(p.name) for p in (root / "cut" / "checkpoints").iterdir() if p.name.isdigit())
     driver.train(TINY, root / "cut", options, resume=True)

@@ -17,8 +17,8 @@ import pytest
 
 from purempo import driver
 
-# 8 envs × 2 steps = 16 env steps per iteration; 3,200 per evaluation period = 200 iterations (16 calls of 12.5:
-# 200 = 8 · 25, so calls of 10 iterations, 20 calls).
+# 8 envs × 2 steps = 16 env steps per iteration. Most runs below have evaluation periods of 1,600 env steps (100
+# iterations, run as 20 calls of 5), so that they share compiled programs through the session's compile cache.
 TINY = ["--num-envs", "8", "--unroll-length", "2", "--updates-per-iteration", "1", "--batch-size", "8",
         "--sequence-length", "4", "--num-action-samples", "4", "--policy-hidden", "16", "16", "--critic-hidden", "16",
         "16", "--prefill-steps", "64", "--eval-episodes", "2", "--episode-length", "50", "--replay-size", "4096"]
@@ -62,18 +62,18 @@ def _in_terminal(args, cwd, timeout=600):
 
 
 def test_the_bar_moves_within_an_evaluation_period_and_shows_an_eta(tmp_path):
-    """One evaluation period of 200 iterations: on a terminal the bar shows step counts between 0 and the end
-    and an ETA before the only evaluation; the header and the compile notice come before compilation ends."""
-    code, shown = _in_terminal(["train", *TINY, "--total-steps", "3200", "--num-evals", "1",
+    """Evaluation periods of 100 iterations: on a terminal the bar shows step counts between 0 and the end that
+    no evaluation line shows, and an ETA; the header and the compile notice come before compilation ends."""
+    code, shown = _in_terminal(["train", *TINY, "--total-steps", "3200", "--num-evals", "2",
                                 "--run-dir", str(tmp_path / "run")], tmp_path)
     assert code == 0, shown[-3000:]
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown)
     counts = {int(c.replace(",", "")) for c in re.findall(r"([\d,]+)/3,200 steps", plain)}
-    assert any(0 < c < 3200 for c in counts), sorted(counts)
+    assert any(0 < c < 3200 and c != 1600 for c in counts), sorted(counts)
     assert re.search(r"ETA \d+:\d\d", plain), plain[-2000:]
     header, compiling = plain.index("purempo inverted_pendulum"), plain.index("compiling…")
     done = re.search(r"(compiled|loaded the compiled programs from the cache) in [\d.]+ s", plain)
-    assert done and header < compiling < done.start() < plain.index("steps      3,200")
+    assert done and header < compiling < done.start() < plain.index("steps      1,600")
 
 
 def test_piped_output_is_plain_unwrapped_lines_in_order(tmp_path):
@@ -107,11 +107,11 @@ def test_progress_reaches_the_callbacks_within_each_period(tmp_path):
 
     config = Config(num_envs=8, unroll_length=2, updates_per_iteration=1, batch_size=8, sequence_length=4,
                     num_action_samples=4, policy_hidden=(16, 16), critic_hidden=(16, 16), prefill_steps=64,
-                    eval_episodes=2, episode_length=50, replay_size=4096, total_steps=2048, num_evals=2)
+                    eval_episodes=2, episode_length=50, replay_size=4096, total_steps=3200, num_evals=2)
     record = Record()
     driver.train(config, tmp_path / "run", callbacks=record)
     assert record.steps == sorted(record.steps) and len(record.steps) >= 2 * 16
-    assert record.evaluated_at == [1024, 2048] and {1024, 2048} <= set(record.steps)
+    assert record.evaluated_at == [1600, 3200] and {1600, 3200} <= set(record.steps)
     assert driver.progress_iterations(64) == 4 and driver.progress_iterations(61) == 1
 
 
@@ -138,7 +138,7 @@ def test_ctrl_c_while_compiling_exits_at_once_and_leaves_no_run_dir(tmp_path):
     log = tmp_path / "log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "purempo.cli", "train", *TINY, "--total-steps", "3200",
-                                 "--num-evals", "1", "--run-dir", str(run_dir), "--no-compile-cache"],
+                                 "--num-evals", "2", "--run-dir", str(run_dir), "--no-compile-cache"],
                                 stdout=out, stderr=out, env=_env(), cwd=tmp_path)
         _wait_for(lambda text: "compiling…" in text, proc, log)
         time.sleep(1.0)
@@ -154,7 +154,7 @@ def test_ctrl_c_while_training_says_how_to_resume_and_resume_continues(tmp_path)
     finishes the run with the rows of an uninterrupted one."""
     run_dir = tmp_path / "run"
     log = tmp_path / "log"
-    flags = [*TINY, "--total-steps", "32000", "--num-evals", "10", "--seed", "3"]
+    flags = [*TINY, "--total-steps", "48000", "--num-evals", "30", "--seed", "3"]
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "purempo.cli", "train", *flags, "--run-dir", str(run_dir)],
                                 stdout=out, stderr=out, env=_env(), cwd=tmp_path)
@@ -167,7 +167,7 @@ def test_ctrl_c_while_training_says_how_to_resume_and_resume_continues(tmp_path)
     resumed = _purempo("train", "--resume", str(run_dir), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [row["eval"] for row in rows] == list(range(1, 11))
+    assert [row["eval"] for row in rows] == list(range(1, 31))
 
 
 def test_a_second_ctrl_c_while_a_checkpoint_is_written_quits_at_once(tmp_path):
@@ -269,7 +269,9 @@ def test_a_full_disk_is_one_line_naming_the_intact_checkpoint(tmp_path, limit, i
 @pytest.mark.parametrize("flags, expected", [
     (["--total-steps", "1.5"], "invalid --total-steps=1.5: must be a whole number"),
     (["--num-devices", "3"], "XLA_FLAGS=--xla_force_host_platform_device_count=3"),
-    (["--scale", "gpu", "--env", "halfcheetah", "--total-steps", "1e5"], "invalid --prefill-steps=131072"),
+    (["--scale", "gpu", "--env", "halfcheetah", "--total-steps", "5e4"],
+     "invalid --total-steps=50000: must be >= --num-evals * --num-envs * --unroll-length = 81920 (one iteration per "
+     "evaluation); raise --total-steps or lower --num-evals"),
 ])
 def test_bad_counts_and_devices_are_one_line_naming_the_flag(tmp_path, flags, expected):
     result = _purempo("train", *flags, "--run-dir", str(tmp_path / "r"))

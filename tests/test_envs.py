@@ -346,15 +346,16 @@ def test_evaluation_ends_an_episode_at_a_non_finite_step(env):
     np.testing.assert_array_equal(episodes.final_obs, 0.0)
 
 
-def test_make_unknown_env_lists_valid_names():
-    """An unknown name raises ValueError naming the valid environments."""
+def test_make_unknown_env_suggests_valid_names():
+    """An unknown name raises ValueError naming the closest valid environments and `purempo envs`."""
     with pytest.raises(ValueError) as info:
-        envs.make("nope")
+        envs.make("inverted_pendullum")
     message = str(info.value)
-    assert "nope" in message
-    for name in ("inverted_pendulum", "ant", "halfcheetah"):
-        assert name in message
+    assert "'inverted_pendullum'" in message and "did you mean inverted_pendulum" in message
+    assert "purempo envs" in message
     assert set(envs.available()) >= {"inverted_pendulum", "ant"}
+    names = {name for _, listed, _ in envs.catalogue() for name in listed}
+    assert names == set(envs.available()) - envs.TEST_ENVS  # `purempo envs` lists every env but Brax's test env
 
 
 def test_restarts_and_evaluation_starts_are_uniform_draws_from_the_reset_pool(env, step_and_raw):
