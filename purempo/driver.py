@@ -155,17 +155,28 @@ class handle_interrupts:
 
     def __enter__(self):
         import signal
+        import sys
 
         global _interrupts
         self.previous = signal.signal(signal.SIGINT, self.interrupts.handle)
+        self.previous_hook = sys.unraisablehook
+        previous_hook = self.previous_hook
+
+        def unraisable(info):  # a Ctrl-C that landed in a callback Python cannot raise from is raised later
+            if not issubclass(info.exc_type, KeyboardInterrupt):
+                previous_hook(info)
+
+        sys.unraisablehook = unraisable
         _interrupts = self.interrupts
         return self.interrupts
 
     def __exit__(self, *exc):
         import signal
+        import sys
 
         global _interrupts
         signal.signal(signal.SIGINT, self.previous)
+        sys.unraisablehook = self.previous_hook
         _interrupts = None
         return False
 

@@ -372,3 +372,26 @@ def test_warp_solver_messages_are_off_unless_verbose():
                           env=dict(_env(), PUREMPO_VERBOSE="1"))
     assert quiet.stdout.split() == ["0"] and not quiet.stderr.strip(), quiet.stderr
     assert int(loud.stdout.split()[-1]) != 0
+
+
+def test_a_ctrl_c_python_drops_is_raised_again_without_a_traceback():
+    """A Ctrl-C that lands in a finaliser (JAX's garbage-collection callback, in practice) cannot propagate;
+    Python would print it as "Exception ignored" with a traceback. It is kept quiet and raised at the next check."""
+    script = (
+        "import os, signal, time\n"
+        "from purempo import driver\n"
+        "class Finalised:\n"
+        "    def __del__(self):\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "        time.sleep(0.05)\n"
+        "with driver.handle_interrupts(print):\n"
+        "    try:\n"
+        "        value = Finalised()\n"
+        "        del value\n"
+        "        print('went on')\n"
+        "        driver.check_interrupt()\n"
+        "    except KeyboardInterrupt:\n"
+        "        print('raised again')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=_env())
+    assert result.stdout.splitlines() == ["went on", "raised again"], result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
