@@ -629,12 +629,11 @@ class Programs(NamedTuple):
 
     init: Callable  # keys [R, 2] -> TrainState
     # (TrainState, progress=None) -> (TrainState, per-iteration metrics [R, I] of an evaluation period) in calls
-    # of `iterations` iterations, each donating its input; progress(i) is called after each with the iterations
+    # of `Lowered.iterations` iterations, each donating its input; progress(i) is called after each with the iterations
     # done so far in the period.
     train_chunk: Callable
     evaluate_state: Callable  # TrainState -> (TrainState, evaluation metrics [R]); donates its input
     state_shape: Any  # the TrainState's jax.ShapeDtypeStructs, with their shardings on a mesh
-    iterations: int  # iterations per compiled training call
 
 
 class Lowered(NamedTuple):
@@ -680,7 +679,7 @@ class Lowered(NamedTuple):
                 return state, parts[0]
             return state, jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *jax.device_get(parts))
 
-        return Programs(lambda keys: init(keys, hparams), train_chunk, evaluate_state, self.state_shape, iterations)
+        return Programs(lambda keys: init(keys, hparams), train_chunk, evaluate_state, self.state_shape)
 
 
 def lower_programs(config: Config, keys, hparams=None, num_devices: int = 1, mesh=None) -> Lowered:
