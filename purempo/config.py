@@ -99,6 +99,8 @@ class Config:
     """Retrace trace coefficient λ in c = λ·min(1, π/b)."""
     num_action_samples: int = 16
     """Actions sampled per state for the E-step and for E_π Q(s', ·)."""
+    antithetic_samples: bool = False
+    """Sample the actions in mirrored pairs μ ± σ·ξ (needs an even num_action_samples): E_π Q(s', ·) is exact for a Q linear in the action, and the E-step compares opposite moves."""
     epsilon: float = 0.1
     """E-step KL bound ε."""
     epsilon_mean: float = 1e-2
@@ -176,6 +178,8 @@ class Config:
         need(self.reset_pool_size >= 0, "reset_pool_size", ">= 0 (0 resets with env.reset)")
         need(self.sequence_length >= 2, "sequence_length", ">= 2")
         need(self.num_action_samples >= 2, "num_action_samples", ">= 2")
+        need(not self.antithetic_samples or self.num_action_samples % 2 == 0, "num_action_samples",
+             "even when antithetic_samples is on (the actions come in mirrored pairs)")
         need(len(self.policy_hidden) >= 1 and min(self.policy_hidden) >= 1, "policy_hidden", "non-empty positive sizes")
         need(len(self.critic_hidden) >= 1 and min(self.critic_hidden) >= 1, "critic_hidden", "non-empty positive sizes")
         need(self.replay_size % self.num_envs == 0, "replay_size",
@@ -267,7 +271,7 @@ CONCERNS: Dict[str, Tuple[str, ...]] = {
     "replay": ("replay_size", "prefill_steps", "batch_size", "sequence_length", "replay_obs_dtype"),
     "networks": ("policy_hidden", "critic_hidden", "critic_norm_all", "num_critics", "init_std", "min_std",
                  "obs_norm_preserves_outputs"),
-    "mpo": ("discount", "retrace_lambda", "num_action_samples", "epsilon", "epsilon_mean", "epsilon_std",
+    "mpo": ("discount", "retrace_lambda", "num_action_samples", "antithetic_samples", "epsilon", "epsilon_mean", "epsilon_std",
             "epsilon_penalty", "epsilon_per_dimension", "per_dim_constraining", "action_penalization",
             "init_temperature", "init_alpha_mean", "init_alpha_std", "min_alpha", "alpha_gain", "normalize_penalty",
             "critic_pessimism",

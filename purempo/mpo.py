@@ -116,6 +116,23 @@ def kl_weights_vs_uniform(weights: chex.Array) -> chex.Array:
     return jnp.sum(weights * (jnp.log(jnp.maximum(weights, 1e-30)) + jnp.log(n)), axis=0)
 
 
+def sample_gaussian(key: chex.PRNGKey, mean: chex.Array, std: chex.Array, num_samples: int,
+                    antithetic: bool = False) -> chex.Array:
+    """`[N, ...]` actions a = μ + σ·ξ for mean and std `[..., A]`, ξ ~ N(0, I).
+
+    `antithetic`: ξ comes in mirrored pairs (ξ_j, −ξ_j), j < N/2 (antithetic variates, Hammersley & Morton
+    1956): the sample mean of the actions is μ exactly, and a sample mean of Q(s, a) has no error from Q's
+    part linear in a, so N actions estimate E_π Q as well as many more independent ones where Q is smooth.
+    """
+    chex.assert_equal_shape([mean, std])
+    if not antithetic:
+        return mean + std * jax.random.normal(key, (num_samples,) + mean.shape)
+    if num_samples % 2:
+        raise ValueError(f"antithetic sampling needs an even number of samples, got {num_samples}")
+    half = jax.random.normal(key, (num_samples // 2,) + mean.shape)
+    return mean + std * jnp.concatenate([half, -half])
+
+
 def gaussian_log_prob(x: chex.Array, mean: chex.Array, std: chex.Array) -> chex.Array:
     """Per-dimension log density of a diagonal Gaussian; broadcasts, returns the shape of x."""
     z = (x - mean) / std

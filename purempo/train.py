@@ -89,7 +89,8 @@ def mpo_loss(params, learner: LearnerState, obs_stats, reward_divisor, batch: Tr
     Applies the networks and hands their outputs to `losses.critic_loss` and `losses.policy_loss`. Shapes:
     batch leaves `[B, L, ...]`; N = num_action_samples; A = action dim. The learner's rewards are
     `batch.reward / reward_divisor` (see `Config.reward_normalization`). The policy is improved on the next
-    states s_{t+1}, reusing the target-Q of the actions sampled there for E_π' Q'(s_{t+1}, ·).
+    states s_{t+1}, reusing the target-Q of the actions sampled there for E_π' Q'(s_{t+1}, ·) and the target
+    policy there for the trace's ratios π'(a_{t+1}|s_{t+1}) / b(a_{t+1}|s_{t+1}).
     """
     policy_params, critic_params, dual_params = params
     num_samples = config.num_action_samples
@@ -101,11 +102,10 @@ def mpo_loss(params, learner: LearnerState, obs_stats, reward_divisor, batch: Tr
     obs = normalizer.normalize(obs_stats, batch.obs)  # [B, L, O]
     next_obs = normalizer.normalize(obs_stats, next_obs)
 
-    # Target policy at s_t (for π'(a_t|s_t)) and at s_{t+1} (samples for E_π' Q' and the E-step).
-    target_mean, target_std = nets.policy.apply(learner.target_policy_params, obs)
+    # Target policy at s_{t+1}: samples for E_π' Q' and the E-step, and π'(a_{t+1}|s_{t+1}) for the trace.
     next_target_mean, next_target_std = nets.policy.apply(learner.target_policy_params, next_obs)
-    noise = jax.random.normal(key, (num_samples,) + next_target_mean.shape)
-    sampled_actions = next_target_mean + next_target_std * noise  # [N, B, L, A]
+    sampled_actions = mpo.sample_gaussian(key, next_target_mean, next_target_std, num_samples,
+                                          config.antithetic_samples)  # [N, B, L, A]
     # Target-critic values go through the ensemble's pessimistic estimate (the single value for one critic).
     def target_q(o, a):
         q = nets.critic.apply(learner.target_critic_params, o, acting.env_action(a))
@@ -113,7 +113,11 @@ def mpo_loss(params, learner: LearnerState, obs_stats, reward_divisor, batch: Tr
 
     sampled_q = target_q(next_obs, sampled_actions)  # [N, B, L]
 
-    log_pi = jnp.sum(mpo.gaussian_log_prob(batch.action, target_mean, target_std), axis=-1)
+    # log ρ_t for t ≥ 1 from π' at next_obs[t−1], which is s_t wherever Retrace reads ρ_t (transition t−1 neither
+    # terminated nor truncated); ρ_0 and ρ after an episode's end are never read (the trace is cut there).
+    log_pi = jnp.sum(mpo.gaussian_log_prob(batch.action[:, 1:], next_target_mean[:, :-1],
+                                           next_target_std[:, :-1]), axis=-1)
+    log_pi = jnp.concatenate([batch.behaviour_log_prob[:, :1], log_pi], axis=1)  # [B, L]; ρ_0 = 1, unread
     q_online = nets.critic.apply(critic_params, obs, acting.env_action(batch.action))  # [B, L] or [K, B, L]
     critic_loss, targets = losses.critic_loss(
         q_online=q_online,

@@ -63,6 +63,7 @@ def test_default_config_is_valid():
         (dict(exploration_correlation_from_step=-1.0), "exploration_correlation_from_step"),
         (dict(episode_length=0), "episode_length"),
         (dict(episode_length=-5), "episode_length"),
+        (dict(antithetic_samples=True, num_action_samples=7), "num_action_samples"),  # pairs need an even N
     ],
 )
 def test_invalid_field_raises_value_error_naming_it(changes, field):

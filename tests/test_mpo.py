@@ -480,6 +480,47 @@ def test_gaussian_log_prob_matches_scipy():
     np.testing.assert_allclose(lp, stats.norm.logpdf(x, mean, std), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("antithetic", [False, True])
+def test_sampled_gaussian_actions_have_the_policy_moments(antithetic):
+    """Many samples of either kind have mean μ and std σ per dimension (KS test against N(μ, σ²) on the
+    independent half), and the shape is [N, ...]."""
+    mean, std = jnp.asarray([[0.5, -1.0], [2.0, 0.0]]), jnp.asarray([[0.3, 1.5], [0.1, 2.0]])
+    a = np.asarray(mpo.sample_gaussian(jax.random.PRNGKey(0), mean, std, 4000, antithetic))
+    assert a.shape == (4000, 2, 2)
+    np.testing.assert_allclose(a.mean(0), mean, atol=4 * float(jnp.max(std)) / np.sqrt(4000))
+    np.testing.assert_allclose(a.std(0), std, rtol=0.05)
+    for i, j in itertools.product(range(2), range(2)):
+        assert stats.kstest(a[:2000, i, j], "norm", args=(float(mean[i, j]), float(std[i, j]))).pvalue > 1e-3
+
+
+def test_antithetic_samples_mirror_and_make_a_linear_q_exact():
+    """Pairs (j, j + N/2) mirror about μ, so the sample mean of a Q linear in the action equals Q(μ) exactly
+    (closed form), while independent samples miss it. For Q = −|a − c|² with its optimum c well outside the
+    policy's spread (the linear part dominates) the mean over 2,000 keys equals the closed form
+    −(|μ − c|² + Σσ²) for both kinds, with a smaller spread for mirrored pairs."""
+    mean, std = jnp.asarray([0.2, -0.4, 1.0]), jnp.asarray([0.5, 1.0, 0.2])
+    w, c = jnp.asarray([1.0, -2.0, 3.0]), jnp.asarray([2.0, -3.0, 3.0])
+    pairs = mpo.sample_gaussian(jax.random.PRNGKey(1), mean, std, 8, antithetic=True)
+    np.testing.assert_allclose(pairs[:4] + pairs[4:], jnp.broadcast_to(2 * mean, (4, 3)), atol=1e-6)
+    linear = lambda a: a @ w + 0.7  # noqa: E731
+    np.testing.assert_allclose(jnp.mean(linear(pairs)), linear(mean), atol=1e-5)
+    independent = mpo.sample_gaussian(jax.random.PRNGKey(1), mean, std, 8)
+    assert abs(float(jnp.mean(linear(independent)) - linear(mean))) > 1e-3
+
+    def estimates(antithetic):
+        quadratic = lambda a: -jnp.sum((a - c) ** 2, axis=-1)  # noqa: E731
+        sample = lambda k: jnp.mean(quadratic(mpo.sample_gaussian(k, mean, std, 8, antithetic)))  # noqa: E731
+        return np.asarray(jax.vmap(sample)(jax.random.split(jax.random.PRNGKey(2), 2000)))
+
+    exact = -(float(jnp.sum((mean - c) ** 2)) + float(jnp.sum(std ** 2)))
+    mirrored, plain = estimates(True), estimates(False)
+    for values in (mirrored, plain):
+        assert abs(values.mean() - exact) < 4 * values.std() / np.sqrt(len(values))
+    assert mirrored.std() < 0.5 * plain.std()
+    with pytest.raises(ValueError, match="even number of samples, got 7"):
+        mpo.sample_gaussian(jax.random.PRNGKey(0), mean, std, 7, antithetic=True)
+
+
 @pytest.mark.parametrize(
     "mp,sp,mq,sq",
     [(0.0, 1.0, 0.0, 1.0), (0.3, 1.0, -0.5, 1.0), (0.0, 0.5, 0.0, 2.0), (1.2, 2.5, -0.7, 0.4), (0.0, 1.0, 1e-2, 1.01)],

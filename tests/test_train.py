@@ -194,7 +194,7 @@ def test_without_reward_normalization_the_critic_sees_the_scale(reacher_scale_ru
 # Glue: the learner step's target networks, terminal masking, output-preserving normalisation, counters
 # ------------------------------------------------------------------------------------------------------------
 
-from purempo import envs, mpo, normalizer, replay, train  # noqa: E402
+from purempo import acting, envs, losses, mpo, normalizer, replay, train  # noqa: E402
 
 # 4 envs × 2 steps = 8 steps per iteration; 2 prefill iterations; 10 iterations, 2 per evaluation.
 GLUE = Config(
@@ -282,7 +282,8 @@ def learner_pieces(glue_run):
     learner = state.learner._replace(num_updates=jnp.zeros((), jnp.int32))
     assert _trees_differ(learner.target_policy_params, learner.policy_params)
     assert _trees_differ(learner.target_critic_params, learner.critic_params)
-    return dict(learner=learner, batches=batches, step_fn=step_fn, loss_and_grads=loss_and_grads)
+    return dict(learner=learner, batches=batches, step_fn=step_fn, loss_and_grads=loss_and_grads,
+                obs_stats=state.obs_stats, divisor=divisor)
 
 
 def test_targets_are_not_changed_by_the_sgd_step(learner_pieces):
@@ -425,6 +426,29 @@ def test_ensemble_pessimism_lowers_the_targets_the_critic_regresses_on(learner_p
     assert target[1.0] < target[0.0] - 0.1
 
 
+def test_antithetic_samples_reach_the_sampled_actions(learner_pieces, monkeypatch):
+    """antithetic_samples: mpo_loss samples its N actions at every next state in mirrored pairs about π'’s
+    mean (checked on the concrete actions, run without jit), and the loss stays finite."""
+    seen = []
+
+    def recording(key, mean, std, num_samples, antithetic=False):
+        actions = sample(key, mean, std, num_samples, antithetic)
+        seen.append((mean, actions))
+        return actions
+
+    sample = train.mpo.sample_gaussian
+    monkeypatch.setattr(train.mpo, "sample_gaussian", recording)
+    config = GLUE.replace(antithetic_samples=True, num_action_samples=4)
+    with jax.disable_jit():
+        (loss, _), _ = learner_pieces["loss_and_grads"](learner_pieces["learner"], learner_pieces["batches"][0],
+                                                        jax.random.PRNGKey(8), config=config)
+    assert np.isfinite(float(loss))
+    [(mean, actions)] = seen
+    assert actions.shape[:3] == (4, GLUE.batch_size, GLUE.sequence_length)
+    np.testing.assert_allclose(actions[:2] + actions[2:], 2 * jnp.broadcast_to(mean, actions[:2].shape), atol=1e-5)
+    assert float(jnp.max(jnp.abs(actions[0] - actions[1]))) > 1e-3  # two different pairs, not one repeated
+
+
 @pytest.mark.parametrize("decay, n", [(0.0, 500), (100.0, 0), (100.0, 300)])
 def test_policy_learning_rate_decays_as_one_over_updates(learner_pieces, decay, n):
     """policy_lr_decay_updates T: Adam's first step from fresh moments moves every parameter with a non-zero
@@ -507,6 +531,51 @@ def test_terminal_next_observations_never_reach_the_networks(learner_pieces):
         learner, base._replace(next_obs=jnp.asarray(nan_obs)), key)
     for leaf in _leaves(new):
         assert np.all(np.isfinite(leaf))
+
+
+def _naive_critic_loss(pieces, learner, batch, key, config):
+    """The critic loss built the direct way: π'(a_t|s_t) from the target policy at every stored s_t."""
+    nets = train.make_networks(config, batch.action.shape[-1])
+    target_policy = functools.partial(nets.policy.apply, learner.target_policy_params)
+    target_critic = functools.partial(nets.critic.apply, learner.target_critic_params)
+    obs = normalizer.normalize(pieces["obs_stats"], batch.obs)
+    next_obs = normalizer.normalize(pieces["obs_stats"], jnp.where(batch.terminated[..., None], batch.obs,
+                                                                   batch.next_obs))
+    mean, std = target_policy(obs)
+    next_mean, next_std = target_policy(next_obs)
+    actions = mpo.sample_gaussian(key, next_mean, next_std, config.num_action_samples, config.antithetic_samples)
+    log_pi = jnp.sum(mpo.gaussian_log_prob(batch.action, mean, std), axis=-1)
+    loss, targets = losses.critic_loss(
+        nets.critic.apply(learner.critic_params, obs, acting.env_action(batch.action)),
+        target_critic(obs, acting.env_action(batch.action)),
+        jnp.mean(target_critic(next_obs, acting.env_action(actions)), axis=0),
+        batch.reward / pieces["divisor"], config.discount * (1.0 - batch.terminated.astype(jnp.float32)),
+        log_pi - batch.behaviour_log_prob, batch.truncated, config.retrace_lambda)
+    return float(loss), np.asarray(targets)
+
+
+def test_the_trace_reads_pi_of_each_next_state_as_the_direct_way_does(learner_pieces):
+    """mpo_loss takes π'(a_{t+1}|s_{t+1}) from the target policy at the next states it already evaluates; the
+    critic loss and targets equal the direct way's (π' at every stored s_t) on sequences that terminate, hit a
+    time limit (a final observation unlike the next row's) or run on, and the trace does read those ratios."""
+    learner, batch, key = learner_pieces["learner"], learner_pieces["batches"][1], jax.random.PRNGKey(12)
+    terminated, truncated = np.asarray(batch.terminated).copy(), np.asarray(batch.truncated).copy()
+    added = np.zeros_like(truncated)
+    added[1, 0] = added[2, 1] = True
+    terminated[0, 0], terminated[added], truncated[added] = True, False, True
+    truncated[0, 0] = False
+    next_obs = np.asarray(batch.next_obs).copy()
+    next_obs[added] += 0.5  # a true final state: not the next row's observation (a reset's)
+    batch = batch._replace(terminated=jnp.asarray(terminated), truncated=jnp.asarray(truncated),
+                           next_obs=jnp.asarray(next_obs))
+    config = GLUE.replace(retrace_lambda=0.9)
+    (_, metrics), _ = learner_pieces["loss_and_grads"](learner, batch, key, hparams=config.hparams, config=config)
+    loss, targets = _naive_critic_loss(learner_pieces, learner, batch, key, config)
+    np.testing.assert_allclose(float(metrics["critic_loss"]), loss, rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["target_mean"]), targets.mean(), rtol=1e-5, atol=1e-6)
+    # Not vacuous: other behaviour probabilities inside the sequences change the targets.
+    other = batch._replace(behaviour_log_prob=batch.behaviour_log_prob + 3.0)
+    assert abs(_naive_critic_loss(learner_pieces, learner, other, key, config)[0] - loss) > 1e-6 * abs(loss)
 
 
 def _outputs(params_source, obs_stats, obs, actions):
