@@ -424,6 +424,15 @@ BUDGET_ROWS = [  # purempo and Brax SAC for the same training time, side by side
     Row("ReacherHard", ["compare_ReacherHard_600s_purempo"], sac=["compare_ReacherHard_600s_sac"],
         settings="600 s of training"),
 ]
+HALF_M = 491_520
+SAMPLES_ROWS = [  # the DM Control preset's action samples, both settings on the same code (docs/journal.md §11)
+    Row("CheetahRun", ["stability_CheetahRun_preset500k"], at=HALF_M,
+        settings="16 independent action samples (the preset before)"),
+    Row("CheetahRun", ["stability_CheetahRun_antithetic8_500k"], at=HALF_M, settings="8 mirrored action samples"),
+    Row("WalkerWalk", ["stability_WalkerWalk_preset500k"], at=HALF_M,
+        settings="16 independent action samples (the preset before)"),
+    Row("WalkerWalk", ["stability_WalkerWalk_antithetic8_500k"], at=HALF_M, settings="8 mirrored action samples"),
+]
 STABILITY_ROWS = [
     Row("inverted_pendulum", ["stability_inverted_pendulum_issue39"]),
     Row("inverted_pendulum", ["stability_inverted_pendulum_driver"]),
@@ -440,6 +449,7 @@ TABLES = {
                                sources=lambda r: [r[0]]),
     "dmc-cpu": Table(RESULTS_MD, LEARNING, DMC_ROWS),
     "dmc-cpu-600s": Table(RESULTS_MD, BUDGET, BUDGET_ROWS),
+    "dmc-cpu-samples": Table(RESULTS_MD, LEARNING, SAMPLES_ROWS),
     "dmc-gpu": Table(RESULTS_MD, LEARNING, GPU_ROWS),
     "stability": Table(RESULTS_MD, STABILITY, STABILITY_ROWS),
     "throughput": Table(RESULTS_MD, THROUGHPUT, lambda root: entries("throughput_inverted_pendulum", "num_envs_sweep")(
