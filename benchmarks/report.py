@@ -392,16 +392,19 @@ BRAX_ROWS = [
         settings="preset (its ε_μ, ε_σ recorded per action dimension: 5e-3, 1e-5)"),
     Row("reacher"), Row("pusher"), Row("ant"), Row("humanoid"),
 ]
+DMC_16 = "preset with 16 independent action samples (now 8 mirrored)"
 DMC_ROWS = [
     Row("CartpoleSwingup", ["stability_CartpoleSwingup_1m_preset_seed0", "stability_CartpoleSwingup_1m_preset_seed1"],
-        sac=["compare_CartpoleSwingup_sac_1m"], at=M, threshold=800),
-    Row("CheetahRun", ["stability_CheetahRun"], sac=["compare_CheetahRun_sac_1m"], at=M),
+        sac=["compare_CartpoleSwingup_sac_1m"], at=M, threshold=800, settings=DMC_16),
+    Row("CheetahRun", ["stability_CheetahRun"], sac=["compare_CheetahRun_sac_1m"], at=M, settings=DMC_16),
     Row("WalkerWalk", ["stability_WalkerWalk_1m_normalized_eps_mean1.5e-2",
                        "stability_WalkerWalk_1m_normalized_eps_mean1.5e-2_seed1"],
-        sac=["compare_WalkerWalk_sac_1m", "compare_WalkerWalk_sac_1m_seed1"], at=M, threshold=800),
-    Row("FingerSpin", ["stability_FingerSpin_1m"], sac=["compare_FingerSpin_sac_1m"], at=M),
-    Row("ReacherHard", ["stability_ReacherHard_1m_preset"], sac=["compare_ReacherHard_sac_1m"], at=M, threshold=800),
-    Row("HopperStand", ["stability_HopperStand_1m_preset"], sac=["compare_HopperStand_sac_1m"], at=M, threshold=800),
+        sac=["compare_WalkerWalk_sac_1m", "compare_WalkerWalk_sac_1m_seed1"], at=M, threshold=800, settings=DMC_16),
+    Row("FingerSpin", ["stability_FingerSpin_1m"], sac=["compare_FingerSpin_sac_1m"], at=M, settings=DMC_16),
+    Row("ReacherHard", ["stability_ReacherHard_1m_preset"], sac=["compare_ReacherHard_sac_1m"], at=M, threshold=800,
+        settings=DMC_16),
+    Row("HopperStand", ["stability_HopperStand_1m_preset"], sac=["compare_HopperStand_sac_1m"], at=M, threshold=800,
+        settings=DMC_16),
 ]
 GPU_ROWS = [
     Row("CheetahRun", ["gpu_dmc/stability_CheetahRun_gpu1024"], no_brax="not measured",
