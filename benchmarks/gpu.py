@@ -92,7 +92,7 @@ def run_purempo(env: str, args, overrides: dict, out: Path) -> dict:
     import jax
 
     summary = dict(env=env, trainer="purempo", date=today(), machine=machine(), versions=versions(),
-                   devices=[str(d) for d in jax.devices()], command=command_line("benchmarks/gpu.py"),
+                   devices=[str(d) for d in jax.devices()], command=command_line("gpu.py"),
                    scale=args.scale, budget_s=args.budget_s, seeds=list(range(args.seed, args.seed + args.num_seeds)),
                    config=jsonable(config), points=[], rates={})
     path = out / f"gpu_{env}.json"
@@ -107,7 +107,7 @@ def run_brax(env: str, trainer: str, args, out: Path) -> dict:
     curve, settings = compare.run_brax(trainer, env, args.budget_s, args.seed, {},
                                        {"impl": "jax"} if envs.family(env) == envs.PLAYGROUND else {})
     summary = dict(env=env, trainer=f"brax-{trainer}", date=today(), machine=machine(), versions=versions(),
-                   command=command_line("benchmarks/gpu.py"), budget_s=args.budget_s, settings=settings,
+                   command=command_line("gpu.py"), budget_s=args.budget_s, settings=settings,
                    points=curve.points)
     write(out / f"gpu_{env}_{trainer}.json", summary)
     return summary

@@ -52,7 +52,7 @@ def main() -> int:
                 raise SystemExit(f"`purempo {' '.join(argv)}` failed with exit code {result.returncode}")
             rows.append(dict(name=name, command="purempo " + " ".join(argv), seconds=round(seconds, 1)))
             print(f"{seconds:7.1f} s  purempo {' '.join(argv)}", flush=True)
-    record = dict(date=today(), machine=machine(), versions=versions(), command=command_line("benchmarks/readme_times.py"),
+    record = dict(date=today(), machine=machine(), versions=versions(), command=command_line("readme_times.py"),
                   commands=rows)
     Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {args.out}")

@@ -42,7 +42,7 @@ def main():
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
     result = dict(env=args.env, label=args.label, date=today(), machine=machine(), versions=versions(),
-                  command=command_line("benchmarks/update_cost.py"), scales={})
+                  command=command_line("update_cost.py"), scales={})
     for scale in args.scales:
         index = 0 if scale == "cpu" else 1
         config = sized(preset(args.env, scale=scale, **parse_overrides(args.set)), args.iterations[index])
