@@ -122,7 +122,8 @@ def sample_gaussian(key: chex.PRNGKey, mean: chex.Array, std: chex.Array, num_sa
 
     `antithetic`: ξ comes in mirrored pairs (ξ_j, −ξ_j), j < N/2 (antithetic variates, Hammersley & Morton
     1956): the sample mean of the actions is μ exactly, and a sample mean of Q(s, a) has no error from Q's
-    part linear in a, so N actions estimate E_π Q as well as many more independent ones where Q is smooth.
+    part linear in a. Where Q is close to linear over the policy's spread, N mirrored actions estimate E_π Q
+    better than N independent ones; where its curvature dominates, worse (each pair repeats (a − μ)²).
     """
     chex.assert_equal_shape([mean, std])
     if not antithetic:
