@@ -1043,6 +1043,9 @@ def set_up(config: Config, run_dir: Path, options: Options, resume: bool, overwr
         callbacks.started(_description(config, runs, run_dir))
         callbacks.compiling(setup_name)
     programs = lowered.compile()
+    from purempo import sharding
+
+    sharding.wait_for_every_process("compiled")  # what follows runs collectives
     callbacks.compiled(time.perf_counter() - start)
     start -= point.wall_time_s
     if resume:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
+import itertools
+
 import chex
 import jax
 import numpy as np
@@ -25,6 +27,20 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXIS = "devices"
 """Name of the mesh axis that the env axis is split over."""
+
+
+_barriers = itertools.count()
+
+
+def wait_for_every_process(name: str, timeout_s: float = 3600.0) -> None:
+    """Blocks until every process of a multi-process run has called this (the coordination service's barrier;
+    nothing with one process). gloo's collectives give all processes 30 s to meet at their first call, and one
+    host may finish compiling minutes after another."""
+    if jax.process_count() > 1:
+        from jax._src import distributed  # the client `jax.distributed.initialize` made; orbax reads it too
+
+        key = f"purempo/{name}/{next(_barriers)}"
+        distributed.global_state.client.wait_at_barrier(key, timeout_in_ms=int(timeout_s * 1000))
 
 
 def make_mesh(num_devices: Optional[int] = None) -> Mesh:
