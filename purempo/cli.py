@@ -39,7 +39,7 @@ class TrainArgs:
     overwrite: bool = False
     """Delete the run already in --run-dir (config.json, metrics.jsonl, sweep.json, checkpoints/, tb/) and start anew."""
     scale: Literal["auto", "cpu", "gpu"] = "auto"
-    """Preset sizes: cpu (tens to hundreds of envs), gpu (1,024 envs, batches of 1,024 sequences), auto: gpu on a GPU or TPU backend for an env whose GPU preset has a committed learning curve that holds up (none yet), cpu otherwise (with a note). The other GPU presets are untested."""
+    """Preset sizes: cpu (tens to hundreds of envs), gpu (1,024 envs, batches of 256 sequences), auto: gpu on a GPU or TPU backend for an env whose GPU preset has a committed learning curve that holds up (none yet), cpu otherwise (with a note). The other GPU presets are untested."""
     verbose: Annotated[bool, tyro.conf.arg(aliases=("-v",))] = False
     """Show what the simulators print natively (MuJoCo's notices while loading a model), quiet by default."""
     compile_cache: bool = True

@@ -12,12 +12,13 @@ Two scales (`preset(env, scale=...)`; `resolve_scale` says what `purempo train -
 
 - ``"cpu"`` (the default): `PRESETS` / `_PLAYGROUND` above, 64-256 envs, sized for a CPU (the presets
   measured in docs/journal.md ran at this scale).
-- ``"gpu"``: the same per-env settings (networks, per-task overrides) with the scale fields replaced by
-  `gpu_settings(env)` for every locomotion/Brax preset and every MuJoCo Playground env: 1,024 envs, batches of
-  1,024 sequences (16x the CPU's), one update per 64 env steps at a replay ratio of 128, learning rates x1-2 and
-  KL bounds x1-4 per update, targets as far behind in env steps as the CPU preset's, a replay of 4 episodes per
-  env (docs/journal.md §9). The tiny envs in `CPU_ONLY` keep their CPU settings. `MEASURED_GPU` lists the GPU
-  presets with a committed learning curve; `--scale auto` on an accelerator uses only those.
+- ``"gpu"``: the same per-env settings (networks, per-task overrides, and every per-update setting: learning
+  rates, KL bounds, target period) with the scale fields replaced by `gpu_settings(env)` for every locomotion/Brax
+  preset and every MuJoCo Playground env: 1,024 envs, batches of 256 sequences (4x the CPU's), as many updates
+  per env step as the CPU preset, a replay of 4 episodes per env (docs/journal.md §12). The tiny envs in
+  `CPU_ONLY` keep their CPU settings. `GPU_CURVES` names the GPU presets trained at their own sizes and
+  `MEASURED_GPU` those whose curve holds up against the CPU preset's; `--scale auto` on an accelerator uses only
+  those.
 
 Replay ratio = sampled transitions per env step = updates_per_iteration * batch_size * sequence_length /
 (num_envs * unroll_length) (`replay_ratio`). CPU presets: 16 (locomotion), 32 (Playground).
@@ -25,7 +26,6 @@ Replay ratio = sampled transitions per env step = updates_per_iteration * batch_
 
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, Optional, Tuple
 
 from purempo.config import Config
@@ -118,14 +118,6 @@ def replay_ratio(num_envs: int, unroll_length: int, updates_per_iteration: int, 
     return updates_per_iteration * batch_size * sequence_length / (num_envs * unroll_length)
 
 
-def updates_for_replay_ratio(ratio: float, num_envs: int, unroll_length: int, batch_size: int,
-                             sequence_length: int) -> int:
-    """The updates per iteration (>= 1) whose `replay_ratio` is nearest `ratio` (exact where it divides)."""
-    if not (math.isfinite(ratio) and ratio > 0):
-        raise ValueError(f"invalid replay ratio {ratio!r}: must be a finite number > 0")
-    return max(1, round(ratio * num_envs * unroll_length / (batch_size * sequence_length)))
-
-
 def env_steps_per_update(config: Config) -> float:
     """Env steps one SGD update stands for: num_envs · unroll_length / updates_per_iteration."""
     return config.num_envs * config.unroll_length / config.updates_per_iteration
@@ -138,45 +130,31 @@ def target_lag_env_steps(config: Config) -> float:
     return updates * env_steps_per_update(config)
 
 
-def _gpu(cpu: Config, num_envs: int = 1024, unroll_length: int = 4, batch_size: int = 1024,
-         sequence_length: int = 8, ratio: float = 128.0, total_steps: int = 10_000_000, episodes_in_replay: int = 4,
+def _gpu(cpu: Config, num_envs: int = 1024, unroll_length: int = 4, batch_size: int = 256,
+         sequence_length: int = 8, total_steps: int = 10_000_000, episodes_in_replay: int = 4,
          prefill_steps_per_env: int = 32, **extra) -> Dict[str, Any]:
-    """The fields of a GPU preset built from the CPU preset `cpu`: `ratio` sampled transitions per env step in
-    updates of `batch_size` sequences (one update per 64 env steps by default), with k = env steps per update /
-    the CPU preset's: learning rates ×√k and KL bounds ×k, and targets that lag the online networks by as many
-    env steps as the CPU preset's (a hard copy every few updates, or Polyak with τ scaled)."""
-    updates = updates_for_replay_ratio(ratio, num_envs, unroll_length, batch_size, sequence_length)
-    per_update = num_envs * unroll_length / updates
-    lag = target_lag_env_steps(cpu)
-    if cpu.target_update_period > 0:
-        target = dict(target_update_period=max(1, round(lag / per_update)))
-    else:
-        target = dict(target_update_period=0, tau=min(1.0, per_update / lag))
+    """The fields of a GPU preset built from the CPU preset `cpu`: `num_envs` envs and updates of `batch_size`
+    sequences, one update per as many env steps as the CPU preset's, so its learning rates, KL bounds and target
+    period stay as they are (each counted per update)."""
+    per_update = env_steps_per_update(cpu)
+    updates = num_envs * unroll_length / per_update
+    if updates != int(updates):
+        raise ValueError(f"invalid GPU sizes: {num_envs} envs x {unroll_length} steps do not split into updates "
+                         f"of {per_update:g} env steps")
     from purempo import envs
 
     steps_per_env = -(-episodes_in_replay * envs.time_limit(cpu) // 1024) * 1024
-    # One update stands for k of the CPU preset's: learning rates by Adam's square-root scaling rule for k steps
-    # in one (Malladi et al. 2022, "On the SDEs and Scaling Rules for Adaptive Gradient Algorithms"), KL bounds
-    # ×k. Measured on CheetahRun (docs/journal.md §9): with k = 4 (one update per 64 env steps, lr ×2) 162.5 /
-    # 114.8 at 205k env steps; with k = 16 (one per 256, lr ×4 for the 16× batch) 0.9 / 2.9.
-    # 32 prefill steps per env (32k env steps at 1,024 envs; the CPU preset's 128 per env would be 131k).
     prefill_steps = -(-prefill_steps_per_env // unroll_length) * unroll_length * num_envs
-    kl_scale = per_update / env_steps_per_update(cpu)
-    lr_scale = math.sqrt(kl_scale)
-    rates = dict(policy_lr=cpu.policy_lr * lr_scale, critic_lr=cpu.critic_lr * lr_scale,
-                 dual_lr=cpu.dual_lr * lr_scale,
-                 epsilon_mean=cpu.epsilon_mean * kl_scale, epsilon_std=cpu.epsilon_std * kl_scale)
     return dict(
         num_envs=num_envs, unroll_length=unroll_length, batch_size=batch_size, sequence_length=sequence_length,
-        updates_per_iteration=updates, replay_size=steps_per_env * num_envs, reset_pool_size=num_envs,
-        prefill_steps=prefill_steps, eval_episodes=128, num_evals=20,
-        total_steps=total_steps, **target, **rates, **extra)
+        updates_per_iteration=int(updates), replay_size=steps_per_env * num_envs, reset_pool_size=num_envs,
+        prefill_steps=prefill_steps, eval_episodes=128, num_evals=20, total_steps=total_steps, **extra)
 
 
-# GPU scale (docs/journal.md §9): an update of 16x the CPU batch stands for 1-4x the env steps (one per 64,
-# against one per 16 in the Playground CPU preset, 32 in the locomotion one, 64 in humanoid's), so it may move that
-# much further in KL and takes Adam's square-root-scaled learning rates; targets lag by as many env steps as on
-# the CPU. 1,024 envs and batches of 1,024 sequences keep the accelerator busy (one H200: ~1.5 ms per update).
+# GPU scale (docs/journal.md §12): 1,024 envs and 4x the CPU batch, at the CPU preset's updates per env step (one
+# per 16 env steps in the Playground CPU preset, 32 in the locomotion one, 64 in humanoid's). Fewer updates per
+# env step, each allowed to move further, learned less per env step (one per 64: CheetahRun 153.2 / 112.2 at
+# 246k against 324.1 / 282.3; §9); on a GPU an update's time barely depends on its batch.
 GPU_TOTAL_STEPS: Dict[str, int] = {
     "ant": 50_000_000, "humanoid": 50_000_000, "halfcheetah": 10_000_000, "hopper": 10_000_000,
     "walker2d": 10_000_000, "reacher": 5_000_000, "pusher": 10_000_000,
@@ -184,9 +162,15 @@ GPU_TOTAL_STEPS: Dict[str, int] = {
 # Playground locomotion and manipulation: γ 0.97 (FastTD3 and Playground's PPO configs for both families).
 _GPU_PLAYGROUND_ROBOTS = dict(total_steps=50_000_000, discount=0.97)
 
-# GPU presets whose committed learning curve at their own sizes holds up against the CPU preset's per env step;
-# `--scale auto` selects only these. None yet: CheetahRun's (results/stability_CheetahRun_gpu_u64.json, stopped
-# at 246k env steps) trails the CPU preset's.
+# GPU presets trained at their own sizes (on a CPU, 2 seeds; docs/journal.md §12): env -> (that run's results file,
+# the CPU preset's run over the same env steps it is held against), in benchmarks/results.
+GPU_CURVES: Dict[str, Tuple[str, str]] = {
+    "CheetahRun": ("stability_CheetahRun_gpu_u16_b256", "stability_CheetahRun_antithetic8_500k"),
+}
+HOLDS_UP = 0.85
+"""A GPU curve holds up when, at every evaluation both runs share from 40% of the GPU run's env steps on, its
+mean over seeds is at least this fraction of the CPU preset's."""
+# The GPU presets whose curve holds up; `--scale auto` selects only these.
 MEASURED_GPU: frozenset = frozenset()
 
 

@@ -63,53 +63,36 @@ def test_unknown_scale_is_rejected():
         presets.preset("ant", scale="tpu")
 
 
-@pytest.mark.parametrize("ratio,envs_,unroll,batch,length", [
-    (8.0, 4096, 8, 4096, 8), (16.0, 2048, 8, 4096, 8), (32.0, 64, 4, 64, 8), (64.0, 1024, 1, 4096, 8),
-    (8.0, 8192, 8, 4096, 8), (0.5, 256, 2, 128, 8), (3.0, 100, 3, 7, 5)])
-def test_replay_ratio_helper_matches_the_closed_form(ratio, envs_, unroll, batch, length):
-    updates = presets.updates_for_replay_ratio(ratio, envs_, unroll, batch, length)
-    assert updates == max(1, round(ratio * envs_ * unroll / (batch * length)))
-    assert presets.replay_ratio(envs_, unroll, updates, batch, length) == updates * batch * length / (envs_ * unroll)
-    if (ratio * envs_ * unroll) % (batch * length) == 0:  # exact where it divides
-        assert presets.replay_ratio(envs_, unroll, updates, batch, length) == ratio
-
-
-def test_replay_ratio_helper_examples_and_errors():
-    assert presets.updates_for_replay_ratio(64.0, 1024, 1, 4096, 8) == 2  # FastTD3: 2 updates of 32,768 per step
-    assert presets.replay_ratio(64, 4, 16, 64, 8) == 32.0  # the CPU Playground preset
-    assert presets.updates_for_replay_ratio(1e-6, 4096, 8, 4096, 8) == 1  # at least one update
-    for bad in (0.0, -1.0, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="replay ratio"):
-            presets.updates_for_replay_ratio(bad, 64, 4, 64, 8)
+def test_replay_ratio_matches_a_count_of_sampled_transitions():
+    assert presets.replay_ratio(64, 4, 16, 64, 8) == 32.0  # the CPU Playground preset: 16 x 64 x 8 per 256 steps
+    assert presets.replay_ratio(1024, 1, 2, 4096, 8) == 64.0  # FastTD3: 2 updates of 32,768 per step of 1,024
 
 
 def _check_gpu_shape(gpu: Config, cpu: Config):
-    """A GPU preset: 1,024 envs, batches of 1,024 sequences, one update per 64 env steps, 128 sampled transitions
-    per env step, the CPU preset's target lag in env steps (within 25%), learning rates and KL bounds scaled."""
-    assert gpu.num_envs == 1024 and gpu.batch_size >= 1024
-    assert presets.env_steps_per_update(gpu) == 64.0
-    assert gpu.num_envs * gpu.unroll_length / gpu.updates_per_iteration == 64.0  # a naive count
+    """A GPU preset: 1,024 envs, batches of 256 sequences, the CPU preset's env steps per update (so 4-8x its
+    sampled transitions per env step), and its per-update learning rates, KL bounds and target period."""
+    assert gpu.num_envs == 1024 and gpu.batch_size == 4 * cpu.batch_size == 256
+    per_update = cpu.num_envs * cpu.unroll_length / cpu.updates_per_iteration  # a naive count: 16, 32 or 64
+    assert gpu.num_envs * gpu.unroll_length / gpu.updates_per_iteration == per_update
+    assert presets.env_steps_per_update(gpu) == presets.env_steps_per_update(cpu) == per_update
     assert presets.replay_ratio(gpu.num_envs, gpu.unroll_length, gpu.updates_per_iteration, gpu.batch_size,
-                                gpu.sequence_length) == 128.0
-    # An update stands for k of the CPU preset's (64 env steps against 64 envs x 4 steps / 16 updates in
-    # Playground's, / 8 in the locomotion one; humanoid's 128 envs / 8): KL bounds x k, learning rates x sqrt(k).
-    k = 64 / (cpu.num_envs * cpu.unroll_length / cpu.updates_per_iteration)
-    assert k in (1, 2, 4)
-    for field in ("policy_lr", "critic_lr", "dual_lr"):
-        assert getattr(gpu, field) == pytest.approx(k ** 0.5 * getattr(cpu, field)), field
-    assert (gpu.epsilon_mean, gpu.epsilon_std) == pytest.approx((k * cpu.epsilon_mean, k * cpu.epsilon_std))
-    assert gpu.epsilon_per_dimension == cpu.epsilon_per_dimension
-    lag_cpu = (cpu.target_update_period or 1 / cpu.tau) * cpu.num_envs * cpu.unroll_length / cpu.updates_per_iteration
-    lag_gpu = (gpu.target_update_period or 1 / gpu.tau) * 64.0
-    assert 0.75 <= lag_gpu / lag_cpu <= 1.25, (lag_gpu, lag_cpu)
-    assert presets.target_lag_env_steps(gpu) == pytest.approx(lag_gpu)
-    assert (gpu.target_update_period > 0) == (cpu.target_update_period > 0)
+                                gpu.sequence_length) == 4 * presets.replay_ratio(
+        cpu.num_envs, cpu.unroll_length, cpu.updates_per_iteration, cpu.batch_size, cpu.sequence_length)
+    for field in ("policy_lr", "critic_lr", "dual_lr", "epsilon_mean", "epsilon_std", "epsilon_per_dimension",
+                  "target_update_period", "tau", "num_action_samples", "antithetic_samples"):
+        assert getattr(gpu, field) == getattr(cpu, field), field
+    assert presets.target_lag_env_steps(gpu) == presets.target_lag_env_steps(cpu)
     assert gpu.capacity_per_env >= 3 * envs.time_limit(gpu)
     assert gpu.replay_size == gpu.capacity_per_env * gpu.num_envs
     assert gpu.reset_pool_size >= gpu.num_envs and gpu.eval_episodes >= 128
     assert gpu.prefill_steps == 32 * gpu.num_envs  # 32 steps per env, in whole unrolls
     assert gpu.prefill_steps % (gpu.num_envs * gpu.unroll_length) == 0 and gpu.total_steps >= 5_000_000
     assert gpu.replay_obs_dtype == "float32"  # bfloat16 rounds relative to |x|: noise in log ρ
+
+
+def test_gpu_sizes_that_do_not_split_into_updates_are_refused():
+    with pytest.raises(ValueError, match="do not split into updates of 16 env steps"):
+        presets._gpu(presets.preset("CheetahRun"), num_envs=1000, unroll_length=1)
 
 
 @pytest.mark.parametrize("env", BRAX_GPU)
@@ -131,10 +114,10 @@ def test_brax_gpu_presets_keep_the_cpu_presets_learning_per_env_step(env):
 def test_the_cheetah_run_gpu_preset_is_the_measured_one():
     gpu = presets.preset("CheetahRun", scale="gpu")
     assert (gpu.num_envs, gpu.unroll_length, gpu.updates_per_iteration, gpu.batch_size, gpu.sequence_length,
-            gpu.target_update_period, gpu.replay_size) == (1024, 4, 64, 1024, 8, 12, 4096 * 1024)
-    # As run in results/stability_CheetahRun_gpu_u64.json.
-    assert (gpu.policy_lr, gpu.critic_lr, gpu.dual_lr, gpu.epsilon_mean, gpu.epsilon_std, gpu.prefill_steps) == \
-        pytest.approx((6e-4, 2e-3, 0.02, 0.02, 4e-5, 32768))
+            gpu.target_update_period, gpu.replay_size, gpu.prefill_steps) == (1024, 4, 256, 256, 8, 50, 4096 * 1024,
+                                                                             32768)
+    assert (gpu.policy_lr, gpu.critic_lr, gpu.dual_lr, gpu.epsilon_mean, gpu.epsilon_std) == \
+        pytest.approx((3e-4, 1e-3, 0.01, 5e-3, 1e-5))
 
 
 @pytest.mark.parametrize("env", sorted(presets.CPU_ONLY))
@@ -159,8 +142,8 @@ def test_every_playground_gpu_preset_is_valid_and_keeps_its_cpu_settings():
 def test_cartpole_swingup_gpu_polyak_rate_keeps_the_cpu_target_lag():
     cpu, gpu = presets.preset("CartpoleSwingup"), presets.preset("CartpoleSwingup", scale="gpu")
     assert cpu.target_update_period == 0 and gpu.target_update_period == 0
-    # CPU: 1/0.005 = 200 updates of 16 env steps = 3,200 env steps; GPU: 1/τ updates of 64.
-    assert gpu.tau == pytest.approx(64 / 3200)
+    # 1/0.005 = 200 updates of 16 env steps = 3,200 env steps at both scales.
+    assert gpu.tau == cpu.tau == 0.005 and presets.target_lag_env_steps(gpu) == pytest.approx(3200)
 
 
 @pytest.mark.parametrize("backend_scale", ["cpu", "gpu"])
@@ -181,35 +164,46 @@ def test_auto_scale_selects_only_measured_gpu_presets(monkeypatch, backend_scale
         presets.resolve_scale("ant", "big")
 
 
-def test_measured_gpu_presets_have_a_committed_curve_and_the_help_names_them():
+def _results(name: str) -> dict:
     import json
+    from pathlib import Path
+
+    return json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "results" / f"{name}.json").read_text())
+
+
+def _mean_returns(summary: dict) -> dict:
+    """env steps -> the seeds' mean evaluation return, from a stability.py JSON."""
+    runs = summary["runs"]
+    return {step: sum(run["eval_return"][i] for run in runs) / len(runs) for i, step in enumerate(summary["env_steps"])}
+
+
+@pytest.mark.parametrize("env", sorted(presets.GPU_CURVES))
+def test_gpu_curves_ran_the_presets_training_settings_and_measured_ones_hold_up(env):
+    gpu_name, cpu_name = presets.GPU_CURVES[env]
+    gpu_run, cpu_run = _results(gpu_name), _results(cpu_name)
+    gpu, cpu = presets.preset(env, scale="gpu"), presets.preset(env)
+    # Every field but the evaluation's and the run's length is the preset's, for both runs.
+    for run, config in ((gpu_run, gpu), (cpu_run, cpu)):
+        for field, value in config.__dict__.items():
+            if field not in ("total_steps", "num_evals", "eval_episodes", "seed", "env"):
+                expected = list(value) if isinstance(value, tuple) else value
+                assert run["config"][field] == expected, (env, field)
+    gpu_means, cpu_means = _mean_returns(gpu_run), _mean_returns(cpu_run)
+    shared = [step for step in cpu_means if step in gpu_means and step >= 0.4 * max(gpu_means)]
+    assert len(shared) >= 3
+    holds = all(gpu_means[step] >= presets.HOLDS_UP * cpu_means[step] for step in shared)
+    assert holds == (env in presets.MEASURED_GPU), {step: (gpu_means[step], cpu_means[step]) for step in shared}
+
+
+def test_measured_gpu_presets_have_a_curve_and_the_help_names_them():
     from pathlib import Path
 
     from purempo import cli
 
-    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
-    for env in presets.MEASURED_GPU:
-        summary = json.loads((results / f"stability_{env}_gpu_shaped.json").read_text())
-        gpu = presets.preset(env, scale="gpu")
-        for field in ("num_envs", "unroll_length", "updates_per_iteration", "batch_size", "target_update_period",
-                      "epsilon_mean", "epsilon_std", "critic_lr", "policy_lr"):
-            assert summary["config"][field] == getattr(gpu, field), (env, field)
+    assert presets.MEASURED_GPU <= set(presets.GPU_CURVES)
     line = next(text for text in Path(cli.__file__).read_text().splitlines() if "learning curve that holds up (" in text)
     named = line.split("learning curve that holds up (")[1].split(")")[0]
     assert (set() if named == "none yet" else set(named.split(", "))) == set(presets.MEASURED_GPU)
-
-
-def test_the_gpu_shaped_cheetah_run_curve_is_committed_with_the_presets_values():
-    """The one GPU preset trained at its own sizes (on a CPU): its JSON records the preset as it is."""
-    import json
-    from pathlib import Path
-
-    summary = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "results" /
-                          "stability_CheetahRun_gpu_u64.json").read_text())
-    gpu = presets.preset("CheetahRun", scale="gpu")
-    for field in ("num_envs", "unroll_length", "updates_per_iteration", "batch_size", "target_update_period",
-                  "epsilon_mean", "epsilon_std", "critic_lr", "policy_lr", "dual_lr", "prefill_steps"):
-        assert summary["config"][field] == getattr(gpu, field), field
 
 
 @pytest.mark.parametrize("backend,expected", [("gpu", "gpu"), ("cuda", "gpu"), ("rocm", "gpu"), ("tpu", "gpu"),
