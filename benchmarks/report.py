@@ -411,8 +411,16 @@ GPU_ROWS = [
         settings="preset with 1,024 envs, batch 1,024, MJX (not `--scale gpu`)"),
     Row("WalkerWalk", ["gpu_dmc/stability_WalkerWalk_gpu1024"], no_brax="not measured",
         settings="preset with 1,024 envs, batch 1,024, MJX (not `--scale gpu`)"),
+    Row("CheetahRun", ["stability_CheetahRun_gpu_u16_b256"], no_brax="not measured", threshold=600,
+        settings="`--scale gpu` preset (1,024 envs, batch 256 × 8, an update per 16 env steps), run on a CPU"),
+    Row("CheetahRun", ["stability_CheetahRun_gpu_u16_b64"], no_brax="not measured", threshold=600,
+        settings="1,024 envs with the CPU preset's batch (64 × 8) and updates per env step, run on a CPU"),
+    Row("CheetahRun", ["stability_CheetahRun_gpu_u16_b64_256envs"], no_brax="not measured", threshold=600,
+        settings="256 envs with the CPU preset's batch (64 × 8) and updates per env step, run on a CPU"),
+    Row("WalkerWalk", ["stability_WalkerWalk_gpu_u16_b64"], no_brax="not measured", threshold=800,
+        settings="1,024 envs with the CPU preset's batch (64 × 8) and updates per env step, run on a CPU"),
     Row("CheetahRun", ["stability_CheetahRun_gpu_u64"], no_brax="not measured", threshold=600,
-        settings="`--scale gpu` preset (1,024 envs, batch 1,024 × 8, an update per 64 env steps), run on a CPU, "
+        settings="the GPU preset before (1,024 envs, batch 1,024 × 8, an update per 64 env steps), run on a CPU, "
                  "stopped at 246k"),
 ]
 BUDGET_ROWS = [  # purempo and Brax SAC for the same training time, side by side on one machine

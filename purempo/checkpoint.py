@@ -21,6 +21,8 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 import jax
 import numpy as np
 
+from purempo import sharding
+
 FORMAT_VERSION = 2  # 2: the replay stores each observation once (replay.Stored, final_obs)
 CHECKPOINT_DIR = "checkpoints"
 
@@ -81,6 +83,7 @@ class Saver:
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
         self.with_replay = with_replay
+        sharding.wait_for_every_process("checkpoint manager")  # orbax syncs processes with gloo (30 s to meet)
         self._manager = _manager(run_dir, keep=keep, create=True)
 
     def save(self, step: int, state, meta: Dict[str, Any]) -> None:
@@ -92,6 +95,7 @@ class Saver:
         items = dict(state=ocp.args.StandardSave(_leaf_dict(rest)), meta=ocp.args.JsonSave(meta))
         if self.with_replay:
             items["replay"] = ocp.args.StandardSave(_leaf_dict(replay_data))
+        sharding.wait_for_every_process("checkpoint save")
         with _quiet_threads():
             self._manager.save(step, args=ocp.args.Composite(**items), force=True)
             self._manager.wait_until_finished()

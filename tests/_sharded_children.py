@@ -152,12 +152,13 @@ def learn(out, run_dir):
 
 def two_processes(out, process_id, port, run_dir):
     """One of two processes (2 CPU devices each) training one 4-device run through the driver. Process 1
-    finishes compiling 40 s after process 0, longer than gloo lets a first collective wait (30 s)."""
+    finishes compiling, and process 0 writing the run's config, 35 s after the other: longer than gloo lets a
+    first collective wait (30 s)."""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=int(process_id))
-    if int(process_id) == 1:
-        compile_ = driver.Lowered.compile
-        driver.Lowered.compile = lambda self: (time.sleep(40), compile_(self))[1]
+    owner, name = (driver.Lowered, "compile") if int(process_id) == 1 else (driver, "start_new_run")
+    original = getattr(owner, name)
+    setattr(owner, name, lambda *args, **kwargs: (time.sleep(35), original(*args, **kwargs))[1])
     options = driver.Options(num_seeds=2, tensorboard=False, checkpoint_replay="always")
     driver.train(TINY, Path(run_dir), options)
     json.dump(dict(process_count=jax.process_count(), device_count=jax.device_count(),

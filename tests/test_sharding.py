@@ -67,8 +67,8 @@ def _free_port():
 
 
 def test_two_processes_train_one_run_like_one_process_with_all_devices(tmp_path, four_device_runs):
-    """Also when one process compiles 40 s longer than the other (the driver waits for both before any
-    collective; gloo alone gives a first collective 30 s)."""
+    """Also when one process compiles, or writes the run's files, 35 s longer than the other (the driver waits
+    for both before its collectives and orbax's; gloo alone gives a first collective 30 s)."""
     port, run_dir = _free_port(), tmp_path / "run"
     children = [_run("two_processes", tmp_path / f"out{i}.json", i, port, run_dir, devices=2, background=True)
                 for i in range(2)]
