@@ -16,9 +16,8 @@ and the same program runs everywhere (README: multi-host).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
-
 import itertools
+from typing import Any, Dict, Optional
 
 import chex
 import jax
