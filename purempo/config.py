@@ -9,6 +9,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 KNOWN_BACKENDS = ("generalized", "positional", "spring", "mjx")
 PLAYGROUND_IMPLS = ("jax", "warp")
 REPLAY_OBS_DTYPES = ("float32", "bfloat16")
+CRITIC_HEADS = ("scalar", "hl_gauss")
 
 
 class HParams(NamedTuple):
@@ -34,6 +35,7 @@ class HParams(NamedTuple):
     exploration_correlation: float
     exploration_correlation_from_step: float
     reward_scale: float
+    hl_gauss_sigma: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +65,8 @@ class Config:
     """Divide the learner's rewards by their root mean square over the prefill data (over the first iteration if prefill_steps is 0), a constant for the rest of the run: critic, temperatures and learning rates then see the same numbers whatever the reward scale."""
     stagger_starts: bool = True
     """Start each env's first episode at a step counter drawn uniformly below the time limit, so that envs that never terminate (DM Control) do not all truncate on the same step for the whole run (exact: truncations bootstrap; such a shortened first episode's return is not reported)."""
+    reward_range: Optional[Tuple[float, float]] = None
+    """The env's per-step reward bounds (LOW, HIGH), before reward_scale; an `hl_gauss` critic's value support is every discounted return they allow (`distributional.value_bounds`). The DM Control presets set (0, 1); needed with critic_head hl_gauss."""
 
     # --- replay. Replay: capacity, prefill and the sampled sequences.
     replay_size: int = 1_048_576
@@ -83,6 +87,12 @@ class Config:
     """Hidden layer sizes of the critic network."""
     critic_norm_all: bool = False
     """LayerNorm after every hidden layer of the critic, not only the first (Acme's trunk): Brax SAC's `q_network_layer_norm`, which Playground's DM Control settings turn on."""
+    critic_head: str = "scalar"
+    """What the critic outputs: scalar (one Q, squared error to the Retrace targets) or hl_gauss (logits over critic_bins values spanning every return reward_range allows, cross-entropy to each Retrace target's Gaussian histogram; Q is their expectation; Farebrother et al. 2024)."""
+    critic_bins: int = 101
+    """Atoms of an hl_gauss critic's value support."""
+    hl_gauss_sigma: float = 0.75
+    """Standard deviation of an hl_gauss target's histogram, in bin widths."""
     num_critics: int = 1
     """Independently initialised critics trained on the same targets; with more than one, every target value (Retrace, E-step) is their mean − critic_pessimism × their standard deviation."""
     init_std: float = 0.7
@@ -210,6 +220,15 @@ class Config:
         need(0.0 < self.tau <= 1.0, "tau", "in (0, 1]")
         need(math.isfinite(self.alpha_gain) and self.alpha_gain >= 0.0, "alpha_gain", "a finite number >= 0")
         need(self.num_critics >= 1, "num_critics", ">= 1")
+        need(self.critic_head in CRITIC_HEADS, "critic_head", f"one of {CRITIC_HEADS}")
+        need(self.critic_bins >= 2, "critic_bins", ">= 2")
+        need(math.isfinite(self.hl_gauss_sigma) and self.hl_gauss_sigma > 0.0, "hl_gauss_sigma", "a finite number > 0")
+        need(self.reward_range is None or (len(self.reward_range) == 2 and all(map(math.isfinite, self.reward_range))
+                                           and self.reward_range[0] < self.reward_range[1]),
+             "reward_range", "None or two finite numbers LOW < HIGH")
+        need(self.critic_head == "scalar" or self.reward_range is not None, "reward_range",
+             f"the env's per-step reward bounds (LOW, HIGH) with critic_head={self.critic_head!r}, which builds its "
+             f"value support from them (DM Control: 0 1)")
         need(math.isfinite(self.critic_pessimism) and self.critic_pessimism >= 0.0, "critic_pessimism",
              "a finite number >= 0")
         need(self.critic_pessimism == 0.0 or self.num_critics > 1, "critic_pessimism",
@@ -267,9 +286,10 @@ class Config:
 # `purempo train --help` lists the flags in this order, and `config.concern(name)` reads one section.
 CONCERNS: Dict[str, Tuple[str, ...]] = {
     "env": ("env", "backend", "impl", "episode_length", "num_envs", "reset_pool_size", "reward_scale",
-            "reward_normalization", "stagger_starts"),
+            "reward_normalization", "stagger_starts", "reward_range"),
     "replay": ("replay_size", "prefill_steps", "batch_size", "sequence_length", "replay_obs_dtype"),
-    "networks": ("policy_hidden", "critic_hidden", "critic_norm_all", "num_critics", "init_std", "min_std",
+    "networks": ("policy_hidden", "critic_hidden", "critic_norm_all", "critic_head", "critic_bins", "hl_gauss_sigma",
+                 "num_critics", "init_std", "min_std",
                  "obs_norm_preserves_outputs"),
     "mpo": ("discount", "retrace_lambda", "num_action_samples", "antithetic_samples", "epsilon", "epsilon_mean",
             "epsilon_std", "epsilon_penalty", "epsilon_per_dimension", "per_dim_constraining", "action_penalization",

@@ -71,6 +71,10 @@ class _CacheMisses:
             cls._registered = True
 
 
+# An hl_gauss critic's fraction of Retrace targets beyond its support above which each evaluation line says so.
+CLIPPED_WARNING = 0.01
+
+
 class ConsoleProgress(driver.Callbacks):
     """Progress as a rich progress bar and one line per evaluation, on stderr (what `purempo train` shows)."""
 
@@ -177,7 +181,9 @@ class ConsoleProgress(driver.Callbacks):
             + f"  train {'—' if train is None else f'{train:.2f}':>9} ({row.get('train_episodes', 0)} ep)"
             + f"  Q {row['q_mean']:8.2f}  η {row['temperature']:.3g}"
             f"  KLμ {row['kl_mean']:.2e}  KLσ {row['kl_std']:.2e}  σ {row['policy_std']:.3f}"
-            + (f"  [red]non-finite steps {row['nonfinite_steps']}" if row.get("nonfinite_steps") else ""))
+            + (f"  [red]non-finite steps {row['nonfinite_steps']}" if row.get("nonfinite_steps") else "")
+            + (f"  [yellow]{row['targets_clipped']:.1%} of critic targets clipped to the value support: widen "
+               f"--reward-range" if row.get("targets_clipped", 0.0) >= CLIPPED_WARNING else ""))
 
     def close(self) -> None:
         if self.status is not None:

@@ -11,7 +11,7 @@ from typing import Dict, NamedTuple, Optional
 import chex
 import jax.numpy as jnp
 
-from purempo import mpo
+from purempo import distributional, mpo
 from purempo.retrace import batched_retrace_targets
 
 
@@ -65,6 +65,40 @@ def critic_loss(
     chex.assert_rank(q_online, {2, 3})
     targets = batched_retrace_targets(q_target_taken, v_tp1, rewards, discounts, log_rhos, truncated, lambda_)
     return 0.5 * jnp.sum(jnp.mean((q_online - targets) ** 2, axis=(-2, -1))), targets
+
+
+def hl_gauss_critic_loss(
+    logits_online: chex.Array,
+    support: chex.Array,
+    sigma_bins: chex.Numeric,
+    q_target_taken: chex.Array,
+    v_tp1: chex.Array,
+    rewards: chex.Array,
+    discounts: chex.Array,
+    log_rhos: chex.Array,
+    truncated: chex.Array,
+    lambda_: chex.Numeric,
+):
+    """Cross-entropy of the online critic's distribution against the HL-Gauss histograms of the Retrace targets
+    (`distributional.hl_gauss_probs`; Farebrother et al. 2024). The targets are `critic_loss`'s, built from the
+    target critic's expected values.
+
+    Args:
+      logits_online: `[B, L, Z]`, or `[K, B, L, Z]` for an ensemble (the loss sums the members' losses).
+      support: `[Z]` the atoms.
+      sigma_bins: the histograms' σ in bin widths.
+      The rest as in `critic_loss` (all `[B, L]`).
+
+    Returns: (loss `mean cross-entropy` summed over members, targets G `[B, L]`, the fraction of targets outside
+    the support, which the histograms clip).
+    """
+    chex.assert_rank([q_target_taken, v_tp1, rewards, discounts, log_rhos, truncated], 2)
+    chex.assert_rank(logits_online, {3, 4})
+    chex.assert_axis_dimension(logits_online, -1, support.shape[0])
+    targets = batched_retrace_targets(q_target_taken, v_tp1, rewards, discounts, log_rhos, truncated, lambda_)
+    probs = distributional.hl_gauss_probs(targets, support, sigma_bins)  # [B, L, Z]
+    loss = jnp.sum(jnp.mean(distributional.cross_entropy(logits_online, probs), axis=(-2, -1)))
+    return loss, targets, distributional.outside_fraction(targets, support)
 
 
 class PolicyLossConfig(NamedTuple):

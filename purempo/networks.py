@@ -84,20 +84,35 @@ class GaussianPolicy(nn.Module):
         return mean, std
 
 
+def _q_output(h: chex.Array, num_bins: int, initial_logits: Optional[Tuple[float, ...]]) -> chex.Array:
+    """The critic's last layer: a scalar Q `[...]`, or `[..., num_bins]` logits over a value support, starting at
+    `initial_logits` for every input (a small kernel, like the policy's mean head; default: uniform)."""
+    if num_bins == 0:
+        return nn.Dense(1)(h)[..., 0]
+    bias = (nn.initializers.zeros_init() if initial_logits is None else
+            lambda key, shape, dtype=jnp.float32: jnp.asarray(initial_logits, dtype).reshape(shape))
+    return nn.Dense(num_bins, kernel_init=nn.initializers.variance_scaling(1e-4, "fan_in", "uniform"),
+                    bias_init=bias)(h)
+
+
 class QHead(nn.Module):
     """One Q network on the concatenated (observation, action) input."""
 
     hidden: Sequence[int]
     norm_all_layers: bool = False
+    num_bins: int = 0
+    initial_logits: Optional[Tuple[float, ...]] = None
 
     @nn.compact
     def __call__(self, obs: chex.Array, action: chex.Array) -> chex.Array:
-        return nn.Dense(1)(LayerNormMLP(self.hidden, self.norm_all_layers)(obs, action))[..., 0]
+        return _q_output(LayerNormMLP(self.hidden, self.norm_all_layers)(obs, action), self.num_bins,
+                         self.initial_logits)
 
 
 class Critic(nn.Module):
-    """Q_φ(s, a) → scalar per (state, action) pair; leading dims broadcast (obs `[..., O]` against actions
-    `[N, ..., A]`: N actions per state).
+    """Q_φ(s, a) → scalar per (state, action) pair, or with `num_bins` > 0 logits `[..., num_bins]` over a value
+    support (`purempo.distributional`), starting at `initial_logits` (default: uniform); leading dims broadcast (obs `[..., O]` against actions `[N, ..., A]`: N
+    actions per state).
 
     `num_members` > 1 makes an ensemble of independently initialised Q networks (parameters stacked on a leading
     axis under "members") and the output gains a leading `[K]` axis; 1 keeps a single network and no such axis.
@@ -108,17 +123,20 @@ class Critic(nn.Module):
     num_members: int = 1
     view: View = None
     norm_all_layers: bool = False
+    num_bins: int = 0
+    initial_logits: Optional[Tuple[float, ...]] = None
 
     @nn.compact
     def __call__(self, obs: chex.Array, action: chex.Array) -> chex.Array:
         # The first layer sees [obs, action]; obs's part is computed once for all the actions it is broadcast to.
         obs = _view(obs, self.view)
         if self.num_members == 1:
-            h = LayerNormMLP(self.hidden, self.norm_all_layers)(obs, action)
-            return nn.Dense(1)(h)[..., 0]
+            return _q_output(LayerNormMLP(self.hidden, self.norm_all_layers)(obs, action), self.num_bins,
+                             self.initial_logits)
         members = nn.vmap(QHead, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=None,
                           out_axes=0, axis_size=self.num_members)
-        return members(self.hidden, self.norm_all_layers, name="members")(obs, action)
+        return members(self.hidden, self.norm_all_layers, self.num_bins, self.initial_logits,
+                       name="members")(obs, action)
 
 
 def distribution(mean: chex.Array, std: chex.Array) -> distrax.MultivariateNormalDiag:

@@ -217,6 +217,10 @@ def preset(env: str, scale: str = "cpu", **overrides) -> Config:
         base = PRESETS[env]
     elif _is_playground(env):
         base = dict(_PLAYGROUND, **PLAYGROUND_OVERRIDES.get(env, {}))
+        from purempo import envs
+
+        if env in envs.dm_control_names():  # every DM Control task's reward is a tolerance product in [0, 1]
+            base["reward_range"] = (0.0, 1.0)
     else:
         base = {}
     if scale == "gpu" and env not in CPU_ONLY:

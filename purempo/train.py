@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from purempo import acting, envs, losses, mpo, networks, normalizer, replay, sharding
+from purempo import acting, distributional, envs, losses, mpo, networks, normalizer, replay, sharding
 from purempo.config import Config, HParams
 from purempo.networks import Critic, GaussianPolicy
 from purempo.types import Transition
@@ -55,7 +55,10 @@ def make_networks(config: Config, action_dim: int, views: envs.Views = envs.View
     return Networks(
         policy=GaussianPolicy(config.policy_hidden, action_dim, config.min_std, config.init_std, view=views.policy),
         critic=Critic(config.critic_hidden, config.num_critics, view=views.critic,
-                      norm_all_layers=config.critic_norm_all),
+                      norm_all_layers=config.critic_norm_all,
+                      **({} if config.critic_head == "scalar" else dict(
+                          num_bins=config.critic_bins, initial_logits=tuple(map(float, distributional.initial_logits(
+                              config.reward_range, config.critic_bins, config.hl_gauss_sigma)))))),
     )
 
 
@@ -106,9 +109,18 @@ def mpo_loss(params, learner: LearnerState, obs_stats, reward_divisor, batch: Tr
     next_target_mean, next_target_std = nets.policy.apply(learner.target_policy_params, next_obs)
     sampled_actions = mpo.sample_gaussian(key, next_target_mean, next_target_std, num_samples,
                                           config.antithetic_samples)  # [N, B, L, A]
+    # A distributional critic's values are its expectations over the support of every return the rewards allow.
+    support = None
+    if config.critic_head != "scalar":
+        support = distributional.atoms(*distributional.value_bounds(config.reward_range, hp.reward_scale,
+                                                                    reward_divisor, hp.discount), config.critic_bins)
+
+    def q_value(output):
+        return output if support is None else distributional.expectation(output, support)
+
     # Target-critic values go through the ensemble's pessimistic estimate (the single value for one critic).
     def target_q(o, a):
-        q = nets.critic.apply(learner.target_critic_params, o, acting.env_action(a))
+        q = q_value(nets.critic.apply(learner.target_critic_params, o, acting.env_action(a)))
         return losses.pessimistic_value(q if config.num_critics > 1 else q[None], hp.critic_pessimism)
 
     sampled_q = target_q(next_obs, sampled_actions)  # [N, B, L]
@@ -118,9 +130,9 @@ def mpo_loss(params, learner: LearnerState, obs_stats, reward_divisor, batch: Tr
     log_pi = jnp.sum(mpo.gaussian_log_prob(batch.action[:, 1:], next_target_mean[:, :-1],
                                            next_target_std[:, :-1]), axis=-1)
     log_pi = jnp.concatenate([batch.behaviour_log_prob[:, :1], log_pi], axis=1)  # [B, L]; ρ_0 = 1, unread
-    q_online = nets.critic.apply(critic_params, obs, acting.env_action(batch.action))  # [B, L] or [K, B, L]
-    critic_loss, targets = losses.critic_loss(
-        q_online=q_online,
+    online = nets.critic.apply(critic_params, obs, acting.env_action(batch.action))  # [(K,) B, L (, Z)]
+    q_online = q_value(online)  # [B, L] or [K, B, L]
+    retrace_inputs = dict(
         q_target_taken=target_q(obs, batch.action),
         v_tp1=jnp.mean(sampled_q, axis=0),
         rewards=batch.reward / reward_divisor,
@@ -129,6 +141,14 @@ def mpo_loss(params, learner: LearnerState, obs_stats, reward_divisor, batch: Tr
         truncated=batch.truncated,
         lambda_=hp.retrace_lambda,
     )
+    critic_metrics = {}
+    if support is None:
+        critic_loss, targets = losses.critic_loss(q_online=q_online, **retrace_inputs)
+    else:
+        critic_loss, targets, clipped = losses.hl_gauss_critic_loss(online, support, hp.hl_gauss_sigma,
+                                                                    **retrace_inputs)
+        critic_metrics = dict(targets_clipped=clipped, critic_entropy=jnp.mean(distributional.entropy(online)),
+                              support_max=support[-1])
 
     online_mean, online_std = nets.policy.apply(policy_params, next_obs)
     flat = lambda x: x.reshape(-1, action_dim)  # noqa: E731  [B, L, A] -> [B·L, A]
@@ -146,7 +166,8 @@ def mpo_loss(params, learner: LearnerState, obs_stats, reward_divisor, batch: Tr
         alpha_gain=hp.alpha_gain,
     )
     metrics.update(critic_loss=critic_loss, target_mean=jnp.mean(targets), q_mean=jnp.mean(q_online),
-                   q_member_std=jnp.mean(jnp.std(q_online, axis=0)) if config.num_critics > 1 else jnp.zeros(()))
+                   q_member_std=jnp.mean(jnp.std(q_online, axis=0)) if config.num_critics > 1 else jnp.zeros(()),
+                   **critic_metrics)
     return critic_loss + policy_loss, metrics
 
 

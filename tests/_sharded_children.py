@@ -27,14 +27,14 @@ def _leaves(tree):
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
-def learner_step(out):
+def learner_step(out, critic_head="scalar"):
     """One sharded update against the mean of per-shard gradients computed one shard at a time."""
     from jax.sharding import PartitionSpec as P
 
     from purempo import train
     from purempo.types import Transition
 
-    config = TINY.replace(batch_size=8)
+    config = TINY.replace(batch_size=8, critic_head=critic_head, reward_range=(0.0, 1.0))
     trainer = train.make_trainer(config)
     state = trainer.init(jax.random.PRNGKey(0))
     optimizers = train.make_optimizers(config)

@@ -64,6 +64,13 @@ def test_default_config_is_valid():
         (dict(episode_length=0), "episode_length"),
         (dict(episode_length=-5), "episode_length"),
         (dict(antithetic_samples=True, num_action_samples=7), "num_action_samples"),  # pairs need an even N
+        (dict(critic_head="c51"), "critic_head"),
+        (dict(critic_head="hl_gauss"), "reward_range"),  # the support is built from the reward bounds
+        (dict(critic_bins=1), "critic_bins"),
+        (dict(hl_gauss_sigma=0.0), "hl_gauss_sigma"),
+        (dict(reward_range=(1.0, 1.0)), "reward_range"),
+        (dict(reward_range=(0.0, float("inf"))), "reward_range"),
+        (dict(reward_range=(0.0,)), "reward_range"),
     ],
 )
 def test_invalid_field_raises_value_error_naming_it(changes, field):
@@ -158,6 +165,7 @@ NON_DEFAULT = dict(
     exploration_correlation=0.6,
     exploration_correlation_from_step=20_000.0,
     reward_scale=0.5,
+    hl_gauss_sigma=1.5,
     obs_norm_preserves_outputs=False,
 )
 
@@ -171,7 +179,7 @@ def test_hparams_is_a_namedtuple_of_the_float_fields():
         "discount", "retrace_lambda", "epsilon", "epsilon_mean", "epsilon_std", "epsilon_penalty", "policy_lr",
         "critic_lr", "dual_lr", "tau", "init_temperature", "init_alpha_mean", "init_alpha_std", "min_alpha",
         "alpha_gain", "critic_pessimism", "policy_lr_decay_updates", "exploration_correlation",
-        "exploration_correlation_from_step", "reward_scale",
+        "exploration_correlation_from_step", "reward_scale", "hl_gauss_sigma",
     }
     assert set(hparams._fields) == expected_fields
     assert "obs_norm_preserves_outputs" not in hparams._fields  # a static switch, not a float

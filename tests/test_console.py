@@ -219,6 +219,32 @@ def test_no_finished_training_episode_is_null_not_zero(tmp_path):
     assert b"purempo/train_episodes" in events and b"purempo/train_episode_return" not in events
 
 
+def test_an_hl_gauss_critic_needs_reward_bounds_and_says_when_its_support_clips_the_targets(tmp_path):
+    """Without --reward-range an hl_gauss critic is refused in one line; with bounds far below the returns
+    (rewards of 1, support [0, 10]) every evaluation line says what fraction of the targets was clipped, and the
+    metrics store it; with the true bounds (0, 1) no line does."""
+    hl_gauss = ["--env", "inverted_pendulum", "--critic-head", "hl_gauss", "--critic-bins", "21", "--total-steps",
+                "3200", "--num-evals", "2"]
+    refused = _purempo("train", *TINY, *hl_gauss, "--run-dir", str(tmp_path / "refused"))
+    assert refused.returncode == 2 and len(_lines(refused.stderr)) == 1, refused.stderr
+    assert "invalid --reward-range=None" in refused.stderr and "hl_gauss" in refused.stderr
+    assert not (tmp_path / "refused").exists()
+    for reward_range, clips in ((["0", "0.002"], True), (["0", "1"], False)):
+        run_dir = tmp_path / reward_range[1]
+        result = _purempo("train", *TINY, *hl_gauss, "--reward-range", *reward_range, "--run-dir", str(run_dir))
+        assert result.returncode == 0, result.stderr[-2000:]
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        evaluations = [line for line in _lines(result.stderr) if line.startswith("steps")]
+        assert len(evaluations) == 2
+        warned = [re.search(r"(\d+\.\d)% of critic targets clipped to the value support: widen --reward-range", line)
+                  for line in evaluations]
+        if clips:
+            assert all(row["targets_clipped"] > 0.5 for row in rows)
+            assert [float(m.group(1)) for m in warned] == [round(100 * row["targets_clipped"], 1) for row in rows]
+        else:
+            assert all(row["targets_clipped"] < 0.01 for row in rows) and not any(warned)
+
+
 def test_env_names_match_without_case_and_unknown_ones_suggest(tmp_path):
     result = _purempo("train", "--env", "cheetah_run", "--total-steps", "1", "--run-dir", str(tmp_path / "r"))
     assert result.returncode == 2

@@ -55,7 +55,14 @@ def test_cpu_presets_are_unchanged(env):
 @pytest.mark.parametrize("env", sorted(PLAYGROUND_BEFORE))
 def test_cpu_playground_presets_are_unchanged(env):
     assert dict(presets._PLAYGROUND, **presets.PLAYGROUND_OVERRIDES.get(env, {})) == PLAYGROUND_BEFORE[env]
-    assert presets.preset(env) == Config(env=env, **PLAYGROUND_BEFORE[env])
+    # DM Control rewards are tolerance products in [0, 1]: an hl_gauss critic's support comes from these bounds.
+    assert presets.preset(env) == Config(env=env, **PLAYGROUND_BEFORE[env], reward_range=(0.0, 1.0))
+
+
+def test_only_dm_control_presets_state_reward_bounds():
+    assert presets.preset("halfcheetah").reward_range is None and presets.preset("inverted_pendulum").reward_range is None
+    assert presets.preset("CheetahRun", scale="gpu").reward_range == (0.0, 1.0)
+    assert presets.preset("CheetahRun", critic_head="hl_gauss").critic_head == "hl_gauss"
 
 
 def test_unknown_scale_is_rejected():
@@ -186,6 +193,10 @@ def test_gpu_curves_ran_the_presets_training_settings_and_measured_ones_hold_up(
     for run, config in ((gpu_run, gpu), (cpu_run, cpu)):
         for field, value in config.__dict__.items():
             if field not in ("total_steps", "num_evals", "eval_episodes", "seed", "env"):
+                if field not in run["config"]:  # the runs predate the critic heads; they trained a scalar critic
+                    assert field in ("critic_head", "critic_bins", "hl_gauss_sigma", "reward_range")
+                    assert config.critic_head == "scalar"
+                    continue
                 expected = list(value) if isinstance(value, tuple) else value
                 assert run["config"][field] == expected, (env, field)
     gpu_means, cpu_means = _mean_returns(gpu_run), _mean_returns(cpu_run)

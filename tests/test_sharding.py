@@ -36,12 +36,15 @@ def four_device_runs(tmp_path_factory):
     return root, _run("run_and_resume", root / "out.json", root)
 
 
-def test_a_sharded_update_applies_the_mean_of_the_devices_gradients(tmp_path):
+@pytest.mark.parametrize("critic_head", ["scalar", "hl_gauss"])
+def test_a_sharded_update_applies_the_mean_of_the_devices_gradients(tmp_path, critic_head):
     # One update with the batch split over 4 devices against each quarter's gradients computed one device at
     # a time and averaged by NumPy: equal to float rounding, and far from what summed gradients would give.
-    result = _run("learner_step", tmp_path / "out.json")
+    result = _run("learner_step", tmp_path / "out.json", critic_head)
     assert result["critic_moved"] > 1e-4  # the update did something
-    assert result["policy_gap"] < 1e-6 and result["critic_gap"] < 1e-6
+    # Adam's first step is g / (|g| + 1e-8): where an hl_gauss critic's gradient is ~1e-8 (logits of far atoms),
+    # float rounding of the devices' mean moves that step by more than elsewhere.
+    assert result["policy_gap"] < 1e-6 and result["critic_gap"] < (1e-6 if critic_head == "scalar" else 1e-5)
     assert result["moments_gap"] < 1e-6 < 1e-2 < result["moments_gap_to_summed"]
     assert result["copies_equal"]
 

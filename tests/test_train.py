@@ -194,7 +194,7 @@ def test_without_reward_normalization_the_critic_sees_the_scale(reacher_scale_ru
 # Glue: the learner step's target networks, terminal masking, output-preserving normalisation, counters
 # ------------------------------------------------------------------------------------------------------------
 
-from purempo import acting, envs, losses, mpo, normalizer, replay, train  # noqa: E402
+from purempo import acting, distributional, envs, losses, mpo, normalizer, replay, train  # noqa: E402
 
 # 4 envs × 2 steps = 8 steps per iteration; 2 prefill iterations; 10 iterations, 2 per evaluation.
 GLUE = Config(
@@ -576,6 +576,55 @@ def test_the_trace_reads_pi_of_each_next_state_as_the_direct_way_does(learner_pi
     # Not vacuous: other behaviour probabilities inside the sequences change the targets.
     other = batch._replace(behaviour_log_prob=batch.behaviour_log_prob + 3.0)
     assert abs(_naive_critic_loss(learner_pieces, learner, other, key, config)[0] - loss) > 1e-6 * abs(loss)
+
+
+def test_an_hl_gauss_critic_regresses_on_histograms_of_retrace_targets_of_its_expected_values(learner_pieces):
+    """critic_head hl_gauss: the support spans every return of rewards in reward_range in the learner's units
+    (divided by the reward divisor), Retrace and the E-step read the target critic's expectations, and the loss is
+    the cross-entropy to the targets' histograms: each metric equals a direct numpy computation."""
+    learner, batch, key = learner_pieces["learner"], learner_pieces["batches"][2], jax.random.PRNGKey(13)
+    config = GLUE.replace(critic_head="hl_gauss", reward_range=(-1.0, 2.0), critic_bins=11, retrace_lambda=0.9,
+                          discount=0.9)
+    nets = train.make_networks(config, batch.action.shape[-1])
+    obs_dim = batch.obs.shape[-1]
+    init = lambda seed, scale: jax.tree.map(  # noqa: E731  spread-out logits
+        lambda x: x * scale, nets.critic.init(jax.random.PRNGKey(seed), jnp.zeros((obs_dim,)), jnp.zeros((1,))))
+    learner = learner._replace(critic_params=init(1, 3.0), target_critic_params=init(2, 3.0))
+    (_, metrics), _ = learner_pieces["loss_and_grads"](learner, batch, key, hparams=config.hparams, config=config)
+
+    divisor = float(learner_pieces["divisor"])
+    support = np.linspace(-1.0, 2.0, 11) / (divisor * 0.1)  # ((−1, 2) / (1 − γ)) / divisor, 0 inside
+    softmax = lambda z: np.exp(z - z.max(-1, keepdims=True)) / np.exp(z - z.max(-1, keepdims=True)).sum(  # noqa
+        -1, keepdims=True)
+    expect = lambda logits: (softmax(np.asarray(logits, np.float64)) * support).sum(-1)  # noqa: E731
+    target_critic = functools.partial(nets.critic.apply, learner.target_critic_params)
+    obs = normalizer.normalize(learner_pieces["obs_stats"], batch.obs)
+    next_obs = normalizer.normalize(learner_pieces["obs_stats"], jnp.where(batch.terminated[..., None], batch.obs,
+                                                                           batch.next_obs))
+    target_policy = functools.partial(nets.policy.apply, learner.target_policy_params)
+    mean, std = target_policy(obs)
+    next_mean, next_std = target_policy(next_obs)
+    actions = mpo.sample_gaussian(key, next_mean, next_std, config.num_action_samples)
+    _, targets = losses.critic_loss(
+        jnp.zeros(batch.reward.shape), jnp.asarray(expect(target_critic(obs, acting.env_action(batch.action)))),
+        jnp.asarray(expect(target_critic(next_obs, acting.env_action(actions))).mean(0), jnp.float32),
+        batch.reward / divisor, config.discount * (1.0 - batch.terminated.astype(jnp.float32)),
+        jnp.sum(mpo.gaussian_log_prob(batch.action, mean, std), -1) - batch.behaviour_log_prob, batch.truncated,
+        config.retrace_lambda)
+    targets = np.asarray(targets, np.float64)
+    probs = np.asarray(distributional.hl_gauss_probs(jnp.asarray(targets, jnp.float32),
+                                                     jnp.asarray(support, jnp.float32), 0.75), np.float64)
+    online = np.asarray(nets.critic.apply(learner.critic_params, obs, acting.env_action(batch.action)), np.float64)
+    log_softmax = np.log(softmax(online))
+    np.testing.assert_allclose(float(metrics["critic_loss"]), -(probs * log_softmax).sum(-1).mean(), rtol=1e-4)
+    np.testing.assert_allclose(float(metrics["target_mean"]), targets.mean(), rtol=1e-4)
+    np.testing.assert_allclose(float(metrics["q_mean"]), expect(online).mean(), rtol=1e-4)
+    np.testing.assert_allclose(float(metrics["support_max"]), support[-1], rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["targets_clipped"]),
+                               np.mean((targets < support[0]) | (targets > support[-1])))
+    np.testing.assert_allclose(float(metrics["critic_entropy"]), -(softmax(online) * log_softmax).sum(-1).mean(),
+                               rtol=1e-4)
+    assert 0.5 < float(metrics["critic_entropy"]) < np.log(11) - 0.1  # neither uniform nor one atom
 
 
 def _outputs(params_source, obs_stats, obs, actions):

@@ -1,0 +1,193 @@
+"""The HL-Gauss critic: histograms against numerical integration, the support against bounded returns, the loss
+against a direct computation, the network's logits, and the expectation against a scalar critic on a toy problem."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy import integrate, stats
+
+from purempo import distributional, losses
+from purempo.config import Config
+from purempo.train import make_networks
+
+
+def _integrated_histogram(y, support, sigma_bins):
+    """HL-Gauss by quadrature: the N(clip(y), σ²) density integrated over each bin, renormalised (float64)."""
+    width = support[1] - support[0]
+    edges = np.concatenate([[support[0] - width / 2], (support[1:] + support[:-1]) / 2, [support[-1] + width / 2]])
+    mean, sigma = np.clip(y, support[0], support[-1]), sigma_bins * width
+    density = stats.norm(mean, sigma).pdf
+    mass = np.array([integrate.quad(density, a, b, epsabs=1e-13)[0] for a, b in zip(edges[:-1], edges[1:])])
+    return mass / mass.sum()
+
+
+@pytest.mark.parametrize("y", [-3.7, 0.0, 0.31, 4.99, 5.0, 12.0])
+@pytest.mark.parametrize("sigma_bins", [0.75, 2.0])
+def test_hl_gauss_histogram_equals_numerical_integration(y, sigma_bins):
+    """Inside the support, on an atom, at its end and beyond it (clipped): the erf differences equal quadrature of
+    the Gaussian density over each bin, and sum to 1."""
+    support = np.linspace(-5.0, 5.0, 21)
+    got = np.asarray(distributional.hl_gauss_probs(jnp.float32(y), jnp.asarray(support, jnp.float32), sigma_bins))
+    expected = _integrated_histogram(y, support, sigma_bins)
+    np.testing.assert_allclose(got, expected, atol=2e-6)
+    np.testing.assert_allclose(got.sum(), 1.0, rtol=1e-6)
+
+
+def test_hl_gauss_histograms_keep_the_mean_of_targets_away_from_the_ends():
+    """A batch `[B, L]` gives `[B, L, Z]`; the histogram's mean is the target itself where the Gaussian lies
+    well inside the support (symmetric mass), and the expectation of its logs recovers it."""
+    support = jnp.linspace(0.0, 100.0, 101)
+    targets = jnp.array([[20.0, 33.3, 50.0], [61.7, 70.25, 80.0]])
+    probs = distributional.hl_gauss_probs(targets, support, 0.75)
+    assert probs.shape == (2, 3, 101)
+    np.testing.assert_allclose(np.asarray(distributional.expectation(jnp.log(probs), support)), targets, atol=1e-3)
+
+
+def test_expectation_entropy_and_cross_entropy_match_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 4, 7)).astype(np.float32) * 2
+    support = np.linspace(-1.0, 2.0, 7)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    target = rng.dirichlet(np.ones(7), size=(3, 4))
+    np.testing.assert_allclose(np.asarray(distributional.expectation(logits, jnp.asarray(support, jnp.float32))),
+                               (p * support).sum(-1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(distributional.entropy(logits)), -(p * np.log(p)).sum(-1), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(distributional.cross_entropy(logits, target.astype(np.float32))),
+                               -(target * np.log(p)).sum(-1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("reward_range", [(0.0, 1.0), (-2.0, 0.5), (0.3, 4.0), (-3.0, -1.0)])
+def test_value_bounds_hold_every_discounted_return_of_bounded_rewards(reward_range):
+    """The closed form (scaled by reward_scale / divisor) against returns of reward sequences at the bounds and at
+    random, of every length (early terminations): all inside, and the extremes of long runs reach the ends."""
+    scale, divisor, gamma = 2.0, 0.25, 0.9
+    v_min, v_max = (float(v) for v in distributional.value_bounds(reward_range, scale, divisor, gamma))
+    low, high = reward_range
+    np.testing.assert_allclose([v_min, v_max], [min(low, 0) * 8 / 0.1, max(high, 0) * 8 / 0.1], rtol=1e-6)
+    rng = np.random.default_rng(1)
+    rewards = np.concatenate([np.full((1, 400), low), np.full((1, 400), high), rng.uniform(low, high, (50, 400))])
+    discounted = np.cumsum(rewards * gamma ** np.arange(400), axis=1) * scale / divisor  # every prefix: any end
+    assert discounted.min() >= v_min - 1e-6 and discounted.max() <= v_max + 1e-6
+    assert min(abs(discounted.min() - v_min), abs(discounted.max() - v_max)) < 1e-3 * (v_max - v_min)
+
+
+def _critic_inputs(seed, B=4, L=6):
+    rng = np.random.default_rng(seed)
+    f32 = lambda *shape, scale=1.0: (scale * rng.normal(size=shape)).astype(np.float32)  # noqa: E731
+    terminated, truncated = np.zeros((B, L), bool), np.zeros((B, L), bool)
+    terminated[0, 2], truncated[1, 3] = True, True
+    return dict(q_target_taken=f32(B, L, scale=3.0) + 5.0, v_tp1=f32(B, L, scale=3.0) + 5.0, rewards=f32(B, L),
+                discounts=np.where(terminated, 0.0, 0.9).astype(np.float32), log_rhos=f32(B, L, scale=0.5),
+                truncated=truncated, lambda_=0.9)
+
+
+@pytest.mark.parametrize("members", [None, 3])
+def test_hl_gauss_critic_loss_is_the_cross_entropy_to_the_retrace_targets_histograms(members):
+    """Targets equal the scalar critic loss's; the loss is the mean cross-entropy to the integrated histograms
+    (summed over an ensemble's members); the fraction clipped counts targets beyond the support."""
+    inputs = _critic_inputs(0)
+    support = jnp.linspace(0.0, 12.0, 25)
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=((members,) if members else ()) + (4, 6, 25)).astype(np.float32)
+    loss, targets, clipped = losses.hl_gauss_critic_loss(logits, support, 0.75, **inputs)
+    _, scalar_targets = losses.critic_loss(np.zeros((4, 6), np.float32), **inputs)
+    np.testing.assert_allclose(np.asarray(targets), np.asarray(scalar_targets), rtol=1e-6)
+    t = np.asarray(targets, np.float64)
+    probs = np.stack([_integrated_histogram(y, np.asarray(support, np.float64), 0.75) for y in t.ravel()])
+    log_softmax = np.asarray(jax.nn.log_softmax(logits, -1), np.float64).reshape(-1, 4 * 6, 25)
+    expected = -(probs * log_softmax).sum(-1).mean(-1).sum()
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    assert 0 < float(clipped) < 1  # the inputs put some targets below 0 or above 12
+    np.testing.assert_allclose(float(clipped), np.mean((t < 0) | (t > 12)), rtol=1e-6)
+
+
+def test_hl_gauss_critic_loss_rejects_logits_of_another_support():
+    inputs = _critic_inputs(2)
+    with pytest.raises(AssertionError):
+        losses.hl_gauss_critic_loss(np.zeros((4, 6, 11), np.float32), jnp.linspace(0.0, 1.0, 25), 0.75, **inputs)
+
+
+@pytest.mark.parametrize("num_critics", [1, 2])
+def test_the_critic_outputs_logits_over_the_bins_for_n_actions_per_state(num_critics):
+    """critic_head hl_gauss: `[N, B, critic_bins]` logits (a leading member axis for an ensemble), the same trunk
+    as the scalar critic's (same parameter names and shapes but the last layer)."""
+    config = Config(env="inverted_pendulum", critic_hidden=(8, 6), num_critics=num_critics, critic_head="hl_gauss",
+                    critic_bins=11, reward_range=(0.0, 1.0))
+    critic = make_networks(config, 2).critic
+    params = critic.init(jax.random.key(0), jnp.zeros((5,)), jnp.zeros((2,)))
+    out = critic.apply(params, jnp.zeros((7, 5)), jnp.zeros((4, 7, 2)))
+    assert out.shape == ((4, 7, 11) if num_critics == 1 else (2, 4, 7, 11))
+    scalar = make_networks(config.replace(critic_head="scalar"), 2).critic
+    scalar_params = scalar.init(jax.random.key(0), jnp.zeros((5,)), jnp.zeros((2,)))
+    shapes = jax.tree.map(jnp.shape, params)
+    scalar_shapes = jax.tree.map(jnp.shape, scalar_params)
+    last = (lambda tree: tree["params"]["Dense_0"]) if num_critics == 1 else (
+        lambda tree: tree["params"]["members"]["Dense_0"])
+    assert last(shapes)["kernel"][-1] == 11 and last(scalar_shapes)["kernel"][-1] == 1
+    trunk = (lambda tree: tree["params"]["LayerNormMLP_0"]) if num_critics == 1 else (
+        lambda tree: tree["params"]["members"]["LayerNormMLP_0"])
+    assert trunk(shapes) == trunk(scalar_shapes)
+
+
+def test_the_hl_gauss_critics_expectation_learns_what_a_scalar_critic_learns():
+    """A toy regression of noisy values y = 40·sin(3x) + 50 + N(0, 5²) of a state x: the HL-Gauss critic trained
+    by cross-entropy (support [0, 100], 51 bins) and the scalar critic by squared error both approach the true
+    mean within a few percent of its range, and each other."""
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1, 1, size=(2048, 1)).astype(np.float32)
+    truth = 40 * np.sin(3 * x[:, 0]) + 50
+    y = (truth + rng.normal(0, 5, size=truth.shape)).astype(np.float32)
+    support = jnp.linspace(0.0, 100.0, 51)
+    config = Config(env="inverted_pendulum", critic_hidden=(64, 64), critic_head="hl_gauss", critic_bins=51,
+                    reward_range=(0.0, 1.0))
+    action = jnp.zeros((2048, 1))
+
+    def fit(head):
+        critic = make_networks(config.replace(critic_head=head), 1).critic
+        params = critic.init(jax.random.key(0), x[:1], action[:1])
+        optimizer = optax.adam(3e-3)
+
+        def loss(p):
+            out = critic.apply(p, x, action)
+            if head == "scalar":
+                return jnp.mean((out - y) ** 2)
+            return jnp.mean(distributional.cross_entropy(out, distributional.hl_gauss_probs(y, support, 0.75)))
+
+        @jax.jit
+        def step(carry, _):
+            p, s = carry
+            grads = jax.grad(loss)(p)
+            updates, s = optimizer.update(grads, s)
+            return (optax.apply_updates(p, updates), s), None
+
+        (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), None, length=1500)
+        out = critic.apply(params, x, action)
+        return np.asarray(out if head == "scalar" else distributional.expectation(out, support))
+
+    scalar, hl_gauss = fit("scalar"), fit("hl_gauss")
+    rmse = lambda a, b: math.sqrt(np.mean((a - b) ** 2))  # noqa: E731
+    assert rmse(hl_gauss, truth) < 1.5 and rmse(scalar, truth) < 1.5  # against a noise σ of 5 and a range of 80
+    assert rmse(hl_gauss, scalar) < 1.5
+
+
+@pytest.mark.parametrize("reward_range", [(0.0, 1.0), (-1.0, 1.0), (-0.5, 3.0)])
+def test_an_hl_gauss_critic_starts_near_zero_for_every_input(reward_range):
+    """The last layer starts at `initial_logits` with a small kernel: on the support of any reward divisor and
+    discount, Q is within half a bin of 0 for very different inputs (a uniform start would sit at the middle)."""
+    config = Config(env="inverted_pendulum", critic_hidden=(32, 32), critic_head="hl_gauss", critic_bins=51,
+                    reward_range=reward_range, num_critics=2)
+    critic = make_networks(config, 3).critic
+    params = critic.init(jax.random.key(0), jnp.zeros((6,)), jnp.zeros((3,)))
+    obs = 5.0 * jax.random.normal(jax.random.key(1), (64, 6))
+    actions = 2.0 * jax.random.normal(jax.random.key(2), (64, 3))
+    for divisor, discount in ((1.0, 0.99), (0.013, 0.999)):
+        support = distributional.atoms(*distributional.value_bounds(reward_range, 1.0, divisor, discount), 51)
+        q = np.asarray(distributional.expectation(critic.apply(params, obs, actions), support))
+        assert np.all(np.abs(q) < 0.5 * float(support[1] - support[0])), (divisor, q.min(), q.max())
