@@ -87,6 +87,8 @@ class Config:
     """Hidden layer sizes of the critic network."""
     critic_norm_all: bool = False
     """LayerNorm after every hidden layer of the critic, not only the first (Acme's trunk): Brax SAC's `q_network_layer_norm`, which Playground's DM Control settings turn on."""
+    critic_residual_blocks: int = 0
+    """0: the critic is the layer-norm MLP of critic_hidden; N > 0: BRO's residual critic (Nauman et al. 2024), Dense → LayerNorm → ReLU of width critic_hidden (one size) and N blocks x + LN(Dense(ReLU(LN(Dense(x)))))."""
     critic_head: str = "scalar"
     """What the critic outputs: scalar (one Q, squared error to the Retrace targets) or hl_gauss (logits over critic_bins values spanning every return reward_range allows, cross-entropy to each Retrace target's Gaussian histogram; Q is their expectation; Farebrother et al. 2024)."""
     critic_bins: int = 101
@@ -220,6 +222,9 @@ class Config:
         need(0.0 < self.tau <= 1.0, "tau", "in (0, 1]")
         need(math.isfinite(self.alpha_gain) and self.alpha_gain >= 0.0, "alpha_gain", "a finite number >= 0")
         need(self.num_critics >= 1, "num_critics", ">= 1")
+        need(self.critic_residual_blocks >= 0, "critic_residual_blocks", ">= 0 (0: the layer-norm MLP)")
+        need(self.critic_residual_blocks == 0 or len(self.critic_hidden) == 1, "critic_hidden",
+             "one width (e.g. 512) with critic_residual_blocks > 0: every residual block keeps it")
         need(self.critic_head in CRITIC_HEADS, "critic_head", f"one of {CRITIC_HEADS}")
         need(self.critic_bins >= 2, "critic_bins", ">= 2")
         need(math.isfinite(self.hl_gauss_sigma) and self.hl_gauss_sigma > 0.0, "hl_gauss_sigma", "a finite number > 0")
@@ -288,8 +293,8 @@ CONCERNS: Dict[str, Tuple[str, ...]] = {
     "env": ("env", "backend", "impl", "episode_length", "num_envs", "reset_pool_size", "reward_scale",
             "reward_normalization", "stagger_starts", "reward_range"),
     "replay": ("replay_size", "prefill_steps", "batch_size", "sequence_length", "replay_obs_dtype"),
-    "networks": ("policy_hidden", "critic_hidden", "critic_norm_all", "critic_head", "critic_bins", "hl_gauss_sigma",
-                 "num_critics", "init_std", "min_std",
+    "networks": ("policy_hidden", "critic_hidden", "critic_norm_all", "critic_residual_blocks", "critic_head",
+                 "critic_bins", "hl_gauss_sigma", "num_critics", "init_std", "min_std",
                  "obs_norm_preserves_outputs"),
     "mpo": ("discount", "retrace_lambda", "num_action_samples", "antithetic_samples", "epsilon", "epsilon_mean",
             "epsilon_std", "epsilon_penalty", "epsilon_per_dimension", "per_dim_constraining", "action_penalization",

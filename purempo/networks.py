@@ -65,6 +65,30 @@ class LayerNormMLP(nn.Module):
         return x
 
 
+class ResidualMLP(nn.Module):
+    """BRO's critic trunk (Nauman et al. 2024, "Bigger, Regularized, Optimistic"): Dense → LayerNorm → ReLU of
+    `width`, then `num_blocks` residual blocks x + LN(Dense(ReLU(LN(Dense(x))))). The pre-activation layer norms
+    keep a wide, deep critic trainable at high replay ratios. `extra` as in `LayerNormMLP`."""
+
+    width: int
+    num_blocks: int
+
+    @nn.compact
+    def __call__(self, x, extra=None):
+        dense = lambda i: nn.Dense(self.width, kernel_init=nn.initializers.lecun_uniform(), name=f"Dense_{i}")  # noqa
+        x = dense(0)(x) if extra is None else ConcatDense(self.width, name="Dense_0")(x, extra)
+        x = nn.relu(nn.LayerNorm(name="LayerNorm_0")(x))
+        for block in range(self.num_blocks):
+            h = nn.relu(nn.LayerNorm(name=f"LayerNorm_{2 * block + 1}")(dense(2 * block + 1)(x)))
+            x = x + nn.LayerNorm(name=f"LayerNorm_{2 * block + 2}")(dense(2 * block + 2)(h))
+        return x
+
+
+def _critic_trunk(hidden: Sequence[int], norm_all_layers: bool, residual_blocks: int) -> nn.Module:
+    return (LayerNormMLP(hidden, norm_all_layers) if residual_blocks == 0 else
+            ResidualMLP(hidden[0], residual_blocks))
+
+
 class GaussianPolicy(nn.Module):
     """π_θ(a|s) = N(mean(s), diag(std(s)²)); std = softplus(·) + min_std, initialised near init_std."""
 
@@ -102,11 +126,12 @@ class QHead(nn.Module):
     norm_all_layers: bool = False
     num_bins: int = 0
     initial_logits: Optional[Tuple[float, ...]] = None
+    residual_blocks: int = 0
 
     @nn.compact
     def __call__(self, obs: chex.Array, action: chex.Array) -> chex.Array:
-        return _q_output(LayerNormMLP(self.hidden, self.norm_all_layers)(obs, action), self.num_bins,
-                         self.initial_logits)
+        trunk = _critic_trunk(self.hidden, self.norm_all_layers, self.residual_blocks)
+        return _q_output(trunk(obs, action), self.num_bins, self.initial_logits)
 
 
 class Critic(nn.Module):
@@ -117,6 +142,7 @@ class Critic(nn.Module):
     `num_members` > 1 makes an ensemble of independently initialised Q networks (parameters stacked on a leading
     axis under "members") and the output gains a leading `[K]` axis; 1 keeps a single network and no such axis.
     `norm_all_layers`: normalise every hidden layer, not only the first (see `LayerNormMLP`).
+    `residual_blocks` > 0: BRO's residual trunk of width `hidden[0]` with that many blocks (`ResidualMLP`).
     """
 
     hidden: Sequence[int]
@@ -125,17 +151,18 @@ class Critic(nn.Module):
     norm_all_layers: bool = False
     num_bins: int = 0
     initial_logits: Optional[Tuple[float, ...]] = None
+    residual_blocks: int = 0
 
     @nn.compact
     def __call__(self, obs: chex.Array, action: chex.Array) -> chex.Array:
         # The first layer sees [obs, action]; obs's part is computed once for all the actions it is broadcast to.
         obs = _view(obs, self.view)
         if self.num_members == 1:
-            return _q_output(LayerNormMLP(self.hidden, self.norm_all_layers)(obs, action), self.num_bins,
-                             self.initial_logits)
+            trunk = _critic_trunk(self.hidden, self.norm_all_layers, self.residual_blocks)
+            return _q_output(trunk(obs, action), self.num_bins, self.initial_logits)
         members = nn.vmap(QHead, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=None,
                           out_axes=0, axis_size=self.num_members)
-        return members(self.hidden, self.norm_all_layers, self.num_bins, self.initial_logits,
+        return members(self.hidden, self.norm_all_layers, self.num_bins, self.initial_logits, self.residual_blocks,
                        name="members")(obs, action)
 
 
@@ -157,10 +184,11 @@ def preserve_outputs(params, old_stats, new_stats, view: View = None):
     if "members" in params["params"]:  # an ensemble critic: first layers stacked on a leading member axis
         members = preserve_outputs({"params": params["params"]["members"]}, old_stats, new_stats)
         return {**params, "params": {**params["params"], "members": members["params"]}}
-    layer = params["params"]["LayerNormMLP_0"]["Dense_0"]
+    name = "LayerNormMLP_0" if "LayerNormMLP_0" in params["params"] else "ResidualMLP_0"
+    layer = params["params"][name]["Dense_0"]
     preserve = normalizer.preserve_first_layer
     if layer["kernel"].ndim == 3:
         preserve = jax.vmap(preserve, in_axes=(0, 0, None, None))
     kernel, bias = preserve(layer["kernel"], layer["bias"], old_stats, new_stats)
-    trunk = {**params["params"]["LayerNormMLP_0"], "Dense_0": {**layer, "kernel": kernel, "bias": bias}}
-    return {**params, "params": {**params["params"], "LayerNormMLP_0": trunk}}
+    trunk = {**params["params"][name], "Dense_0": {**layer, "kernel": kernel, "bias": bias}}
+    return {**params, "params": {**params["params"], name: trunk}}

@@ -55,7 +55,7 @@ def make_networks(config: Config, action_dim: int, views: envs.Views = envs.View
     return Networks(
         policy=GaussianPolicy(config.policy_hidden, action_dim, config.min_std, config.init_std, view=views.policy),
         critic=Critic(config.critic_hidden, config.num_critics, view=views.critic,
-                      norm_all_layers=config.critic_norm_all,
+                      norm_all_layers=config.critic_norm_all, residual_blocks=config.critic_residual_blocks,
                       **({} if config.critic_head == "scalar" else dict(
                           num_bins=config.critic_bins, initial_logits=tuple(map(float, distributional.initial_logits(
                               config.reward_range, config.critic_bins, config.hl_gauss_sigma)))))),

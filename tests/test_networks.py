@@ -143,3 +143,48 @@ def test_critic_parameters_and_outputs_match_the_concatenating_critic(num_critic
     obs = jnp.asarray(rng.normal(size=(BATCH, OBS)), jnp.float32)
     act = jnp.asarray(rng.uniform(-1, 1, size=(3, BATCH, ACT)), jnp.float32)
     np.testing.assert_allclose(ours.apply(p_ours, obs, act), theirs.apply(p_theirs, obs, act), rtol=1e-5, atol=1e-6)
+
+
+def _naive_residual_q(trunk, head, x, blocks):
+    """BRO's trunk in numpy: Dense → LayerNorm → ReLU, then per block x + LN(Dense(ReLU(LN(Dense(x))))); a Dense head
+    (all its outputs: one Q or logits)."""
+    relu = lambda v: np.maximum(v, 0.0)  # noqa: E731
+    dense = lambda i, v: v @ trunk[f"Dense_{i}"]["kernel"] + trunk[f"Dense_{i}"]["bias"]  # noqa: E731
+    norm = lambda i, v: _layer_norm(v, trunk[f"LayerNorm_{i}"]["scale"], trunk[f"LayerNorm_{i}"]["bias"])  # noqa
+    h = relu(norm(0, dense(0, x)))
+    for b in range(blocks):
+        h = h + norm(2 * b + 2, dense(2 * b + 2, relu(norm(2 * b + 1, dense(2 * b + 1, h)))))
+    return h @ head["kernel"] + head["bias"]
+
+
+@pytest.mark.parametrize("num_critics", [1, 2])
+@pytest.mark.parametrize("head", ["scalar", "hl_gauss"])
+def test_residual_critic_matches_a_numpy_forward_pass(num_critics, head):
+    """critic_residual_blocks 2: every parameter randomised, the outputs for N actions per state equal the numpy
+    pass above on the broadcast, concatenated input, for one critic and each member of an ensemble, with a
+    scalar or a logits head."""
+    config = Config(env="inverted_pendulum", critic_hidden=(8,), critic_residual_blocks=2, num_critics=num_critics,
+                    critic_head=head, critic_bins=7, reward_range=(0.0, 1.0))
+    critic = make_networks(config, ACT).critic
+    params = critic.init(jax.random.key(5), jnp.zeros((OBS,)), jnp.zeros((ACT,)))
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.key(6), len(leaves))
+    params = jax.tree_util.tree_unflatten(
+        treedef, [leaf + 0.3 * jax.random.normal(k, leaf.shape) for leaf, k in zip(leaves, keys)])
+    rng = np.random.default_rng(7)
+    obs = rng.normal(size=(BATCH, OBS)).astype(np.float32)
+    act = rng.uniform(-1, 1, size=(3, BATCH, ACT)).astype(np.float32)
+    out = np.asarray(jax.jit(critic.apply)(params, jnp.asarray(obs), jnp.asarray(act)), np.float64)
+    x = np.concatenate([np.broadcast_to(obs, (3, BATCH, OBS)), act], -1).astype(np.float64)
+    tree = jax.tree_util.tree_map(lambda v: np.asarray(v, np.float64), params)["params"]
+    members = [tree] if num_critics == 1 else [jax.tree_util.tree_map(lambda v: v[i], tree["members"])
+                                               for i in range(num_critics)]
+    expected = np.stack([_naive_residual_q(m["ResidualMLP_0"], m["Dense_0"], x, 2) for m in members])
+    expected = expected[..., 0] if head == "scalar" else expected  # [K, 3, B(, 7)]
+    np.testing.assert_allclose(out, expected[0] if num_critics == 1 else expected, rtol=1e-4, atol=1e-4)
+    assert sorted(members[0]["ResidualMLP_0"]) == [f"Dense_{i}" for i in range(5)] + [f"LayerNorm_{i}" for i in range(5)]
+
+
+def test_a_residual_critic_needs_one_width():
+    with pytest.raises(ValueError, match=r"invalid critic_hidden=\(256, 256\)"):
+        Config(critic_hidden=(256, 256), critic_residual_blocks=1)

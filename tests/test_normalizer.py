@@ -255,11 +255,14 @@ def test_preserve_outputs_keeps_policy_and_critic_functions_of_raw_obs(nets_and_
                            "['params']['LayerNormMLP_0']['Dense_0']['bias']"}
 
 
-def test_preserve_outputs_keeps_every_member_of_an_ensemble_critic():
-    """An ensemble critic (3 members, first layers stacked under "members"): after preserve_outputs every
-    member's Q of raw observations under the new statistics matches the original under the old ones, and
-    only the stacked first Dense layer changes."""
-    critic = Critic(hidden=(8, 6), num_members=3)
+@pytest.mark.parametrize("critic, trunk, shape", [
+    (Critic(hidden=(8, 6), num_members=3), "LayerNormMLP_0", (3, 32)),
+    (Critic(hidden=(8,), num_members=3, residual_blocks=2, num_bins=5), "ResidualMLP_0", (3, 32, 5)),
+])
+def test_preserve_outputs_keeps_every_member_of_an_ensemble_critic(critic, trunk, shape):
+    """An ensemble critic (3 members, first layers stacked under "members"), a layer-norm MLP with scalar outputs
+    or a residual one with logits: after preserve_outputs every member's outputs for raw observations under the
+    new statistics match the original under the old ones, and only the stacked first Dense layer changes."""
     params = jax.jit(critic.init)(jax.random.key(4), jnp.zeros((1, SIZE)), jnp.zeros((1, 2)))
     old, new = _moved_stats(seed=2)
     rng = np.random.default_rng(9)
@@ -268,11 +271,11 @@ def test_preserve_outputs_keeps_every_member_of_an_ensemble_critic():
     q = jax.jit(lambda p, stats: critic.apply(p, normalizer.normalize(stats, x), actions))
     kept = jax.jit(networks.preserve_outputs)(params, old, new)
     before, after, naive = (np.asarray(v, np.float64) for v in (q(params, old), q(kept, new), q(params, new)))
-    assert before.shape == (3, 32)
+    assert before.shape == shape
     assert np.abs(before[0] - before[1]).max() > 1e-3  # independently initialised members
     np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5 * np.abs(before).max())
     assert np.abs(naive - before).max() > 100 * 1e-5 * np.abs(before).max()
     flat, flat_kept = (dict(jax.tree_util.tree_flatten_with_path(p)[0]) for p in (params, kept))
     changed = {jax.tree_util.keystr(k) for k in flat if not np.array_equal(flat[k], flat_kept[k])}
-    assert changed == {"['params']['members']['LayerNormMLP_0']['Dense_0']['kernel']",
-                       "['params']['members']['LayerNormMLP_0']['Dense_0']['bias']"}
+    assert changed == {f"['params']['members']['{trunk}']['Dense_0']['kernel']",
+                       f"['params']['members']['{trunk}']['Dense_0']['bias']"}
