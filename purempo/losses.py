@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Dict, NamedTuple, Optional
 
 import chex
+import jax
 import jax.numpy as jnp
 
 from purempo import distributional, mpo
@@ -67,38 +68,24 @@ def critic_loss(
     return 0.5 * jnp.sum(jnp.mean((q_online - targets) ** 2, axis=(-2, -1))), targets
 
 
-def hl_gauss_critic_loss(
-    logits_online: chex.Array,
-    support: chex.Array,
-    sigma_bins: chex.Numeric,
-    q_target_taken: chex.Array,
-    v_tp1: chex.Array,
-    rewards: chex.Array,
-    discounts: chex.Array,
-    log_rhos: chex.Array,
-    truncated: chex.Array,
-    lambda_: chex.Numeric,
-):
-    """Cross-entropy of the online critic's distribution against the HL-Gauss histograms of the Retrace targets
-    (`distributional.hl_gauss_probs`; Farebrother et al. 2024). The targets are `critic_loss`'s, built from the
-    target critic's expected values.
+def hl_gauss_loss(logits_online: chex.Array, targets: chex.Array, support: chex.Array, sigma_bins: chex.Numeric):
+    """Cross-entropy of the online critic's distribution against the HL-Gauss histograms of scalar targets
+    (`distributional.hl_gauss_probs`; Farebrother et al. 2024), e.g. the Retrace targets of `critic_loss`.
 
     Args:
       logits_online: `[B, L, Z]`, or `[K, B, L, Z]` for an ensemble (the loss sums the members' losses).
+      targets: `[B, L]` (gradient stopped).
       support: `[Z]` the atoms.
       sigma_bins: the histograms' σ in bin widths.
-      The rest as in `critic_loss` (all `[B, L]`).
 
-    Returns: (loss `mean cross-entropy` summed over members, targets G `[B, L]`, the fraction of targets outside
-    the support, which the histograms clip).
+    Returns: (loss `mean cross-entropy` summed over members, the fraction of targets outside the support, which
+    the histograms clip).
     """
-    chex.assert_rank([q_target_taken, v_tp1, rewards, discounts, log_rhos, truncated], 2)
-    chex.assert_rank(logits_online, {3, 4})
+    chex.assert_rank([logits_online, targets, support], [{3, 4}, 2, 1])
     chex.assert_axis_dimension(logits_online, -1, support.shape[0])
-    targets = batched_retrace_targets(q_target_taken, v_tp1, rewards, discounts, log_rhos, truncated, lambda_)
-    probs = distributional.hl_gauss_probs(targets, support, sigma_bins)  # [B, L, Z]
+    probs = distributional.hl_gauss_probs(jax.lax.stop_gradient(targets), support, sigma_bins)  # [B, L, Z]
     loss = jnp.sum(jnp.mean(distributional.cross_entropy(logits_online, probs), axis=(-2, -1)))
-    return loss, targets, distributional.outside_fraction(targets, support)
+    return loss, distributional.outside_fraction(targets, support)
 
 
 class PolicyLossConfig(NamedTuple):

@@ -19,6 +19,7 @@ import optax
 from purempo import acting, distributional, envs, losses, mpo, networks, normalizer, replay, sharding
 from purempo.config import Config, HParams
 from purempo.networks import Critic, GaussianPolicy
+from purempo.retrace import batched_retrace_targets
 from purempo.types import Transition
 
 
@@ -132,21 +133,22 @@ def mpo_loss(params, learner: LearnerState, obs_stats, reward_divisor, batch: Tr
     log_pi = jnp.concatenate([batch.behaviour_log_prob[:, :1], log_pi], axis=1)  # [B, L]; ρ_0 = 1, unread
     online = nets.critic.apply(critic_params, obs, acting.env_action(batch.action))  # [(K,) B, L (, Z)]
     q_online = q_value(online)  # [B, L] or [K, B, L]
-    retrace_inputs = dict(
-        q_target_taken=target_q(obs, batch.action),
-        v_tp1=jnp.mean(sampled_q, axis=0),
-        rewards=batch.reward / reward_divisor,
-        discounts=hp.discount * (1.0 - batch.terminated.astype(jnp.float32)),
-        log_rhos=log_pi - batch.behaviour_log_prob,
-        truncated=batch.truncated,
-        lambda_=hp.retrace_lambda,
+    # Retrace's inputs, in `batched_retrace_targets`' (and `losses.critic_loss`'s) order.
+    retrace_inputs = (
+        target_q(obs, batch.action),  # Q'(s_t, a_t)
+        jnp.mean(sampled_q, axis=0),  # E_π' Q'(s_{t+1}, ·)
+        batch.reward / reward_divisor,
+        hp.discount * (1.0 - batch.terminated.astype(jnp.float32)),
+        log_pi - batch.behaviour_log_prob,
+        batch.truncated,
+        hp.retrace_lambda,
     )
     critic_metrics = {}
     if support is None:
-        critic_loss, targets = losses.critic_loss(q_online=q_online, **retrace_inputs)
+        critic_loss, targets = losses.critic_loss(q_online, *retrace_inputs)
     else:
-        critic_loss, targets, clipped = losses.hl_gauss_critic_loss(online, support, hp.hl_gauss_sigma,
-                                                                    **retrace_inputs)
+        targets = batched_retrace_targets(*retrace_inputs)
+        critic_loss, clipped = losses.hl_gauss_loss(online, targets, support, hp.hl_gauss_sigma)
         critic_metrics = dict(targets_clipped=clipped, critic_entropy=jnp.mean(distributional.entropy(online)),
                               support_max=support[-1])
 

@@ -89,16 +89,16 @@ def _critic_inputs(seed, B=4, L=6):
 
 
 @pytest.mark.parametrize("members", [None, 3])
-def test_hl_gauss_critic_loss_is_the_cross_entropy_to_the_retrace_targets_histograms(members):
-    """Targets equal the scalar critic loss's; the loss is the mean cross-entropy to the integrated histograms
-    (summed over an ensemble's members); the fraction clipped counts targets beyond the support."""
+def test_hl_gauss_loss_is_the_cross_entropy_to_the_targets_integrated_histograms(members):
+    """On Retrace targets (`critic_loss`'s): the mean cross-entropy to the integrated histograms (summed over an
+    ensemble's members), no gradient into the targets, and the fraction clipped counts targets beyond the
+    support."""
     inputs = _critic_inputs(0)
+    _, targets = losses.critic_loss(np.zeros((4, 6), np.float32), **inputs)
     support = jnp.linspace(0.0, 12.0, 25)
     rng = np.random.default_rng(1)
     logits = rng.normal(size=((members,) if members else ()) + (4, 6, 25)).astype(np.float32)
-    loss, targets, clipped = losses.hl_gauss_critic_loss(logits, support, 0.75, **inputs)
-    _, scalar_targets = losses.critic_loss(np.zeros((4, 6), np.float32), **inputs)
-    np.testing.assert_allclose(np.asarray(targets), np.asarray(scalar_targets), rtol=1e-6)
+    loss, clipped = losses.hl_gauss_loss(logits, targets, support, 0.75)
     t = np.asarray(targets, np.float64)
     probs = np.stack([_integrated_histogram(y, np.asarray(support, np.float64), 0.75) for y in t.ravel()])
     log_softmax = np.asarray(jax.nn.log_softmax(logits, -1), np.float64).reshape(-1, 4 * 6, 25)
@@ -106,12 +106,14 @@ def test_hl_gauss_critic_loss_is_the_cross_entropy_to_the_retrace_targets_histog
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
     assert 0 < float(clipped) < 1  # the inputs put some targets below 0 or above 12
     np.testing.assert_allclose(float(clipped), np.mean((t < 0) | (t > 12)), rtol=1e-6)
+    grad = jax.grad(lambda g: losses.hl_gauss_loss(logits, g, support, 0.75)[0])(targets)
+    np.testing.assert_array_equal(np.asarray(grad), 0.0)
 
 
-def test_hl_gauss_critic_loss_rejects_logits_of_another_support():
-    inputs = _critic_inputs(2)
+def test_hl_gauss_loss_rejects_logits_of_another_support():
     with pytest.raises(AssertionError):
-        losses.hl_gauss_critic_loss(np.zeros((4, 6, 11), np.float32), jnp.linspace(0.0, 1.0, 25), 0.75, **inputs)
+        losses.hl_gauss_loss(np.zeros((4, 6, 11), np.float32), np.zeros((4, 6), np.float32),
+                             jnp.linspace(0.0, 1.0, 25), 0.75)
 
 
 @pytest.mark.parametrize("num_critics", [1, 2])
