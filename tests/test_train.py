@@ -130,6 +130,26 @@ def test_hyperparameter_sweep_with_vmap(two_seed_run):
                                rtol=1e-3, atol=1e-5)
 
 
+def test_an_hl_gauss_run_sweeps_its_sigma_and_its_support_follows_the_reward_scale():
+    """critic_head hl_gauss under a vmapped sweep: rewards ×1000 are divided by a divisor ×1000 and the support
+    grows with reward_scale, so in the learner's units both are those of the unscaled run (same support top
+    1 / (divisor·(1 − γ)) per unscaled reward, same critic losses); another hl_gauss_sigma trains another critic."""
+    config = TINY.replace(critic_head="hl_gauss", reward_range=(0.0, 1.0), critic_bins=21)
+    hp = config.hparams
+    sweep = hp._replace(reward_scale=jnp.array([1.0, 1000.0, 1.0]), hl_gauss_sigma=jnp.array([0.75, 0.75, 2.0]))
+    axes = type(hp)(*[0 if name in ("reward_scale", "hl_gauss_sigma") else None for name in hp._fields])
+    _, metrics = jax.device_get(jax.jit(jax.vmap(make_train(config), in_axes=(None, axes)))(
+        jax.random.PRNGKey(4), sweep))
+    learned = metrics["updates"][0] > 0
+    support_max, divisor = metrics["support_max"][:, learned], metrics["reward_divisor"][:, learned]
+    np.testing.assert_allclose(support_max, np.array([1.0, 1000.0, 1.0])[:, None] / (divisor * (1 - config.discount)),
+                               rtol=1e-4)  # 1 − γ in float32
+    np.testing.assert_allclose(support_max[1], support_max[0], rtol=1e-5)
+    np.testing.assert_allclose(metrics["critic_loss"][1][learned], metrics["critic_loss"][0][learned], rtol=1e-3)
+    assert np.all(np.isfinite(metrics["critic_loss"][:, learned])) and np.all(metrics["critic_entropy"][:, learned] > 0)
+    assert not np.allclose(metrics["critic_loss"][2][learned], metrics["critic_loss"][0][learned], rtol=1e-2)
+
+
 @pytest.fixture(scope="module")
 def reacher_scale_runs():
     """Two reacher runs (2 actions), each vmapped over reward_scale [1, 1000]: with reward normalisation and the
