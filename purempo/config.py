@@ -9,7 +9,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 KNOWN_BACKENDS = ("generalized", "positional", "spring", "mjx")
 PLAYGROUND_IMPLS = ("jax", "warp")
 REPLAY_OBS_DTYPES = ("float32", "bfloat16")
-CRITIC_HEADS = ("scalar", "hl_gauss")
+CRITIC_HEADS = ("scalar", "hl_gauss", "categorical")
 
 
 class HParams(NamedTuple):
@@ -66,7 +66,7 @@ class Config:
     stagger_starts: bool = True
     """Start each env's first episode at a step counter drawn uniformly below the time limit, so that envs that never terminate (DM Control) do not all truncate on the same step for the whole run (exact: truncations bootstrap; such a shortened first episode's return is not reported)."""
     reward_range: Optional[Tuple[float, float]] = None
-    """The env's per-step reward bounds (LOW, HIGH), before reward_scale; an `hl_gauss` critic's value support is every discounted return they allow (`distributional.value_bounds`). The DM Control presets set (0, 1); needed with critic_head hl_gauss."""
+    """The env's per-step reward bounds (LOW, HIGH), before reward_scale; an hl_gauss or categorical critic's value support is every discounted return they allow (`distributional.value_bounds`). The DM Control presets set (0, 1); needed with those critic heads."""
 
     # --- replay. Replay: capacity, prefill and the sampled sequences.
     replay_size: int = 1_048_576
@@ -90,9 +90,9 @@ class Config:
     critic_residual_blocks: int = 0
     """0: the critic is the layer-norm MLP of critic_hidden; N > 0: BRO's residual critic (Nauman et al. 2024), Dense → LayerNorm → ReLU of width critic_hidden (one size) and N blocks x + LN(Dense(ReLU(LN(Dense(x)))))."""
     critic_head: str = "scalar"
-    """What the critic outputs: scalar (one Q, squared error to the Retrace targets) or hl_gauss (logits over critic_bins values spanning every return reward_range allows, cross-entropy to each Retrace target's Gaussian histogram; Q is their expectation; Farebrother et al. 2024)."""
+    """What the critic outputs: scalar (one Q, squared error to the Retrace targets), or logits over critic_bins values spanning every return reward_range allows (Q is their expectation) trained by cross-entropy to: hl_gauss, each scalar Retrace target's Gaussian histogram (Farebrother et al. 2024); categorical, distributional Retrace targets built from the target critic's distributions (C51's projection, Reactor's recursion)."""
     critic_bins: int = 101
-    """Atoms of an hl_gauss critic's value support."""
+    """Atoms of an hl_gauss or categorical critic's value support."""
     hl_gauss_sigma: float = 0.75
     """Standard deviation of an hl_gauss target's histogram, in bin widths."""
     num_critics: int = 1
@@ -231,6 +231,8 @@ class Config:
         need(self.reward_range is None or (len(self.reward_range) == 2 and all(map(math.isfinite, self.reward_range))
                                            and self.reward_range[0] < self.reward_range[1]),
              "reward_range", "None or two finite numbers LOW < HIGH")
+        need(self.critic_head != "categorical" or self.critic_pessimism == 0.0, "critic_pessimism",
+             "0 with critic_head categorical (its targets mix the members' distributions)")
         need(self.critic_head == "scalar" or self.reward_range is not None, "reward_range",
              f"the env's per-step reward bounds (LOW, HIGH) with critic_head={self.critic_head!r}, which builds its "
              f"value support from them (DM Control: 0 1)")

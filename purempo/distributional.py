@@ -90,3 +90,84 @@ def entropy(logits: chex.Array) -> chex.Array:
 def outside_fraction(values: chex.Array, support: chex.Array) -> chex.Array:
     """Fraction of `values` outside [z_1, z_Z]: the targets the HL-Gauss loss clips."""
     return jnp.mean(((values < support[0]) | (values > support[-1])).astype(jnp.float32))
+
+
+def categorical_projection(values: chex.Array, masses: chex.Array, support: chex.Array) -> chex.Array:
+    """C51's projection (Bellemare et al. 2017) of the distribution Σ_k masses_k δ(values_k) onto the atoms:
+    `[K]`, `[K]` → `[Z]`. Each value is clipped to [z_1, z_Z] and its mass split between the atoms below and above
+    it in proportion to its closeness to each, which keeps the mean of whatever lies inside the support. Linear in
+    the masses, which may be negative (a signed mixture). O(K + Z): a scatter-add onto two neighbours per value,
+    not the O(K·Z) matrix of the usual formulation. Batch with `jax.vmap`."""
+    chex.assert_rank([values, masses, support], 1)
+    chex.assert_equal_shape([values, masses])
+    num_atoms = support.shape[0]
+    position = (jnp.clip(values, support[0], support[-1]) - support[0]) / (support[1] - support[0])
+    below = jnp.clip(jnp.floor(position), 0, num_atoms - 2)
+    upper_share = jnp.clip(position - below, 0.0, 1.0)
+    below = below.astype(jnp.int32)
+    projected = jnp.zeros((num_atoms,), masses.dtype).at[below].add(masses * (1.0 - upper_share))
+    return projected.at[below + 1].add(masses * upper_share)
+
+
+def categorical_retrace_targets(
+    p_taken: chex.Array,
+    p_next: chex.Array,
+    r_t: chex.Array,
+    discount_t: chex.Array,
+    log_rhos: chex.Array,
+    truncated_t: chex.Array,
+    lambda_: chex.Numeric,
+    support: chex.Array,
+) -> chex.Array:
+    """Distributional Retrace (after "The Reactor", Gruslys et al. 2018) for ONE sequence, on a fixed support.
+
+    The scalar recursion G_t = r_t + d_t (V(s_{t+1}) + c_{t+1} (G_{t+1} − Q(s_{t+1}, a_{t+1}))) with each value
+    replaced by its distribution and each `r + d·X` by a projection onto the atoms:
+
+        D_t = Π[r_t + d_t · z](M_{t+1} + c_{t+1} (D_{t+1} − P_{t+1}))      (δ_{r_t} projected where d_t = 0)
+
+    M_{t+1}: the target policy's mixture at s_{t+1} (the mean of the sampled actions' pmfs: on one support a
+    mixture is exact before one projection), P_{t+1}: the pmf of the action taken there. c_{t+1} is cut after a
+    truncation and at the end of the sequence, as in `retrace.retrace_targets`. Each projection keeps the mean of
+    mass inside the support, so while no value falls outside it E[D_t] is the scalar Retrace target of the pmfs'
+    means. The mixture is signed (c (D − P) can be negative); `categorical_loss` clips negative masses. One
+    projection per step: O(T·Z).
+
+    Args:
+      p_taken: `[T, Z]` target critic's pmf at (s_t, a_t).
+      p_next: `[T, Z]` the mixture at s_{t+1} (ignored, may be non-finite, where `discount_t` is 0).
+      r_t, discount_t, log_rhos, truncated_t: `[T]` as in `retrace.retrace_targets`.
+      lambda_: trace coefficient λ.
+      support: `[Z]` the atoms.
+
+    Returns: `[T, Z]` target masses, each row summing to 1 (gradient stopped).
+    """
+    chex.assert_rank([p_taken, p_next, r_t, discount_t, log_rhos, truncated_t, support], [2, 2, 1, 1, 1, 1, 1])
+    chex.assert_equal_shape([p_taken, p_next])
+    p_taken, p_next, r_t, discount_t, log_rhos = jax.tree.map(
+        jax.lax.stop_gradient, (p_taken, p_next, r_t, discount_t, log_rhos))
+    c_t = lambda_ * jnp.minimum(1.0, jnp.exp(log_rhos))
+    zero = jnp.zeros((1,), r_t.dtype)
+    c_tp1 = jnp.where(truncated_t, 0.0, jnp.concatenate([c_t[1:], zero]))
+    p_tp1 = jnp.concatenate([p_taken[1:], jnp.zeros_like(p_taken[:1])])
+    one_atom = jnp.ones((1,), r_t.dtype)
+
+    def backward(d_tp1, xs):
+        r, d, mixture, c_next, p_next_taken = xs
+        trace = jnp.where(c_next > 0.0, c_next * (d_tp1 - p_next_taken), 0.0)
+        bootstrapped = categorical_projection(r + jnp.where(d > 0.0, d, 0.0) * support,
+                                              jnp.where(d > 0.0, mixture + trace, 0.0), support)
+        terminal = categorical_projection(jnp.reshape(r, (1,)), one_atom, support)
+        d_t = jnp.where(d > 0.0, bootstrapped, terminal)
+        return d_t, d_t
+
+    _, targets = jax.lax.scan(backward, jnp.zeros_like(support), (r_t, discount_t, p_next, c_tp1, p_tp1),
+                              reverse=True)
+    return jax.lax.stop_gradient(targets)
+
+
+def categorical_loss(logits: chex.Array, target_masses: chex.Array) -> chex.Array:
+    """Cross-entropy to signed target masses with the negative ones clipped and the rest renormalised: `[..., Z]`
+    → `[...]` (a negative mass would reward driving its atom's probability to 0 without bound)."""
+    kept = jnp.maximum(jax.lax.stop_gradient(target_masses), 0.0)
+    return cross_entropy(logits, kept / jnp.maximum(jnp.sum(kept, axis=-1, keepdims=True), 1e-12))

@@ -88,6 +88,40 @@ def hl_gauss_loss(logits_online: chex.Array, targets: chex.Array, support: chex.
     return loss, distributional.outside_fraction(targets, support)
 
 
+def categorical_critic_loss(
+    logits_online: chex.Array,
+    p_taken: chex.Array,
+    p_next: chex.Array,
+    rewards: chex.Array,
+    discounts: chex.Array,
+    log_rhos: chex.Array,
+    truncated: chex.Array,
+    lambda_: chex.Numeric,
+    support: chex.Array,
+):
+    """Cross-entropy of the online critic's distribution against distributional Retrace targets
+    (`distributional.categorical_retrace_targets`, per sequence, negative masses clipped).
+
+    Args:
+      logits_online: `[B, L, Z]`, or `[K, B, L, Z]` for an ensemble (the loss sums the members' losses).
+      p_taken: `[B, L, Z]` the target critic's pmf at (s_t, a_t).
+      p_next: `[B, L, Z]` the target policy's mixture at s_{t+1}: the sampled actions' pmfs averaged.
+      rewards, discounts, log_rhos, truncated, lambda_: as in `critic_loss`.
+      support: `[Z]` the atoms.
+
+    Returns: (loss summed over members, the targets' means `[B, L]`, the fraction of the scalar Retrace targets of
+    the pmfs' means outside the support: what the support cannot hold).
+    """
+    chex.assert_rank([logits_online, p_taken, p_next, rewards], [{3, 4}, 3, 3, 2])
+    chex.assert_axis_dimension(logits_online, -1, support.shape[0])
+    masses = jax.vmap(distributional.categorical_retrace_targets, in_axes=(0,) * 6 + (None, None))(
+        p_taken, p_next, rewards, discounts, log_rhos, truncated, lambda_, support)  # [B, L, Z]
+    loss = jnp.sum(jnp.mean(distributional.categorical_loss(logits_online, masses), axis=(-2, -1)))
+    scalar = batched_retrace_targets(jnp.sum(p_taken * support, -1), jnp.sum(p_next * support, -1), rewards,
+                                     discounts, log_rhos, truncated, lambda_)
+    return loss, jnp.sum(masses * support, axis=-1), distributional.outside_fraction(scalar, support)
+
+
 class PolicyLossConfig(NamedTuple):
     """Static choices of the policy loss (floats come from `HParams`)."""
 

@@ -119,12 +119,16 @@ def mpo_loss(params, learner: LearnerState, obs_stats, reward_divisor, batch: Tr
     def q_value(output):
         return output if support is None else distributional.expectation(output, support)
 
-    # Target-critic values go through the ensemble's pessimistic estimate (the single value for one critic).
-    def target_q(o, a):
-        q = q_value(nets.critic.apply(learner.target_critic_params, o, acting.env_action(a)))
-        return losses.pessimistic_value(q if config.num_critics > 1 else q[None], hp.critic_pessimism)
+    def members(output):  # a leading member axis, one critic or an ensemble
+        return output if config.num_critics > 1 else output[None]
 
-    sampled_q = target_q(next_obs, sampled_actions)  # [N, B, L]
+    # Target-critic values go through the ensemble's pessimistic estimate (the single value for one critic).
+    def target_q(output):
+        return losses.pessimistic_value(members(q_value(output)), hp.critic_pessimism)
+
+    sampled_output = nets.critic.apply(learner.target_critic_params, next_obs, acting.env_action(sampled_actions))
+    taken_output = nets.critic.apply(learner.target_critic_params, obs, acting.env_action(batch.action))
+    sampled_q = target_q(sampled_output)  # [N, B, L]
 
     # log ρ_t for t ≥ 1 from π' at next_obs[t−1], which is s_t wherever Retrace reads ρ_t (transition t−1 neither
     # terminated nor truncated); ρ_0 and ρ after an episode's end are never read (the trace is cut there).
@@ -135,7 +139,7 @@ def mpo_loss(params, learner: LearnerState, obs_stats, reward_divisor, batch: Tr
     q_online = q_value(online)  # [B, L] or [K, B, L]
     # Retrace's inputs, in `batched_retrace_targets`' (and `losses.critic_loss`'s) order.
     retrace_inputs = (
-        target_q(obs, batch.action),  # Q'(s_t, a_t)
+        target_q(taken_output),  # Q'(s_t, a_t)
         jnp.mean(sampled_q, axis=0),  # E_π' Q'(s_{t+1}, ·)
         batch.reward / reward_divisor,
         hp.discount * (1.0 - batch.terminated.astype(jnp.float32)),
@@ -146,9 +150,14 @@ def mpo_loss(params, learner: LearnerState, obs_stats, reward_divisor, batch: Tr
     critic_metrics = {}
     if support is None:
         critic_loss, targets = losses.critic_loss(q_online, *retrace_inputs)
-    else:
+    elif config.critic_head == "hl_gauss":
         targets = batched_retrace_targets(*retrace_inputs)
         critic_loss, clipped = losses.hl_gauss_loss(online, targets, support, hp.hl_gauss_sigma)
+    else:  # categorical: distributional Retrace on the target critic's pmfs, the members' pmfs mixed
+        pmf = lambda output: jnp.mean(members(jax.nn.softmax(output, axis=-1)), axis=0)  # noqa: E731
+        critic_loss, targets, clipped = losses.categorical_critic_loss(
+            online, pmf(taken_output), jnp.mean(pmf(sampled_output), axis=0), *retrace_inputs[2:], support)
+    if support is not None:
         critic_metrics = dict(targets_clipped=clipped, critic_entropy=jnp.mean(distributional.entropy(online)),
                               support_max=support[-1])
 

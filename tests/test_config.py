@@ -66,6 +66,8 @@ def test_default_config_is_valid():
         (dict(antithetic_samples=True, num_action_samples=7), "num_action_samples"),  # pairs need an even N
         (dict(critic_head="c51"), "critic_head"),
         (dict(critic_head="hl_gauss"), "reward_range"),  # the support is built from the reward bounds
+        (dict(critic_head="categorical", reward_range=(0.0, 1.0), num_critics=2, critic_pessimism=1.0),
+         "critic_pessimism"),
         (dict(critic_bins=1), "critic_bins"),
         (dict(hl_gauss_sigma=0.0), "hl_gauss_sigma"),
         (dict(reward_range=(1.0, 1.0)), "reward_range"),

@@ -193,3 +193,96 @@ def test_an_hl_gauss_critic_starts_near_zero_for_every_input(reward_range):
         support = distributional.atoms(*distributional.value_bounds(reward_range, 1.0, divisor, discount), 51)
         q = np.asarray(distributional.expectation(critic.apply(params, obs, actions), support))
         assert np.all(np.abs(q) < 0.5 * float(support[1] - support[0])), (divisor, q.min(), q.max())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The categorical head: C51's projection and distributional Retrace
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _naive_projection(values, masses, support):
+    """C51's projection as usually written: every value's mass spread over every atom by the triangular kernel
+    max(0, 1 − |clip(v) − z_j| / Δz) (float64, O(K·Z))."""
+    width = support[1] - support[0]
+    out = np.zeros(len(support))
+    for v, m in zip(values, masses):
+        v = min(max(v, support[0]), support[-1])
+        out += m * np.maximum(0.0, 1.0 - np.abs(v - support) / width)
+    return out
+
+
+def test_categorical_projection_equals_the_naive_kernel_sum():
+    """Values inside, on atoms, on both ends and beyond them, with signed masses: the scatter-add projection equals
+    the O(K·Z) kernel sum; the total mass is kept, and so is the mean of mass inside the support."""
+    support = np.linspace(-2.0, 3.0, 11)
+    rng = np.random.default_rng(4)
+    values = np.concatenate([rng.uniform(-1.9, 2.9, 40), support[[0, 3, 10]], [-5.0, 7.5]])
+    masses = rng.normal(size=values.shape)
+    got = np.asarray(distributional.categorical_projection(jnp.asarray(values, jnp.float32),
+                                                           jnp.asarray(masses, jnp.float32),
+                                                           jnp.asarray(support, jnp.float32)), np.float64)
+    np.testing.assert_allclose(got, _naive_projection(values, masses, support), atol=1e-5)
+    np.testing.assert_allclose(got.sum(), masses.sum(), atol=1e-5)
+    inside = slice(0, 43)
+    mean_inside = np.asarray(distributional.categorical_projection(
+        jnp.asarray(values[inside], jnp.float32), jnp.asarray(masses[inside], jnp.float32),
+        jnp.asarray(support, jnp.float32)), np.float64) @ support
+    np.testing.assert_allclose(mean_inside, masses[inside] @ values[inside], rtol=1e-5, atol=1e-5)
+
+
+def _naive_categorical_retrace(p_taken, p_next, r, d, log_rhos, trunc, lam, support):
+    """The recursion written out per step in float64 with the naive projection."""
+    T, Z = p_taken.shape
+    out = np.zeros((T, Z))
+    for t in reversed(range(T)):
+        if d[t] == 0.0:
+            out[t] = _naive_projection([r[t]], [1.0], support)
+            continue
+        mixture = p_next[t].astype(np.float64).copy()
+        if t + 1 < T and not trunc[t]:
+            c = lam * min(1.0, np.exp(float(log_rhos[t + 1])))
+            mixture += c * (out[t + 1] - p_taken[t + 1])
+        out[t] = _naive_projection(r[t] + d[t] * support, mixture, support)
+    return out
+
+
+def _pmf_sequence(seed, T=7, Z=15):
+    rng = np.random.default_rng(seed)
+    pmf = lambda n: rng.dirichlet(np.ones(Z) * 0.7, size=n).astype(np.float32)  # noqa: E731
+    p_taken, p_next = pmf(T), pmf(T)
+    p_next[2] = np.nan  # a terminal step's next state: never read
+    r = rng.uniform(-0.5, 1.0, T).astype(np.float32)
+    d = np.full(T, 0.9, np.float32)
+    d[2] = 0.0
+    trunc = np.zeros(T, bool)
+    trunc[4] = True
+    return p_taken, p_next, r, d, (0.6 * rng.normal(size=T)).astype(np.float32), trunc
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.95, 1.0])
+def test_categorical_retrace_equals_a_naive_loop_and_its_mean_is_the_scalar_retrace_target(lam):
+    """A sequence with a termination and a truncation: the scan equals the per-step loop; every row sums to 1; on
+    a support wide enough that nothing is clipped, each target's mean is the scalar Retrace target of the pmfs'
+    means (`retrace.retrace_targets`), since each projection keeps the mean."""
+    from purempo.retrace import retrace_targets
+
+    p_taken, p_next, r, d, log_rhos, trunc = _pmf_sequence(5)
+    for support in (np.linspace(-1.0, 1.0, 15), np.linspace(-30.0, 60.0, 15)):
+        sup = jnp.asarray(support, jnp.float32)
+        got = np.asarray(distributional.categorical_retrace_targets(p_taken, p_next, r, d, log_rhos, trunc, lam, sup))
+        expected = _naive_categorical_retrace(p_taken, p_next, r, d, log_rhos, trunc, lam, support.astype(np.float64))
+        np.testing.assert_allclose(got, expected, atol=2e-5)
+        np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
+    # The wide support: no value leaves it, so the means follow the scalar recursion.
+    mean = lambda p: jnp.sum(jnp.nan_to_num(jnp.asarray(p)) * sup, -1)  # noqa: E731
+    scalar = retrace_targets(mean(p_taken), mean(p_next), r, d, log_rhos, trunc, lam)
+    np.testing.assert_allclose(got @ support, np.asarray(scalar), rtol=1e-4, atol=1e-4)
+
+
+def test_categorical_loss_clips_negative_masses_and_renormalises():
+    logits = jnp.asarray(np.random.default_rng(6).normal(size=(2, 5)), jnp.float32)
+    signed = jnp.array([[0.5, -0.2, 0.4, 0.3, 0.0], [0.0, 0.0, 1.0, 0.0, 0.0]])
+    kept = np.array([[0.5, 0.0, 0.4, 0.3, 0.0], [0.0, 0.0, 1.0, 0.0, 0.0]])
+    kept /= kept.sum(-1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(distributional.categorical_loss(logits, signed)),
+                               np.asarray(distributional.cross_entropy(logits, kept)), rtol=1e-6)

@@ -36,16 +36,18 @@ def four_device_runs(tmp_path_factory):
     return root, _run("run_and_resume", root / "out.json", root)
 
 
-@pytest.mark.parametrize("critic_head", ["scalar", "hl_gauss"])
+@pytest.mark.parametrize("critic_head", ["scalar", "hl_gauss", "categorical"])
 def test_a_sharded_update_applies_the_mean_of_the_devices_gradients(tmp_path, critic_head):
     # One update with the batch split over 4 devices against each quarter's gradients computed one device at
     # a time and averaged by NumPy: equal to float rounding, and far from what summed gradients would give.
     result = _run("learner_step", tmp_path / "out.json", critic_head)
     assert result["critic_moved"] > 1e-4  # the update did something
-    # Adam's first step is g / (|g| + 1e-8): where an hl_gauss critic's gradient is ~1e-8 (logits of far atoms),
-    # float rounding of the devices' mean moves that step by more than elsewhere.
-    assert result["policy_gap"] < 1e-6 and result["critic_gap"] < (1e-6 if critic_head == "scalar" else 1e-5)
-    assert result["moments_gap"] < 1e-6 < 1e-2 < result["moments_gap_to_summed"]
+    # Adam's first step is g / (|g| + 1e-8): where a distributional critic's gradient is ~1e-8 (the small last
+    # kernel, logits of far atoms), float rounding of the devices' mean moves that step by up to a few % of its
+    # size (3e-3); the moments, linear in g, are checked to 1e-6 below.
+    assert result["policy_gap"] < 1e-6 and result["critic_gap"] < (1e-6 if critic_head == "scalar" else 1e-4)
+    # Summed gradients would give 4x the first moment: ~1e2-1e7 times the gap left by rounding.
+    assert result["moments_gap"] < 1e-6 and result["moments_gap_to_summed"] > 1e3 * max(result["moments_gap"], 1e-9)
     assert result["copies_equal"]
 
 

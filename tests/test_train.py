@@ -647,6 +647,47 @@ def test_an_hl_gauss_critic_regresses_on_histograms_of_retrace_targets_of_its_ex
     assert 0.5 < float(metrics["critic_entropy"]) < np.log(11) - 0.1  # neither uniform nor one atom
 
 
+def test_a_categorical_critic_regresses_on_distributional_retrace_targets_of_the_target_pmfs(learner_pieces):
+    """critic_head categorical: the targets are `categorical_retrace_targets` of the target critic's pmf at the
+    taken actions and of the sampled actions' mean pmf at the next states, on the support of reward_range; the
+    loss is the cross-entropy to them (negative masses clipped), the E-step reads the pmfs' means."""
+    learner, batch, key = learner_pieces["learner"], learner_pieces["batches"][2], jax.random.PRNGKey(14)
+    config = GLUE.replace(critic_head="categorical", reward_range=(-1.0, 2.0), critic_bins=11, retrace_lambda=0.9,
+                          discount=0.9)
+    nets = train.make_networks(config, batch.action.shape[-1])
+    init = lambda seed: jax.tree.map(  # noqa: E731  spread-out logits
+        lambda x: x * 3.0, nets.critic.init(jax.random.PRNGKey(seed), jnp.zeros((batch.obs.shape[-1],)),
+                                            jnp.zeros((1,))))
+    learner = learner._replace(critic_params=init(3), target_critic_params=init(4))
+    (_, metrics), _ = learner_pieces["loss_and_grads"](learner, batch, key, hparams=config.hparams, config=config)
+
+    divisor = float(learner_pieces["divisor"])
+    support = np.linspace(-1.0, 2.0, 11) / (divisor * 0.1)
+    target_critic = functools.partial(nets.critic.apply, learner.target_critic_params)
+    obs = normalizer.normalize(learner_pieces["obs_stats"], batch.obs)
+    next_obs = normalizer.normalize(learner_pieces["obs_stats"], jnp.where(batch.terminated[..., None], batch.obs,
+                                                                           batch.next_obs))
+    target_policy = functools.partial(nets.policy.apply, learner.target_policy_params)
+    mean, std = target_policy(obs)
+    next_mean, next_std = target_policy(next_obs)
+    actions = mpo.sample_gaussian(key, next_mean, next_std, config.num_action_samples)
+    p_taken = jax.nn.softmax(target_critic(obs, acting.env_action(batch.action)), -1)
+    p_next = jnp.mean(jax.nn.softmax(target_critic(next_obs, acting.env_action(actions)), -1), axis=0)
+    log_rhos = jnp.sum(mpo.gaussian_log_prob(batch.action, mean, std), -1) - batch.behaviour_log_prob
+    discounts = config.discount * (1.0 - batch.terminated.astype(jnp.float32))
+    masses = np.stack([np.asarray(distributional.categorical_retrace_targets(
+        p_taken[b], p_next[b], batch.reward[b] / divisor, discounts[b], log_rhos[b], batch.truncated[b], 0.9,
+        jnp.asarray(support, jnp.float32))) for b in range(batch.reward.shape[0])])
+    kept = np.maximum(masses, 0.0)
+    kept /= kept.sum(-1, keepdims=True)
+    online = np.asarray(nets.critic.apply(learner.critic_params, obs, acting.env_action(batch.action)), np.float64)
+    log_softmax = online - online.max(-1, keepdims=True)
+    log_softmax -= np.log(np.exp(log_softmax).sum(-1, keepdims=True))
+    np.testing.assert_allclose(float(metrics["critic_loss"]), -(kept * log_softmax).sum(-1).mean(), rtol=1e-4)
+    np.testing.assert_allclose(float(metrics["target_mean"]), (masses @ support).mean(), rtol=1e-4)
+    np.testing.assert_allclose(float(metrics["q_mean"]), (np.exp(log_softmax) @ support).mean(), rtol=1e-4)
+
+
 def _outputs(params_source, obs_stats, obs, actions):
     """Policy (mean, std) and critic values of every network of a learner for raw observations."""
     action_dim = actions.shape[-1]
