@@ -36,7 +36,7 @@ def four_device_runs(tmp_path_factory):
     return root, _run("run_and_resume", root / "out.json", root)
 
 
-@pytest.mark.parametrize("critic_head", ["scalar", "hl_gauss", "categorical"])
+@pytest.mark.parametrize("critic_head", ["scalar", "categorical"])
 def test_a_sharded_update_applies_the_mean_of_the_devices_gradients(tmp_path, critic_head):
     # One update with the batch split over 4 devices against each quarter's gradients computed one device at
     # a time and averaged by NumPy: equal to float rounding, and far from what summed gradients would give.
