@@ -444,6 +444,16 @@ SAMPLES_ROWS = [  # the DM Control preset's action samples, both settings on the
         settings="16 independent action samples (the preset before)"),
     Row("WalkerWalk", ["stability_WalkerWalk_antithetic8_500k"], at=HALF_M, settings="8 mirrored action samples"),
 ]
+CRITIC_ROWS = [  # the critic heads and trunks against the preset's, on the same code and seeds (docs/journal.md §13)
+    Row("CheetahRun", ["stability_CheetahRun_antithetic8_500k"], at=HALF_M, threshold=300,
+        settings="preset: layer-norm MLP (256, 256), scalar head"),
+    Row("CheetahRun", ["stability_CheetahRun_hl_gauss_500k"], at=HALF_M, threshold=300,
+        settings="HL-Gauss head, 101 bins"),
+    Row("WalkerWalk", ["stability_WalkerWalk_antithetic8_500k"], at=HALF_M, threshold=600,
+        settings="preset: layer-norm MLP (256, 256), scalar head"),
+    Row("WalkerWalk", ["stability_WalkerWalk_hl_gauss_500k"], at=HALF_M, threshold=600,
+        settings="HL-Gauss head, 101 bins"),
+]
 STABILITY_ROWS = [
     Row("inverted_pendulum", ["stability_inverted_pendulum_issue39"]),
     Row("inverted_pendulum", ["stability_inverted_pendulum_driver"]),
@@ -461,6 +471,7 @@ TABLES = {
     "dmc-cpu": Table(RESULTS_MD, LEARNING, DMC_ROWS),
     "dmc-cpu-600s": Table(RESULTS_MD, BUDGET, BUDGET_ROWS),
     "dmc-cpu-samples": Table(RESULTS_MD, LEARNING, SAMPLES_ROWS),
+    "dmc-cpu-critics": Table(RESULTS_MD, LEARNING, CRITIC_ROWS),
     "dmc-gpu": Table(RESULTS_MD, LEARNING, GPU_ROWS),
     "stability": Table(RESULTS_MD, STABILITY, STABILITY_ROWS),
     "throughput": Table(RESULTS_MD, THROUGHPUT, lambda root: entries("throughput_inverted_pendulum", "num_envs_sweep")(
