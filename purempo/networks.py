@@ -136,8 +136,8 @@ class QHead(nn.Module):
 
 class Critic(nn.Module):
     """Q_φ(s, a) → scalar per (state, action) pair, or with `num_bins` > 0 logits `[..., num_bins]` over a value
-    support (`purempo.distributional`), starting at `initial_logits` (default: uniform); leading dims broadcast (obs `[..., O]` against actions `[N, ..., A]`: N
-    actions per state).
+    support (`purempo.distributional`), starting at `initial_logits` (default: uniform); leading dims broadcast
+    (obs `[..., O]` against actions `[N, ..., A]`: N actions per state).
 
     `num_members` > 1 makes an ensemble of independently initialised Q networks (parameters stacked on a leading
     axis under "members") and the output gains a leading `[K]` axis; 1 keeps a single network and no such axis.
