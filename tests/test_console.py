@@ -239,7 +239,7 @@ def test_an_hl_gauss_critic_needs_reward_bounds_and_says_when_its_support_clips_
         warned = [re.search(r"(\d+\.\d)% of critic targets clipped to the value support: widen --reward-range", line)
                   for line in evaluations]
         if clips:
-            assert all(row["targets_clipped"] > 0.5 for row in rows)
+            assert all(row["targets_clipped"] > 0.25 for row in rows)  # Q starts at 0, targets rise past 2
             assert [float(m.group(1)) for m in warned] == [round(100 * row["targets_clipped"], 1) for row in rows]
         else:
             assert all(row["targets_clipped"] < 0.01 for row in rows) and not any(warned)
