@@ -598,51 +598,65 @@ def test_the_trace_reads_pi_of_each_next_state_as_the_direct_way_does(learner_pi
     assert abs(_naive_critic_loss(learner_pieces, learner, other, key, config)[0] - loss) > 1e-6 * abs(loss)
 
 
+def _distributional_pieces(pieces, head, batch, key, seeds):
+    """For critic_head `head` on [-1, 2] rewards (γ 0.9, 11 atoms): mpo_loss's metrics with spread-out online and
+    target critics (`seeds`), and what a direct computation needs: the support in the learner's units, the target
+    critic's outputs at the taken and at the sampled next actions, the log-ratios, the online critic's outputs."""
+    config = GLUE.replace(critic_head=head, reward_range=(-1.0, 2.0), critic_bins=11, retrace_lambda=0.9,
+                          discount=0.9)
+    nets = train.make_networks(config, batch.action.shape[-1])
+    init = lambda seed: jax.tree.map(  # noqa: E731
+        lambda x: x * 3.0, nets.critic.init(jax.random.PRNGKey(seed), jnp.zeros((batch.obs.shape[-1],)),
+                                            jnp.zeros((1,))))
+    learner = pieces["learner"]._replace(critic_params=init(seeds[0]), target_critic_params=init(seeds[1]))
+    (_, metrics), _ = pieces["loss_and_grads"](learner, batch, key, hparams=config.hparams, config=config)
+    divisor = float(pieces["divisor"])
+    obs = normalizer.normalize(pieces["obs_stats"], batch.obs)
+    next_obs = normalizer.normalize(pieces["obs_stats"], jnp.where(batch.terminated[..., None], batch.obs,
+                                                                   batch.next_obs))
+    target_policy = functools.partial(nets.policy.apply, learner.target_policy_params)
+    target_critic = functools.partial(nets.critic.apply, learner.target_critic_params)
+    mean, std = target_policy(obs)
+    actions = mpo.sample_gaussian(key, *target_policy(next_obs), config.num_action_samples)
+    return dict(
+        metrics=jax.device_get(metrics), config=config, divisor=divisor,
+        support=np.linspace(-1.0, 2.0, 11) / (divisor * 0.1),  # ((−1, 2) / (1 − γ)) / divisor, 0 inside
+        taken=target_critic(obs, acting.env_action(batch.action)),
+        sampled=target_critic(next_obs, acting.env_action(actions)),
+        log_rhos=jnp.sum(mpo.gaussian_log_prob(batch.action, mean, std), -1) - batch.behaviour_log_prob,
+        discounts=config.discount * (1.0 - batch.terminated.astype(jnp.float32)),
+        online=np.asarray(nets.critic.apply(learner.critic_params, obs, acting.env_action(batch.action)), np.float64),
+    )
+
+
+def _log_softmax(z):
+    z = np.asarray(z, np.float64) - np.max(z, -1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
 def test_an_hl_gauss_critic_regresses_on_histograms_of_retrace_targets_of_its_expected_values(learner_pieces):
     """critic_head hl_gauss: the support spans every return of rewards in reward_range in the learner's units
     (divided by the reward divisor), Retrace and the E-step read the target critic's expectations, and the loss is
     the cross-entropy to the targets' histograms: each metric equals a direct numpy computation."""
-    learner, batch, key = learner_pieces["learner"], learner_pieces["batches"][2], jax.random.PRNGKey(13)
-    config = GLUE.replace(critic_head="hl_gauss", reward_range=(-1.0, 2.0), critic_bins=11, retrace_lambda=0.9,
-                          discount=0.9)
-    nets = train.make_networks(config, batch.action.shape[-1])
-    obs_dim = batch.obs.shape[-1]
-    init = lambda seed, scale: jax.tree.map(  # noqa: E731  spread-out logits
-        lambda x: x * scale, nets.critic.init(jax.random.PRNGKey(seed), jnp.zeros((obs_dim,)), jnp.zeros((1,))))
-    learner = learner._replace(critic_params=init(1, 3.0), target_critic_params=init(2, 3.0))
-    (_, metrics), _ = learner_pieces["loss_and_grads"](learner, batch, key, hparams=config.hparams, config=config)
-
-    divisor = float(learner_pieces["divisor"])
-    support = np.linspace(-1.0, 2.0, 11) / (divisor * 0.1)  # ((−1, 2) / (1 − γ)) / divisor, 0 inside
-    softmax = lambda z: np.exp(z - z.max(-1, keepdims=True)) / np.exp(z - z.max(-1, keepdims=True)).sum(  # noqa
-        -1, keepdims=True)
-    expect = lambda logits: (softmax(np.asarray(logits, np.float64)) * support).sum(-1)  # noqa: E731
-    target_critic = functools.partial(nets.critic.apply, learner.target_critic_params)
-    obs = normalizer.normalize(learner_pieces["obs_stats"], batch.obs)
-    next_obs = normalizer.normalize(learner_pieces["obs_stats"], jnp.where(batch.terminated[..., None], batch.obs,
-                                                                           batch.next_obs))
-    target_policy = functools.partial(nets.policy.apply, learner.target_policy_params)
-    mean, std = target_policy(obs)
-    next_mean, next_std = target_policy(next_obs)
-    actions = mpo.sample_gaussian(key, next_mean, next_std, config.num_action_samples)
+    batch = learner_pieces["batches"][2]
+    p = _distributional_pieces(learner_pieces, "hl_gauss", batch, jax.random.PRNGKey(13), (1, 2))
+    metrics, support = p["metrics"], p["support"]
+    expect = lambda logits: (np.exp(_log_softmax(logits)) * support).sum(-1)  # noqa: E731
     _, targets = losses.critic_loss(
-        jnp.zeros(batch.reward.shape), jnp.asarray(expect(target_critic(obs, acting.env_action(batch.action)))),
-        jnp.asarray(expect(target_critic(next_obs, acting.env_action(actions))).mean(0), jnp.float32),
-        batch.reward / divisor, config.discount * (1.0 - batch.terminated.astype(jnp.float32)),
-        jnp.sum(mpo.gaussian_log_prob(batch.action, mean, std), -1) - batch.behaviour_log_prob, batch.truncated,
-        config.retrace_lambda)
+        jnp.zeros(batch.reward.shape), jnp.asarray(expect(p["taken"]), jnp.float32),
+        jnp.asarray(expect(p["sampled"]).mean(0), jnp.float32), batch.reward / p["divisor"], p["discounts"],
+        p["log_rhos"], batch.truncated, 0.9)
     targets = np.asarray(targets, np.float64)
     probs = np.asarray(distributional.hl_gauss_probs(jnp.asarray(targets, jnp.float32),
                                                      jnp.asarray(support, jnp.float32), 0.75), np.float64)
-    online = np.asarray(nets.critic.apply(learner.critic_params, obs, acting.env_action(batch.action)), np.float64)
-    log_softmax = np.log(softmax(online))
+    log_softmax = _log_softmax(p["online"])
     np.testing.assert_allclose(float(metrics["critic_loss"]), -(probs * log_softmax).sum(-1).mean(), rtol=1e-4)
     np.testing.assert_allclose(float(metrics["target_mean"]), targets.mean(), rtol=1e-4)
-    np.testing.assert_allclose(float(metrics["q_mean"]), expect(online).mean(), rtol=1e-4)
+    np.testing.assert_allclose(float(metrics["q_mean"]), expect(p["online"]).mean(), rtol=1e-4)
     np.testing.assert_allclose(float(metrics["support_max"]), support[-1], rtol=1e-5)
     np.testing.assert_allclose(float(metrics["targets_clipped"]),
                                np.mean((targets < support[0]) | (targets > support[-1])))
-    np.testing.assert_allclose(float(metrics["critic_entropy"]), -(softmax(online) * log_softmax).sum(-1).mean(),
+    np.testing.assert_allclose(float(metrics["critic_entropy"]), -(np.exp(log_softmax) * log_softmax).sum(-1).mean(),
                                rtol=1e-4)
     assert 0.5 < float(metrics["critic_entropy"]) < np.log(11) - 0.1  # neither uniform nor one atom
 
@@ -651,38 +665,17 @@ def test_a_categorical_critic_regresses_on_distributional_retrace_targets_of_the
     """critic_head categorical: the targets are `categorical_retrace_targets` of the target critic's pmf at the
     taken actions and of the sampled actions' mean pmf at the next states, on the support of reward_range; the
     loss is the cross-entropy to them (negative masses clipped), the E-step reads the pmfs' means."""
-    learner, batch, key = learner_pieces["learner"], learner_pieces["batches"][2], jax.random.PRNGKey(14)
-    config = GLUE.replace(critic_head="categorical", reward_range=(-1.0, 2.0), critic_bins=11, retrace_lambda=0.9,
-                          discount=0.9)
-    nets = train.make_networks(config, batch.action.shape[-1])
-    init = lambda seed: jax.tree.map(  # noqa: E731  spread-out logits
-        lambda x: x * 3.0, nets.critic.init(jax.random.PRNGKey(seed), jnp.zeros((batch.obs.shape[-1],)),
-                                            jnp.zeros((1,))))
-    learner = learner._replace(critic_params=init(3), target_critic_params=init(4))
-    (_, metrics), _ = learner_pieces["loss_and_grads"](learner, batch, key, hparams=config.hparams, config=config)
-
-    divisor = float(learner_pieces["divisor"])
-    support = np.linspace(-1.0, 2.0, 11) / (divisor * 0.1)
-    target_critic = functools.partial(nets.critic.apply, learner.target_critic_params)
-    obs = normalizer.normalize(learner_pieces["obs_stats"], batch.obs)
-    next_obs = normalizer.normalize(learner_pieces["obs_stats"], jnp.where(batch.terminated[..., None], batch.obs,
-                                                                           batch.next_obs))
-    target_policy = functools.partial(nets.policy.apply, learner.target_policy_params)
-    mean, std = target_policy(obs)
-    next_mean, next_std = target_policy(next_obs)
-    actions = mpo.sample_gaussian(key, next_mean, next_std, config.num_action_samples)
-    p_taken = jax.nn.softmax(target_critic(obs, acting.env_action(batch.action)), -1)
-    p_next = jnp.mean(jax.nn.softmax(target_critic(next_obs, acting.env_action(actions)), -1), axis=0)
-    log_rhos = jnp.sum(mpo.gaussian_log_prob(batch.action, mean, std), -1) - batch.behaviour_log_prob
-    discounts = config.discount * (1.0 - batch.terminated.astype(jnp.float32))
+    batch = learner_pieces["batches"][2]
+    p = _distributional_pieces(learner_pieces, "categorical", batch, jax.random.PRNGKey(14), (3, 4))
+    metrics, support = p["metrics"], p["support"]
+    p_taken = jax.nn.softmax(p["taken"], -1)
+    p_next = jnp.mean(jax.nn.softmax(p["sampled"], -1), axis=0)
     masses = np.stack([np.asarray(distributional.categorical_retrace_targets(
-        p_taken[b], p_next[b], batch.reward[b] / divisor, discounts[b], log_rhos[b], batch.truncated[b], 0.9,
-        jnp.asarray(support, jnp.float32))) for b in range(batch.reward.shape[0])])
+        p_taken[b], p_next[b], batch.reward[b] / p["divisor"], p["discounts"][b], p["log_rhos"][b],
+        batch.truncated[b], 0.9, jnp.asarray(support, jnp.float32))) for b in range(batch.reward.shape[0])])
     kept = np.maximum(masses, 0.0)
     kept /= kept.sum(-1, keepdims=True)
-    online = np.asarray(nets.critic.apply(learner.critic_params, obs, acting.env_action(batch.action)), np.float64)
-    log_softmax = online - online.max(-1, keepdims=True)
-    log_softmax -= np.log(np.exp(log_softmax).sum(-1, keepdims=True))
+    log_softmax = _log_softmax(p["online"])
     np.testing.assert_allclose(float(metrics["critic_loss"]), -(kept * log_softmax).sum(-1).mean(), rtol=1e-4)
     np.testing.assert_allclose(float(metrics["target_mean"]), (masses @ support).mean(), rtol=1e-4)
     np.testing.assert_allclose(float(metrics["q_mean"]), (np.exp(log_softmax) @ support).mean(), rtol=1e-4)
