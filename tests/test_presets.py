@@ -193,9 +193,10 @@ def test_gpu_curves_ran_the_presets_training_settings_and_measured_ones_hold_up(
     for run, config in ((gpu_run, gpu), (cpu_run, cpu)):
         for field, value in config.__dict__.items():
             if field not in ("total_steps", "num_evals", "eval_episodes", "seed", "env"):
-                if field not in run["config"]:  # the runs predate the critic heads; they trained a scalar critic
-                    assert field in ("critic_head", "critic_bins", "hl_gauss_sigma", "reward_range")
-                    assert config.critic_head == "scalar"
+                if field not in run["config"]:  # the runs predate the critic options: a scalar layer-norm MLP
+                    assert field in ("critic_head", "critic_bins", "hl_gauss_sigma", "reward_range",
+                                     "critic_residual_blocks")
+                    assert config.critic_head == "scalar" and config.critic_residual_blocks == 0
                     continue
                 expected = list(value) if isinstance(value, tuple) else value
                 assert run["config"][field] == expected, (env, field)
