@@ -457,6 +457,8 @@ CRITIC_ROWS = [  # the critic heads and trunks against the preset's, on the same
         settings="preset: layer-norm MLP (256, 256), scalar head"),
     Row("WalkerWalk", ["stability_WalkerWalk_hl_gauss_500k"], at=HALF_M, threshold=600,
         settings="HL-Gauss head, 101 bins"),
+    Row("WalkerWalk", ["stability_WalkerWalk_residual256x1_500k"], at=HALF_M, threshold=600,
+        settings="residual trunk (width 256, 1 block), scalar head"),
 ]
 STABILITY_ROWS = [
     Row("inverted_pendulum", ["stability_inverted_pendulum_issue39"]),
