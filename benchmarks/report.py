@@ -436,6 +436,7 @@ BUDGET_ROWS = [  # purempo and Brax SAC for the same training time, side by side
         settings="600 s of training"),
 ]
 HALF_M = 491_520
+ONE_M = 983_040  # 24 evaluations of 40,960 env steps: the 491,520-step runs' points, continued
 SAMPLES_ROWS = [  # the DM Control preset's action samples, both settings on the same code (docs/journal.md §11)
     Row("CheetahRun", ["stability_CheetahRun_preset500k"], at=HALF_M,
         settings="16 independent action samples (the preset before)"),
@@ -458,6 +459,14 @@ CRITIC_ROWS = [  # the critic heads and trunks against the preset's, on the same
     Row("WalkerWalk", ["stability_WalkerWalk_hl_gauss_500k"], at=HALF_M, threshold=600,
         settings="HL-Gauss head, 101 bins"),
     Row("WalkerWalk", ["stability_WalkerWalk_residual256x1_500k"], at=HALF_M, threshold=600,
+        settings="residual trunk (width 256, 1 block), scalar head"),
+    Row("CheetahRun", ["stability_CheetahRun_preset_1m"], at=ONE_M, threshold=300,
+        settings="preset: layer-norm MLP (256, 256), scalar head"),
+    Row("CheetahRun", ["stability_CheetahRun_residual256x1_1m"], at=ONE_M, threshold=300,
+        settings="residual trunk (width 256, 1 block), scalar head"),
+    Row("FingerSpin", ["stability_FingerSpin_preset_1m"], at=ONE_M, threshold=400,
+        settings="preset: layer-norm MLP (256, 256), scalar head"),
+    Row("FingerSpin", ["stability_FingerSpin_residual256x1_1m"], at=ONE_M, threshold=400,
         settings="residual trunk (width 256, 1 block), scalar head"),
 ]
 STABILITY_ROWS = [
