@@ -383,6 +383,7 @@ def seconds_1(s: Optional[float]) -> str:
 
 
 M = 1_000_000
+ONE_M = 983_040  # 24 evaluations of 40,960 env steps: the 491,520-step runs' points, continued
 BRAX_ROWS = [
     Row("inverted_pendulum", ["stability_inverted_pendulum_issue39"], sac=["compare_inverted_pendulum"],
         ppo=["compare_inverted_pendulum"]),
@@ -396,11 +397,11 @@ DMC_16 = "preset with 16 independent action samples (now 8 mirrored)"
 DMC_ROWS = [
     Row("CartpoleSwingup", ["stability_CartpoleSwingup_1m_preset_seed0", "stability_CartpoleSwingup_1m_preset_seed1"],
         sac=["compare_CartpoleSwingup_sac_1m"], at=M, threshold=800, settings=DMC_16),
-    Row("CheetahRun", ["stability_CheetahRun"], sac=["compare_CheetahRun_sac_1m"], at=M, settings=DMC_16),
+    Row("CheetahRun", ["stability_CheetahRun_preset_1m"], sac=["compare_CheetahRun_sac_1m"], at=ONE_M),
     Row("WalkerWalk", ["stability_WalkerWalk_1m_normalized_eps_mean1.5e-2",
                        "stability_WalkerWalk_1m_normalized_eps_mean1.5e-2_seed1"],
         sac=["compare_WalkerWalk_sac_1m", "compare_WalkerWalk_sac_1m_seed1"], at=M, threshold=800, settings=DMC_16),
-    Row("FingerSpin", ["stability_FingerSpin_1m"], sac=["compare_FingerSpin_sac_1m"], at=M, settings=DMC_16),
+    Row("FingerSpin", ["stability_FingerSpin_preset_1m"], sac=["compare_FingerSpin_sac_1m"], at=ONE_M),
     Row("ReacherHard", ["stability_ReacherHard_1m_preset"], sac=["compare_ReacherHard_sac_1m"], at=M, threshold=800,
         settings=DMC_16),
     Row("HopperStand", ["stability_HopperStand_1m_preset"], sac=["compare_HopperStand_sac_1m"], at=M, threshold=800,
@@ -436,7 +437,6 @@ BUDGET_ROWS = [  # purempo and Brax SAC for the same training time, side by side
         settings="600 s of training"),
 ]
 HALF_M = 491_520
-ONE_M = 983_040  # 24 evaluations of 40,960 env steps: the 491,520-step runs' points, continued
 SAMPLES_ROWS = [  # the DM Control preset's action samples, both settings on the same code (docs/journal.md §11)
     Row("CheetahRun", ["stability_CheetahRun_preset500k"], at=HALF_M,
         settings="16 independent action samples (the preset before)"),
