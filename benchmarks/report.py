@@ -445,29 +445,24 @@ SAMPLES_ROWS = [  # the DM Control preset's action samples, both settings on the
         settings="16 independent action samples (the preset before)"),
     Row("WalkerWalk", ["stability_WalkerWalk_antithetic8_500k"], at=HALF_M, settings="8 mirrored action samples"),
 ]
-CRITIC_ROWS = [  # the critic heads and trunks against the preset's, on the same code and seeds (docs/journal.md §13)
-    Row("CheetahRun", ["stability_CheetahRun_antithetic8_500k"], at=HALF_M, threshold=300,
-        settings="preset: layer-norm MLP (256, 256), scalar head"),
-    Row("CheetahRun", ["stability_CheetahRun_hl_gauss_500k"], at=HALF_M, threshold=300,
-        settings="HL-Gauss head, 101 bins"),
-    Row("CheetahRun", ["stability_CheetahRun_categorical_500k"], at=HALF_M, threshold=300,
-        settings="categorical head (distributional Retrace), 101 atoms"),
-    Row("CheetahRun", ["stability_CheetahRun_residual256x1_500k"], at=HALF_M, threshold=300,
-        settings="residual trunk (width 256, 1 block), scalar head"),
-    Row("WalkerWalk", ["stability_WalkerWalk_antithetic8_500k"], at=HALF_M, threshold=600,
-        settings="preset: layer-norm MLP (256, 256), scalar head"),
-    Row("WalkerWalk", ["stability_WalkerWalk_hl_gauss_500k"], at=HALF_M, threshold=600,
-        settings="HL-Gauss head, 101 bins"),
-    Row("WalkerWalk", ["stability_WalkerWalk_residual256x1_500k"], at=HALF_M, threshold=600,
-        settings="residual trunk (width 256, 1 block), scalar head"),
-    Row("CheetahRun", ["stability_CheetahRun_preset_1m"], at=ONE_M, threshold=300,
-        settings="preset: layer-norm MLP (256, 256), scalar head"),
-    Row("CheetahRun", ["stability_CheetahRun_residual256x1_1m"], at=ONE_M, threshold=300,
-        settings="residual trunk (width 256, 1 block), scalar head"),
-    Row("FingerSpin", ["stability_FingerSpin_preset_1m"], at=ONE_M, threshold=400,
-        settings="preset: layer-norm MLP (256, 256), scalar head"),
-    Row("FingerSpin", ["stability_FingerSpin_residual256x1_1m"], at=ONE_M, threshold=400,
-        settings="residual trunk (width 256, 1 block), scalar head"),
+_PRESET_CRITIC = "preset: layer-norm MLP (256, 256), scalar head"
+_RESIDUAL_CRITIC = "residual trunk (width 256, 1 block), scalar head"
+_CRITIC_SETTINGS = {  # results-file suffix -> what its critic was
+    "antithetic8_500k": _PRESET_CRITIC, "preset_1m": _PRESET_CRITIC,
+    "hl_gauss_500k": "HL-Gauss head, 101 bins",
+    "categorical_500k": "categorical head (distributional Retrace), 101 atoms",
+    "residual256x1_500k": _RESIDUAL_CRITIC, "residual256x1_1m": _RESIDUAL_CRITIC,
+}
+_CRITIC_THRESHOLDS = {"CheetahRun": 300, "WalkerWalk": 600, "FingerSpin": 400}
+# The critic heads and trunks against the preset's, on the same code and seeds (docs/journal.md §13, §14).
+CRITIC_ROWS = [
+    Row(task, [f"stability_{task}_{run}"], at=ONE_M if run.endswith("_1m") else HALF_M,
+        threshold=_CRITIC_THRESHOLDS[task], settings=_CRITIC_SETTINGS[run])
+    for task, runs in (("CheetahRun", ("antithetic8_500k", "hl_gauss_500k", "categorical_500k", "residual256x1_500k")),
+                       ("WalkerWalk", ("antithetic8_500k", "hl_gauss_500k", "residual256x1_500k")),
+                       ("CheetahRun", ("preset_1m", "residual256x1_1m")),
+                       ("FingerSpin", ("preset_1m", "residual256x1_1m")))
+    for run in runs
 ]
 STABILITY_ROWS = [
     Row("inverted_pendulum", ["stability_inverted_pendulum_issue39"]),
