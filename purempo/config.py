@@ -92,7 +92,7 @@ class Config:
     critic_head: str = "scalar"
     """What the critic outputs: scalar (one Q, squared error to the Retrace targets), or logits over critic_bins values spanning every return reward_range allows (Q is their expectation) trained by cross-entropy to: hl_gauss, each scalar Retrace target's Gaussian histogram (Farebrother et al. 2024); categorical, distributional Retrace targets built from the target critic's distributions (C51's projection, Reactor's recursion)."""
     critic_bins: int = 101
-    """Atoms of an hl_gauss or categorical critic's value support."""
+    """Atoms of an hl_gauss or categorical critic's value support (hl_gauss's extends 4 hl_gauss_sigma bins beyond each bound of the returns, so a target at a bound keeps its mean)."""
     hl_gauss_sigma: float = 0.75
     """Standard deviation of an hl_gauss target's histogram, in bin widths."""
     num_critics: int = 1
@@ -228,6 +228,9 @@ class Config:
         need(self.critic_head in CRITIC_HEADS, "critic_head", f"one of {CRITIC_HEADS}")
         need(self.critic_bins >= 2, "critic_bins", ">= 2")
         need(math.isfinite(self.hl_gauss_sigma) and self.hl_gauss_sigma > 0.0, "hl_gauss_sigma", "a finite number > 0")
+        need(self.critic_head != "hl_gauss" or self.critic_bins > 1 + 8 * self.hl_gauss_sigma, "critic_bins",
+             f"> 1 + 8 * hl_gauss_sigma = {1 + 8 * self.hl_gauss_sigma:g} with critic_head hl_gauss (4σ of support "
+             "beyond each value bound)")
         need(self.reward_range is None or (len(self.reward_range) == 2 and all(map(math.isfinite, self.reward_range))
                                            and self.reward_range[0] < self.reward_range[1]),
              "reward_range", "None or two finite numbers LOW < HIGH")

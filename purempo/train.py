@@ -59,7 +59,8 @@ def make_networks(config: Config, action_dim: int, views: envs.Views = envs.View
                       norm_all_layers=config.critic_norm_all, residual_blocks=config.critic_residual_blocks,
                       **({} if config.critic_head == "scalar" else dict(
                           num_bins=config.critic_bins, initial_logits=tuple(map(float, distributional.initial_logits(
-                              config.reward_range, config.critic_bins, config.hl_gauss_sigma)))))),
+                              config.reward_range, config.critic_bins, config.hl_gauss_sigma,
+                              distributional.margin_bins(config.critic_head, config.hl_gauss_sigma))))))),
     )
 
 
@@ -114,7 +115,8 @@ def mpo_loss(params, learner: LearnerState, obs_stats, reward_divisor, batch: Tr
     support = None
     if config.critic_head != "scalar":
         support = distributional.atoms(*distributional.value_bounds(config.reward_range, hp.reward_scale,
-                                                                    reward_divisor, hp.discount), config.critic_bins)
+                                                                    reward_divisor, hp.discount), config.critic_bins,
+                                       distributional.margin_bins(config.critic_head, hp.hl_gauss_sigma))
 
     def q_value(output):
         return output if support is None else distributional.expectation(output, support)

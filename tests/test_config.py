@@ -69,6 +69,7 @@ def test_default_config_is_valid():
         (dict(critic_head="categorical", reward_range=(0.0, 1.0), num_critics=2, critic_pessimism=1.0),
          "critic_pessimism"),
         (dict(critic_bins=1), "critic_bins"),
+        (dict(critic_head="hl_gauss", reward_range=(0.0, 1.0), critic_bins=7), "critic_bins"),  # 4σ margins need 8σ
         (dict(hl_gauss_sigma=0.0), "hl_gauss_sigma"),
         (dict(reward_range=(1.0, 1.0)), "reward_range"),
         (dict(reward_range=(0.0, float("inf"))), "reward_range"),

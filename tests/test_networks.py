@@ -164,7 +164,7 @@ def test_residual_critic_matches_a_numpy_forward_pass(num_critics, head):
     pass above on the broadcast, concatenated input, for one critic and each member of an ensemble, with a
     scalar or a logits head."""
     config = Config(env="inverted_pendulum", critic_hidden=(8,), critic_residual_blocks=2, num_critics=num_critics,
-                    critic_head=head, critic_bins=7, reward_range=(0.0, 1.0))
+                    critic_head=head, critic_bins=9, reward_range=(0.0, 1.0))
     critic = make_networks(config, ACT).critic
     params = critic.init(jax.random.key(5), jnp.zeros((OBS,)), jnp.zeros((ACT,)))
     leaves, treedef = jax.tree_util.tree_flatten(params)

@@ -133,7 +133,8 @@ def test_hyperparameter_sweep_with_vmap(two_seed_run):
 def test_an_hl_gauss_run_sweeps_its_sigma_and_its_support_follows_the_reward_scale():
     """critic_head hl_gauss under a vmapped sweep: rewards ×1000 are divided by a divisor ×1000 and the support
     grows with reward_scale, so in the learner's units both are those of the unscaled run (same support top
-    1 / (divisor·(1 − γ)) per unscaled reward, same critic losses); another hl_gauss_sigma trains another critic."""
+    1 / (divisor·(1 − γ)) per unscaled reward and a 4σ margin, same critic losses); another hl_gauss_sigma widens
+    the margin and trains another critic."""
     config = TINY.replace(critic_head="hl_gauss", reward_range=(0.0, 1.0), critic_bins=21)
     hp = config.hparams
     sweep = hp._replace(reward_scale=jnp.array([1.0, 1000.0, 1.0]), hl_gauss_sigma=jnp.array([0.75, 0.75, 2.0]))
@@ -142,7 +143,9 @@ def test_an_hl_gauss_run_sweeps_its_sigma_and_its_support_follows_the_reward_sca
         jax.random.PRNGKey(4), sweep))
     learned = metrics["updates"][0] > 0
     support_max, divisor = metrics["support_max"][:, learned], metrics["reward_divisor"][:, learned]
-    np.testing.assert_allclose(support_max, np.array([1.0, 1000.0, 1.0])[:, None] / (divisor * (1 - config.discount)),
+    margin = 4 * np.array([0.75, 0.75, 2.0])  # bins beyond the bound: the top atom is v_max + margin · bin width
+    top = np.array([1.0, 1000.0, 1.0]) * (1 + margin / (config.critic_bins - 1 - 2 * margin))
+    np.testing.assert_allclose(support_max, top[:, None] / (divisor * (1 - config.discount)),
                                rtol=1e-4)  # 1 − γ in float32
     np.testing.assert_allclose(support_max[1], support_max[0], rtol=1e-5)
     np.testing.assert_allclose(metrics["critic_loss"][1][learned], metrics["critic_loss"][0][learned], rtol=1e-3)
@@ -620,7 +623,9 @@ def _distributional_pieces(pieces, head, batch, key, seeds):
     actions = mpo.sample_gaussian(key, *target_policy(next_obs), config.num_action_samples)
     return dict(
         metrics=jax.device_get(metrics), config=config, divisor=divisor,
-        support=np.linspace(-1.0, 2.0, 11) / (divisor * 0.1),  # ((−1, 2) / (1 − γ)) / divisor, 0 inside
+        # ((−1, 2) / (1 − γ)) / divisor, 0 inside; HL-Gauss's reaches 3 bins (4σ) beyond: 3 units per 4 bins.
+        support=(np.linspace(-1.0, 2.0, 11) if head == "categorical" else np.linspace(-3.25, 4.25, 11)) / (
+            divisor * 0.1),
         taken=target_critic(obs, acting.env_action(batch.action)),
         sampled=target_critic(next_obs, acting.env_action(actions)),
         log_rhos=jnp.sum(mpo.gaussian_log_prob(batch.action, mean, std), -1) - batch.behaviour_log_prob,
