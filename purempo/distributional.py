@@ -1,6 +1,7 @@
 """Critics over a fixed support of values: the classification (HL-Gauss) loss.
 
-A distributional critic outputs logits over Z atoms z_1 < … < z_Z evenly spaced on [v_min, v_max]; its value is
+A distributional critic outputs logits over Z atoms z_1 < … < z_Z evenly spaced over [v_min, v_max] (for HL-Gauss
+with a margin of 4σ beyond each bound, `margin_bins`); its value is
 the expectation Q(s, a) = Σ_i softmax(logits)_i z_i, which is what Retrace, the E-step and E_π' Q'(s', ·) read.
 
 - HL-Gauss (Imani & White 2018; Farebrother et al. 2024, "Stop Regressing: Training Value Functions via

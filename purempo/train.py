@@ -111,12 +111,13 @@ def mpo_loss(params, learner: LearnerState, obs_stats, reward_divisor, batch: Tr
     next_target_mean, next_target_std = nets.policy.apply(learner.target_policy_params, next_obs)
     sampled_actions = mpo.sample_gaussian(key, next_target_mean, next_target_std, num_samples,
                                           config.antithetic_samples)  # [N, B, L, A]
-    # A distributional critic's values are its expectations over the support of every return the rewards allow.
+    # A distributional critic's values are its expectations over the support of every return the rewards allow
+    # (its margin from the config's σ, as the initial logits': a swept σ does not move the atoms).
     support = None
     if config.critic_head != "scalar":
         support = distributional.atoms(*distributional.value_bounds(config.reward_range, hp.reward_scale,
                                                                     reward_divisor, hp.discount), config.critic_bins,
-                                       distributional.margin_bins(config.critic_head, hp.hl_gauss_sigma))
+                                       distributional.margin_bins(config.critic_head, config.hl_gauss_sigma))
 
     def q_value(output):
         return output if support is None else distributional.expectation(output, support)

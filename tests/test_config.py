@@ -82,6 +82,15 @@ def test_invalid_field_raises_value_error_naming_it(changes, field):
         Config(**changes)
 
 
+def test_the_fewest_critic_bins_each_head_accepts():
+    """HL-Gauss needs more than 1 + 8σ atoms (a 4σ margin each side, at least one bin between); categorical 2."""
+    assert Config(critic_head="hl_gauss", reward_range=(0.0, 1.0), critic_bins=8).critic_bins == 8
+    assert Config(critic_head="hl_gauss", reward_range=(0.0, 1.0), critic_bins=18, hl_gauss_sigma=2.0)
+    with pytest.raises(ValueError, match="invalid critic_bins=17"):
+        Config(critic_head="hl_gauss", reward_range=(0.0, 1.0), critic_bins=17, hl_gauss_sigma=2.0)
+    assert Config(critic_head="categorical", reward_range=(0.0, 1.0), critic_bins=2).critic_bins == 2
+
+
 def test_episode_length_defaults_to_the_envs_own_and_an_explicit_one_is_kept():
     """None (the default) means the env's own time limit, resolved when the trainer is built; a stored or
     explicit value (old config.json files hold 1000) is kept as given; the error for a bad one is one line."""

@@ -133,8 +133,8 @@ def test_hyperparameter_sweep_with_vmap(two_seed_run):
 def test_an_hl_gauss_run_sweeps_its_sigma_and_its_support_follows_the_reward_scale():
     """critic_head hl_gauss under a vmapped sweep: rewards ×1000 are divided by a divisor ×1000 and the support
     grows with reward_scale, so in the learner's units both are those of the unscaled run (same support top
-    1 / (divisor·(1 − γ)) per unscaled reward and a 4σ margin, same critic losses); another hl_gauss_sigma widens
-    the margin and trains another critic."""
+    1 / (divisor·(1 − γ)) per unscaled reward and the config's 4σ margin, same critic losses); another
+    hl_gauss_sigma trains another critic on the same atoms."""
     config = TINY.replace(critic_head="hl_gauss", reward_range=(0.0, 1.0), critic_bins=21)
     hp = config.hparams
     sweep = hp._replace(reward_scale=jnp.array([1.0, 1000.0, 1.0]), hl_gauss_sigma=jnp.array([0.75, 0.75, 2.0]))
@@ -143,7 +143,7 @@ def test_an_hl_gauss_run_sweeps_its_sigma_and_its_support_follows_the_reward_sca
         jax.random.PRNGKey(4), sweep))
     learned = metrics["updates"][0] > 0
     support_max, divisor = metrics["support_max"][:, learned], metrics["reward_divisor"][:, learned]
-    margin = 4 * np.array([0.75, 0.75, 2.0])  # bins beyond the bound: the top atom is v_max + margin · bin width
+    margin = 4 * 0.75  # bins beyond the bound from the config's σ, not the swept one: the atoms stay put
     top = np.array([1.0, 1000.0, 1.0]) * (1 + margin / (config.critic_bins - 1 - 2 * margin))
     np.testing.assert_allclose(support_max, top[:, None] / (divisor * (1 - config.discount)),
                                rtol=1e-4)  # 1 − γ in float32
