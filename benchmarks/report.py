@@ -398,6 +398,7 @@ DMC_ROWS = [
     Row("CartpoleSwingup", ["stability_CartpoleSwingup_1m_preset_seed0", "stability_CartpoleSwingup_1m_preset_seed1"],
         sac=["compare_CartpoleSwingup_sac_1m"], at=M, threshold=800, settings=DMC_16),
     Row("CheetahRun", ["stability_CheetahRun_preset_1m"], sac=["compare_CheetahRun_sac_1m"], at=ONE_M),
+    Row("WalkerRun", ["stability_WalkerRun_preset_1m"], at=ONE_M),
     Row("WalkerWalk", ["stability_WalkerWalk_1m_normalized_eps_mean1.5e-2",
                        "stability_WalkerWalk_1m_normalized_eps_mean1.5e-2_seed1"],
         sac=["compare_WalkerWalk_sac_1m", "compare_WalkerWalk_sac_1m_seed1"], at=M, threshold=800, settings=DMC_16),
@@ -454,7 +455,7 @@ _CRITIC_SETTINGS = {  # results-file suffix -> what its critic was
     "categorical_500k": "categorical head (distributional Retrace), 101 atoms",
     "residual256x1_500k": _RESIDUAL_CRITIC, "residual256x1_1m": _RESIDUAL_CRITIC,
 }
-_CRITIC_THRESHOLDS = {"CheetahRun": 300, "WalkerWalk": 600, "FingerSpin": 400}
+_CRITIC_THRESHOLDS = {"CheetahRun": 300, "WalkerWalk": 600, "FingerSpin": 400, "WalkerRun": 300}
 # The critic heads and trunks against the preset's, on the same code and seeds (docs/journal.md §13–§15).
 CRITIC_ROWS = [
     Row(task, [f"stability_{task}_{run}"], at=ONE_M if run.endswith("_1m") else HALF_M,
@@ -462,7 +463,8 @@ CRITIC_ROWS = [
     for task, runs in (("CheetahRun", ("antithetic8_500k", "hl_gauss_500k", "categorical_500k", "residual256x1_500k")),
                        ("WalkerWalk", ("antithetic8_500k", "hl_gauss_500k", "residual256x1_500k")),
                        ("CheetahRun", ("preset_1m", "residual256x1_1m", "hl_gauss_1m")),
-                       ("FingerSpin", ("preset_1m", "residual256x1_1m", "hl_gauss_1m")))
+                       ("FingerSpin", ("preset_1m", "residual256x1_1m", "hl_gauss_1m")),
+                       ("WalkerRun", ("preset_1m", "hl_gauss_1m")))
     for run in runs
 ]
 STABILITY_ROWS = [
