@@ -74,8 +74,8 @@ def hl_gauss_probs(targets: chex.Array, support: chex.Array, sigma_bins: chex.Nu
 def initial_logits(reward_range: Tuple[float, float], num_atoms: int, sigma_bins: float,
                    margin: float = 0.0) -> jnp.ndarray:
     """`[Z]` logits whose distribution is the HL-Gauss histogram of 0 on the support `value_bounds` and `atoms`
-    (with `margin`) build (floored at 1e-6): with them as the critic's last bias, and a small last kernel, it starts at Q ≈ 0 for every
-    input, as a scalar critic does. 0's place among the atoms depends on `reward_range` alone (the support is
+    (with `margin`) build (floored at 1e-6): with them as the critic's last bias, and a small last kernel, it
+    starts at Q ≈ 0 for every input, as a scalar critic does. 0's place among the atoms depends on `reward_range` alone (the support is
     `reward_range`'s ends with 0 included, scaled), so this is fixed before any reward is seen."""
     low, high = reward_range
     unit = atoms(min(low, 0.0), max(high, 0.0), num_atoms, margin)
