@@ -60,8 +60,14 @@ def make_networks(config: Config, action_dim: int, views: envs.Views = envs.View
                       **({} if config.critic_head == "scalar" else dict(
                           num_bins=config.critic_bins, initial_logits=tuple(map(float, distributional.initial_logits(
                               config.reward_range, config.critic_bins, config.hl_gauss_sigma,
-                              distributional.margin_bins(config.critic_head, config.hl_gauss_sigma))))))),
+                              support_margin(config))))))),
     )
+
+
+def support_margin(config: Config) -> float:
+    """Bins of a distributional critic's support beyond the value bounds, from the config's σ (not a swept one), so
+    the atoms `mpo_loss` reads are those the initial logits were built on."""
+    return distributional.margin_bins(config.critic_head, config.hl_gauss_sigma)
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
@@ -111,13 +117,12 @@ def mpo_loss(params, learner: LearnerState, obs_stats, reward_divisor, batch: Tr
     next_target_mean, next_target_std = nets.policy.apply(learner.target_policy_params, next_obs)
     sampled_actions = mpo.sample_gaussian(key, next_target_mean, next_target_std, num_samples,
                                           config.antithetic_samples)  # [N, B, L, A]
-    # A distributional critic's values are its expectations over the support of every return the rewards allow
-    # (its margin from the config's σ, as the initial logits': a swept σ does not move the atoms).
+    # A distributional critic's values are its expectations over the support of every return the rewards allow.
     support = None
     if config.critic_head != "scalar":
         support = distributional.atoms(*distributional.value_bounds(config.reward_range, hp.reward_scale,
                                                                     reward_divisor, hp.discount), config.critic_bins,
-                                       distributional.margin_bins(config.critic_head, config.hl_gauss_sigma))
+                                       support_margin(config))
 
     def q_value(output):
         return output if support is None else distributional.expectation(output, support)
