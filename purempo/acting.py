@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from purempo import envs, normalizer
+from purempo.discrete import floored_log_probs
 from purempo.networks import distribution
 from purempo.types import Transition
 
@@ -38,8 +39,12 @@ def correlated_noise(previous: chex.Array, key: chex.PRNGKey, correlation: chex.
 
 
 def rollout(env, policy, policy_params, obs_stats, env_state, key, unroll_length: int, episode_length: int,
-            reward_scale=1.0, noise=None, correlation=0.0):
+            reward_scale=1.0, noise=None, correlation=0.0, discrete: bool = False, min_action_prob=0.0):
     """Runs `unroll_length` lockstep steps. Returns (env_state, Transition `[U, E, ...]`, EpisodeStats, noise).
+
+    `discrete`: `policy` gives logits over the env's actions and each action is a sample of the categorical
+    policy with every probability floored at `min_action_prob` (`discrete.floored_log_probs`), stored as an int32
+    index with its log-probability; `noise` (`[E, 0]`) and `correlation` play no part. Otherwise:
 
     Actions are `mean + std · n_t` with exploration noise n_t `[E, A]` that follows `correlated_noise` within
     an episode (`correlation` ρ; 0: independent steps, i.e. samples of π_θ) and restarts from a fresh N(0, I)
@@ -50,17 +55,25 @@ def rollout(env, policy, policy_params, obs_stats, env_state, key, unroll_length
     reward-scaling wrapper); EpisodeStats are unscaled.
     """
     if noise is None:
-        noise = jnp.zeros((envs.observation(env_state).shape[0], env.action_size))
+        noise = jnp.zeros((envs.observation(env_state).shape[0], 0 if discrete else env.action_size))
 
     def one_step(carry, step_key):
         env_state, noise = carry
         act_key, reset_key = jax.random.split(step_key)
         obs = envs.observation(env_state)
-        mean, std = policy.apply(policy_params, normalizer.normalize(obs_stats, obs))
-        noise = correlated_noise(noise, act_key, correlation)
-        action = mean + std * noise
-        log_prob = distribution(mean, std).log_prob(action)
-        env_state, result = envs.step(env, env_state, env_action(action), reset_key, episode_length)
+        out = policy.apply(policy_params, normalizer.normalize(obs_stats, obs))
+        if discrete:
+            log_probs = floored_log_probs(out, min_action_prob)  # [E, K]
+            action = jax.random.categorical(act_key, log_probs).astype(jnp.int32)
+            log_prob = jnp.take_along_axis(log_probs, action[:, None], axis=-1)[:, 0]
+            stepped_action = action
+        else:
+            mean, std = out
+            noise = correlated_noise(noise, act_key, correlation)
+            action = mean + std * noise
+            log_prob = distribution(mean, std).log_prob(action)
+            stepped_action = env_action(action)
+        env_state, result = envs.step(env, env_state, stepped_action, reset_key, episode_length)
         transition = Transition(
             obs=obs,
             action=action,

@@ -10,6 +10,7 @@ KNOWN_BACKENDS = ("generalized", "positional", "spring", "mjx")
 PLAYGROUND_IMPLS = ("jax", "warp")
 REPLAY_OBS_DTYPES = ("float32", "bfloat16")
 CRITIC_HEADS = ("scalar", "hl_gauss", "categorical")
+OBSERVATION_TORSOS = ("flatten", "conv")
 
 
 class HParams(NamedTuple):
@@ -36,6 +37,8 @@ class HParams(NamedTuple):
     exploration_correlation_from_step: float
     reward_scale: float
     hl_gauss_sigma: float
+    epsilon_policy: float
+    min_action_prob: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +51,7 @@ class Config:
 
     # --- env. Environment: which task, how many copies, how episodes end and restart, reward scaling.
     env: str = "inverted_pendulum"
-    """Environment name: a Brax env (`halfcheetah`, see `brax.envs.get_environment`) or a MuJoCo Playground env (`CheetahRun`, see `mujoco_playground.registry`); checked when the trainer is built. On the command line, --env NAME also makes NAME's preset (purempo.presets) the defaults of every other flag."""
+    """Environment name: a Brax env (`halfcheetah`, see `brax.envs.get_environment`) a MuJoCo Playground env (`CheetahRun`, see `mujoco_playground.registry`) or a gymnax env with discrete actions (`CartPole-v1`, `Breakout-MinAtar`); checked when the trainer is built. On the command line, --env NAME also makes NAME's preset (purempo.presets) the defaults of every other flag."""
     backend: Optional[str] = None
     """Brax physics backend (generalized, positional, spring, mjx); None uses the env's default. Brax envs only."""
     impl: Optional[str] = None
@@ -103,6 +106,10 @@ class Config:
     """Lower bound of the policy's standard deviation."""
     obs_norm_preserves_outputs: bool = True
     """When the running observation statistics move, re-parametrise every network's first layer (online and target) to compute the same function of the raw observation, so normalisation cannot move the policy outside its trust region (off: inverted_pendulum solves sooner but falls over again and again, docs/journal.md §6)."""
+    observation_normalization: bool = True
+    """Standardise observations by running statistics before every network (off: networks see the raw observation, e.g. MinAtar's 0/1 images; needed by the conv torso, whose shared kernels cannot absorb per-pixel statistics)."""
+    observation_torso: str = "flatten"
+    """How the networks read an image observation (MinAtar's [10, 10, C]): flatten, the MLP on the flat pixels; conv, a 3×3 convolution of 16 channels and ReLU (MinAtar's own network) before the MLP (needs observation_normalization off)."""
 
     # --- mpo. MPO: Retrace targets, E-step and M-step bounds and multipliers, optimisers and target networks.
     discount: float = 0.999
@@ -127,6 +134,10 @@ class Config:
     """One Lagrange multiplier per action dimension (else one for the summed KL)."""
     action_penalization: bool = True
     """MO-MPO penalty -||a - clip(a, -1, 1)|| keeping the unsquashed Gaussian's mean within bounds."""
+    epsilon_policy: float = 1e-2
+    """Discrete actions: M-step bound on KL(π'‖π) of the categorical policy, the one trust region (continuous actions use epsilon_mean and epsilon_std)."""
+    min_action_prob: float = 0.0
+    """Discrete actions: floor on every action's probability, π = (1 − K·floor)·softmax + floor over K actions, so that no action stops being explored (0: none; must be < 1/K)."""
     init_temperature: float = 1.0
     """Initial E-step temperatures η (task and action penalty)."""
     init_alpha_mean: float = 10.0
@@ -179,7 +190,7 @@ class Config:
 
         # The env name is checked against both families when the trainer is built (purempo.envs.make):
         # constructing a Config imports no simulator.
-        need(isinstance(self.env, str) and bool(self.env), "env", "a Brax or MuJoCo Playground env name")
+        need(isinstance(self.env, str) and bool(self.env), "env", "a Brax, MuJoCo Playground or gymnax env name")
         need(self.backend is None or self.backend in KNOWN_BACKENDS, "backend", f"None or one of {KNOWN_BACKENDS}")
         need(self.impl is None or self.impl in PLAYGROUND_IMPLS, "impl", f"None or one of {PLAYGROUND_IMPLS}")
         need(self.episode_length is None or self.episode_length >= 1, "episode_length", ">= 1 (None: the env's own)")
@@ -215,7 +226,7 @@ class Config:
         need(0.0 <= self.retrace_lambda <= 1.0, "retrace_lambda", "in [0, 1]")
         for field in ("epsilon", "epsilon_mean", "epsilon_std", "epsilon_penalty", "policy_lr", "critic_lr",
                       "dual_lr", "init_temperature", "init_alpha_mean", "init_alpha_std", "min_alpha", "min_std", "init_std",
-                      "max_grad_norm", "reward_scale"):
+                      "max_grad_norm", "reward_scale", "epsilon_policy"):
             value = getattr(self, field)
             need(math.isfinite(value) and value > 0.0, field, "a finite number > 0")
         need(self.init_std > self.min_std, "init_std", f"> min_std ({self.min_std})")
@@ -249,6 +260,11 @@ class Config:
              "exploration_correlation", "in [0, 1)")
         need(math.isfinite(self.exploration_correlation_from_step) and self.exploration_correlation_from_step >= 0.0,
              "exploration_correlation_from_step", "a finite number of env steps >= 0")
+        need(math.isfinite(self.min_action_prob) and 0.0 <= self.min_action_prob < 0.5, "min_action_prob",
+             "in [0, 1/K) for K actions (0: no floor)")
+        need(self.observation_torso in OBSERVATION_TORSOS, "observation_torso", f"one of {OBSERVATION_TORSOS}")
+        need(self.observation_torso != "conv" or not self.observation_normalization, "observation_normalization",
+             "False with observation_torso conv (its shared kernels cannot absorb per-pixel statistics)")
         need(self.target_update_period >= 0, "target_update_period", ">= 0 (0 selects Polyak averaging)")
 
     @property
@@ -300,9 +316,10 @@ CONCERNS: Dict[str, Tuple[str, ...]] = {
     "replay": ("replay_size", "prefill_steps", "batch_size", "sequence_length", "replay_obs_dtype"),
     "networks": ("policy_hidden", "critic_hidden", "critic_norm_all", "critic_residual_blocks", "critic_head",
                  "critic_bins", "hl_gauss_sigma", "num_critics", "init_std", "min_std",
-                 "obs_norm_preserves_outputs"),
+                 "obs_norm_preserves_outputs", "observation_normalization", "observation_torso"),
     "mpo": ("discount", "retrace_lambda", "num_action_samples", "antithetic_samples", "epsilon", "epsilon_mean",
             "epsilon_std", "epsilon_penalty", "epsilon_per_dimension", "per_dim_constraining", "action_penalization",
+            "epsilon_policy", "min_action_prob",
             "init_temperature", "init_alpha_mean", "init_alpha_std", "min_alpha", "alpha_gain", "normalize_penalty",
             "critic_pessimism",
             "policy_lr", "policy_lr_decay_updates",

@@ -74,6 +74,17 @@ def init_dual_params(
     )
 
 
+def init_categorical_dual_params(init_temperature: chex.Numeric, init_alpha: chex.Numeric) -> DualParams:
+    """Duals of a categorical policy (`purempo.discrete`): η, and its one trust region's multiplier as
+    `alpha_mean` `[1]`; `alpha_std` is empty `[0]` (no std to constrain) and `penalty_temperature` is unread."""
+    return DualParams(
+        temperature=inverse_positive(init_temperature),
+        penalty_temperature=inverse_positive(init_temperature),
+        alpha_mean=jnp.full((1,), inverse_positive(init_alpha)),
+        alpha_std=jnp.zeros((0,), jnp.float32),
+    )
+
+
 def masked_mean(x: chex.Array, mask: Optional[chex.Array], axis=None) -> chex.Array:
     """Mean of x over `axis` counting only entries where `mask` (broadcast to x) is true; plain mean if None."""
     if mask is None:

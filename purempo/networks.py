@@ -166,6 +166,79 @@ class Critic(nn.Module):
                        name="members")(obs, action)
 
 
+class ImageTorso(nn.Module):
+    """A flat observation `[..., H·W·C]` read as images `[H, W, C]`: a 3×3 convolution of `features` channels
+    (stride 1, no padding) and ReLU, flattened again (the network of MinAtar's own agents, Young and Tian 2019);
+    leading dims broadcast."""
+
+    image_shape: Tuple[int, int, int]
+    features: int = 16
+
+    @nn.compact
+    def __call__(self, obs: chex.Array) -> chex.Array:
+        lead = obs.shape[:-1]
+        x = obs.reshape((-1,) + tuple(self.image_shape))
+        x = nn.relu(nn.Conv(self.features, (3, 3), padding="VALID", name="Conv_0")(x))
+        return x.reshape(lead + (-1,))
+
+
+def _torso(image_shape: Optional[Tuple[int, ...]]):
+    """`ImageTorso` for an image shape `[H, W, C]`, else the identity (the MLP reads the flat observation)."""
+    return (lambda obs: obs) if image_shape is None else ImageTorso(tuple(image_shape), name="ImageTorso_0")
+
+
+class CategoricalPolicy(nn.Module):
+    """π_θ(·|s) over `num_actions` discrete actions: logits `[..., K]` (the probability floor is applied outside,
+    `purempo.discrete.floored_log_probs`, since it is a vmappable hyper-parameter). The last layer starts near 0,
+    so every action starts equally likely. `image_shape`: read the observation through `ImageTorso`."""
+
+    hidden: Sequence[int]
+    num_actions: int
+    view: View = None
+    image_shape: Optional[Tuple[int, ...]] = None
+
+    @nn.compact
+    def __call__(self, obs: chex.Array) -> chex.Array:
+        h = LayerNormMLP(self.hidden)(_torso(self.image_shape)(_view(obs, self.view)))
+        return nn.Dense(self.num_actions, kernel_init=nn.initializers.variance_scaling(1e-4, "fan_in", "uniform"))(h)
+
+
+class DiscreteQHead(nn.Module):
+    """One network of Q(s, ·) `[..., K]`, every action's value in one pass."""
+
+    hidden: Sequence[int]
+    num_actions: int
+    norm_all_layers: bool = False
+    image_shape: Optional[Tuple[int, ...]] = None
+
+    @nn.compact
+    def __call__(self, obs: chex.Array) -> chex.Array:
+        h = LayerNormMLP(self.hidden, self.norm_all_layers)(_torso(self.image_shape)(obs))
+        return nn.Dense(self.num_actions)(h)
+
+
+class DiscreteCritic(nn.Module):
+    """Q_φ(s, ·) → `[..., K]` for discrete actions: the E-step, V(s) = Σ_a π(a|s) Q(s, a) and the taken action's
+    value all come from one pass per state. `num_members` > 1: an ensemble (leading `[M]` axis), as `Critic`."""
+
+    hidden: Sequence[int]
+    num_actions: int
+    num_members: int = 1
+    view: View = None
+    norm_all_layers: bool = False
+    image_shape: Optional[Tuple[int, ...]] = None
+
+    @nn.compact
+    def __call__(self, obs: chex.Array) -> chex.Array:
+        obs = _view(obs, self.view)
+        if self.num_members == 1:
+            h = LayerNormMLP(self.hidden, self.norm_all_layers)(_torso(self.image_shape)(obs))
+            return nn.Dense(self.num_actions)(h)
+        members = nn.vmap(DiscreteQHead, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=None,
+                          out_axes=0, axis_size=self.num_members)
+        return members(self.hidden, self.num_actions, self.norm_all_layers, self.image_shape, name="members")(obs)
+
+
 def distribution(mean: chex.Array, std: chex.Array) -> distrax.MultivariateNormalDiag:
     """The policy's action distribution (batch over leading dims, event over the last)."""
     return distrax.MultivariateNormalDiag(mean, std)

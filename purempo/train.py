@@ -16,16 +16,21 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from purempo import acting, distributional, envs, losses, mpo, networks, normalizer, replay, sharding
+from purempo import acting, discrete, distributional, envs, losses, mpo, networks, normalizer, replay, sharding
 from purempo.config import Config, HParams
-from purempo.networks import Critic, GaussianPolicy
+from purempo.networks import CategoricalPolicy, Critic, DiscreteCritic, GaussianPolicy
 from purempo.retrace import batched_retrace_targets
 from purempo.types import Transition
 
 
 class Networks(NamedTuple):
-    policy: GaussianPolicy
-    critic: Critic
+    policy: GaussianPolicy | CategoricalPolicy
+    critic: Critic | DiscreteCritic
+
+    @property
+    def discrete(self) -> bool:
+        """Whether the actions are discrete: a categorical policy and a critic of every action's value."""
+        return isinstance(self.policy, CategoricalPolicy)
 
 
 class LearnerState(NamedTuple):
@@ -51,8 +56,36 @@ class TrainState(NamedTuple):
     iteration: chex.Array  # int32 []: iterations done; env steps = iteration · steps_per_iteration
 
 
-def make_networks(config: Config, action_dim: int, views: envs.Views = envs.Views()) -> Networks:
-    """The policy and critic of `config`, each reading its part of the observation (`envs.views(env)`)."""
+def env_networks(config: Config, env) -> Networks:
+    """`make_networks` for `env` (from `envs.make`): its action space, views and observation shape."""
+    return make_networks(config, env.action_size, envs.views(env), envs.num_actions(env) is not None,
+                         envs.observation_shape(env))
+
+
+def make_networks(config: Config, action_dim: int, views: envs.Views = envs.Views(), discrete_actions: bool = False,
+                  observation_shape: Optional[tuple] = None) -> Networks:
+    """The policy and critic of `config`, each reading its part of the observation (`envs.views(env)`).
+
+    `discrete_actions`: `action_dim` is the number K of actions, the policy categorical (`CategoricalPolicy`) and the
+    critic gives Q(s, ·) for all of them (`DiscreteCritic`, scalar head only). With `config.observation_torso` conv,
+    both read the flat observation as images of `observation_shape` `[H, W, C]`."""
+    image = None
+    if config.observation_torso == "conv":
+        if observation_shape is None or len(observation_shape) != 3:
+            raise ValueError(f"invalid observation_torso='conv' for {config.env}: it needs image observations "
+                             f"[H, W, C] (MinAtar's), this env's are {list(observation_shape or ())}; use flatten")
+        image = tuple(observation_shape)
+    if discrete_actions:
+        if config.critic_head != "scalar":
+            raise ValueError(f"invalid critic_head={config.critic_head!r} for {config.env}, a discrete-action env: "
+                             f"its critic gives every action's scalar value (scalar)")
+        return Networks(
+            policy=CategoricalPolicy(config.policy_hidden, action_dim, view=views.policy, image_shape=image),
+            critic=DiscreteCritic(config.critic_hidden, action_dim, config.num_critics, view=views.critic,
+                                  norm_all_layers=config.critic_norm_all, image_shape=image))
+    if image is not None:
+        raise ValueError(f"invalid observation_torso='conv' for {config.env}: the conv torso is for discrete-action "
+                         f"envs with image observations (MinAtar); use flatten")
     return Networks(
         policy=GaussianPolicy(config.policy_hidden, action_dim, config.min_std, config.init_std, view=views.policy),
         critic=Critic(config.critic_hidden, config.num_critics, view=views.critic,
@@ -190,6 +223,63 @@ def mpo_loss(params, learner: LearnerState, obs_stats, reward_divisor, batch: Tr
     return critic_loss + policy_loss, metrics
 
 
+def categorical_mpo_loss(params, learner: LearnerState, obs_stats, reward_divisor, batch: Transition, key,
+                         hp: HParams, config: Config, nets: Networks):
+    """`mpo_loss` for K discrete actions, where every expectation over actions is an exact sum (`discrete`).
+
+    The critic gives Q(s, ·) `[..., K]` in one pass per state, so V(s_{t+1}) = Σ_a π'(a|s_{t+1}) Q'(s_{t+1}, a) and
+    the E-step q(a|s) ∝ π'(a|s) exp(Q'(s, a)/η) with its temperature dual are exact; the M-step is weighted maximum
+    likelihood under one KL(π'‖π_θ) ≤ ε_policy trust region, whose multiplier is `dual_params.alpha_mean` `[1]`.
+    Retrace's ratios read the stored behaviour log-probability of the taken action (int32 `batch.action` `[B, L]`).
+    Policies are floored at `hp.min_action_prob` everywhere (acting, E-step prior, M-step). `key` is unused.
+    """
+    del key
+    policy_params, critic_params, dual_params = params
+    next_obs = jnp.where(batch.terminated[..., None], batch.obs, batch.next_obs)  # as in `mpo_loss`
+    obs = normalizer.normalize(obs_stats, batch.obs)  # [B, L, O]
+    next_obs = normalizer.normalize(obs_stats, next_obs)
+    log_probs = lambda p, x: discrete.floored_log_probs(nets.policy.apply(p, x), hp.min_action_prob)  # noqa: E731
+    members = lambda q: q if config.num_critics > 1 else q[None]  # noqa: E731
+
+    def taken(values, actions):  # values `[..., B, L, K]` at actions `[B, L]` -> `[..., B, L]`
+        index = jnp.broadcast_to(actions[..., None], values.shape[:-1] + (1,))
+        return jnp.take_along_axis(values, index, axis=-1)[..., 0]
+
+    target_q = lambda x: losses.pessimistic_value(  # noqa: E731
+        members(nets.critic.apply(learner.target_critic_params, x)), hp.critic_pessimism)
+    next_target_log_probs = log_probs(learner.target_policy_params, next_obs)  # [B, L, K]
+    next_q = target_q(next_obs)  # [B, L, K]
+    # log ρ_t for t ≥ 1 from π' at next_obs[t−1] (s_t wherever Retrace reads it), as in `mpo_loss`.
+    log_pi = taken(next_target_log_probs[:, :-1], batch.action[:, 1:])
+    log_pi = jnp.concatenate([batch.behaviour_log_prob[:, :1], log_pi], axis=1)  # [B, L]
+    q_online = taken(nets.critic.apply(critic_params, obs), batch.action)  # [B, L] or [M, B, L]
+    critic_loss, targets = losses.critic_loss(
+        q_online, taken(target_q(obs), batch.action), discrete.expected_value(next_target_log_probs, next_q),
+        batch.reward / reward_divisor, hp.discount * (1.0 - batch.terminated.astype(jnp.float32)),
+        log_pi - batch.behaviour_log_prob, batch.truncated, hp.retrace_lambda)
+
+    num_actions = next_q.shape[-1]
+    flat = lambda x: x.reshape(-1, num_actions)  # noqa: E731  [B, L, K] -> [B·L, K]
+    mask = jnp.logical_not(batch.terminated).reshape(-1)
+    temperature = mpo.positive(dual_params.temperature)
+    weights, temperature_loss = discrete.e_step(flat(next_q), flat(next_target_log_probs), temperature, hp.epsilon,
+                                                mask)
+    online_log_probs = flat(log_probs(policy_params, next_obs))
+    alpha = mpo.positive(dual_params.alpha_mean)
+    policy_loss, alpha_loss, stats = discrete.m_step(online_log_probs, flat(next_target_log_probs), weights, alpha,
+                                                     hp.epsilon_policy, mask, hp.alpha_gain)
+    entropy = -jnp.sum(jnp.exp(online_log_probs) * online_log_probs, axis=-1)
+    metrics = dict(
+        policy_loss=policy_loss, temperature=temperature, alpha_policy=jnp.mean(alpha),
+        alpha_policy_applied=jnp.mean(stats.applied_alpha), kl_policy=jnp.sum(stats.kl),
+        e_step_kl=mpo.masked_mean(discrete.e_step_kl(weights, flat(next_target_log_probs)), mask),
+        policy_entropy=mpo.masked_mean(entropy, mask),
+        critic_loss=critic_loss, target_mean=jnp.mean(targets), q_mean=jnp.mean(q_online),
+        q_member_std=jnp.mean(jnp.std(q_online, axis=0)) if config.num_critics > 1 else jnp.zeros(()),
+    )
+    return critic_loss + policy_loss + temperature_loss + alpha_loss, metrics
+
+
 def policy_learning_rate(hp: HParams, num_updates: chex.Array) -> chex.Array:
     """`policy_lr / (1 + n / policy_lr_decay_updates)` after n updates; constant when the decay is 0.
 
@@ -211,8 +301,9 @@ def learner_step(learner: LearnerState, obs_stats, reward_divisor, batch: Transi
     to the same (replicated) parameters; metrics are reduced likewise (`sharding.reduce_metrics`).
     """
     params = (learner.policy_params, learner.critic_params, learner.dual_params)
-    grads, metrics = jax.grad(mpo_loss, has_aux=True)(params, learner, obs_stats, reward_divisor, batch, key, hp,
-                                                       config, nets)
+    loss = categorical_mpo_loss if nets.discrete else mpo_loss
+    grads, metrics = jax.grad(loss, has_aux=True)(params, learner, obs_stats, reward_divisor, batch, key, hp, config,
+                                                   nets)
     if axis_name is not None:
         grads = jax.lax.pmean(grads, axis_name)
         metrics = sharding.reduce_metrics(metrics, axis_name)
@@ -243,6 +334,23 @@ def learner_step(learner: LearnerState, obs_stats, reward_divisor, batch: Transi
         num_updates=num_updates,
     )
     return learner, metrics
+
+
+def evaluation_action(nets: Networks, policy_params, obs: chex.Array, key: chex.PRNGKey, stochastic: chex.Array,
+                      min_action_prob: chex.Numeric = 0.0) -> chex.Array:
+    """The action the env receives in an evaluation episode, for normalised observations `obs` `[E, O]`.
+
+    Per episode, `stochastic` bool `[E]`: false takes the policy's mode (the Gaussian's mean clipped into the action
+    box; a categorical policy's most likely action), true a sample of π_θ (a categorical one floored at
+    `min_action_prob`). Returns `[E, A]` floats or, for discrete actions, int32 `[E]`."""
+    out = nets.policy.apply(policy_params, obs)
+    if nets.discrete:
+        log_probs = discrete.floored_log_probs(out, min_action_prob)
+        sampled = jax.random.categorical(key, log_probs)
+        return jnp.where(stochastic, sampled, jnp.argmax(out, axis=-1)).astype(jnp.int32)
+    mean, std = out
+    noise = jax.random.normal(key, mean.shape) * stochastic[:, None]
+    return acting.env_action(mean + std * noise)
 
 
 def preserve_outputs(learner: LearnerState, old_stats, new_stats, views: envs.Views = envs.Views()) -> LearnerState:
@@ -285,7 +393,7 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
     limit = envs.time_limit(config)
     obs_dim, action_dim = envs.observation_size(env), env.action_size
     views = envs.views(env)
-    nets = make_networks(config, action_dim, views)
+    nets = env_networks(config, env)
     optimizers = make_optimizers(config)
 
     def env_steps(state: TrainState) -> chex.Array:
@@ -302,6 +410,7 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
             config.unroll_length, limit, hp.reward_scale,
             state.exploration_noise,
             jnp.where(env_steps(state) >= hp.exploration_correlation_from_step, hp.exploration_correlation, 0.0),
+            nets.discrete, hp.min_action_prob,
         )
         estimating = state.iteration < reward_estimation_iterations
         reward_stats = jax.tree.map(
@@ -310,9 +419,11 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
             state.reward_stats,
         )
         # Statistics of every device's envs (their moments merged): the same on every device.
-        obs_stats = normalizer.update(state.obs_stats, transitions.obs, axis)
+        obs_stats = state.obs_stats  # never updated without normalisation: the identity (`normalizer.normalize`)
+        if config.observation_normalization:
+            obs_stats = normalizer.update(state.obs_stats, transitions.obs, axis)
         learner = state.learner
-        if config.obs_norm_preserves_outputs:
+        if config.obs_norm_preserves_outputs and config.observation_normalization:
             learner = preserve_outputs(learner, state.obs_stats, obs_stats, views)
         state = state._replace(
             learner=learner,
@@ -333,9 +444,13 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
         env_state = envs.reset(env, env_key, num_envs, pool_size, limit if config.stagger_starts else 0)
         dummy_obs, dummy_action = jnp.zeros((obs_dim,)), jnp.zeros((action_dim,))
         policy_params = nets.policy.init(policy_key, dummy_obs)
-        critic_params = nets.critic.init(critic_key, dummy_obs, dummy_action)
-        dual_params = mpo.init_dual_params(action_dim, config.per_dim_constraining, hp.init_temperature,
-                                           hp.init_alpha_mean, hp.init_alpha_std)
+        if nets.discrete:
+            critic_params = nets.critic.init(critic_key, dummy_obs)
+            dual_params = mpo.init_categorical_dual_params(hp.init_temperature, hp.init_alpha_mean)
+        else:
+            critic_params = nets.critic.init(critic_key, dummy_obs, dummy_action)
+            dual_params = mpo.init_dual_params(action_dim, config.per_dim_constraining, hp.init_temperature,
+                                               hp.init_alpha_mean, hp.init_alpha_std)
         learner = LearnerState(
             policy_params=policy_params,
             critic_params=critic_params,
@@ -349,7 +464,7 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
         )
         example = Transition(
             obs=jnp.zeros((num_envs, obs_dim)),
-            action=jnp.zeros((num_envs, action_dim)),
+            action=jnp.zeros((num_envs,), jnp.int32) if nets.discrete else jnp.zeros((num_envs, action_dim)),
             reward=jnp.zeros((num_envs,)),
             terminated=jnp.zeros((num_envs,), bool),
             truncated=jnp.zeros((num_envs,), bool),
@@ -364,7 +479,8 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
                                jnp.dtype(config.replay_obs_dtype)),
             env_state=env_state,
             # Stationary from the first step: N(0, I), like every later step's noise.
-            exploration_noise=jax.random.normal(jax.random.fold_in(env_key, 1), (num_envs, action_dim)),
+            exploration_noise=jax.random.normal(jax.random.fold_in(env_key, 1),
+                                                (num_envs, 0 if nets.discrete else action_dim)),
             key=key,
             iteration=jnp.zeros((), jnp.int32),
         )
@@ -387,8 +503,10 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
 
         def learn(learner):
             learner, metrics = jax.lax.scan(update, learner, jax.random.split(update_key, config.updates_per_iteration))
-            peaks = dict(kl_mean_max=jnp.max(metrics["kl_mean"]), kl_std_max=jnp.max(metrics["kl_std"]),
-                         e_step_kl_max=jnp.max(metrics["e_step_kl"]), target_std_min=jnp.min(metrics["target_std_min"]))
+            peaks = {f"{name}_max": jnp.max(metrics[name]) for name in ("kl_mean", "kl_std", "kl_policy", "e_step_kl")
+                     if name in metrics}
+            if "target_std_min" in metrics:
+                peaks.update(target_std_min=jnp.min(metrics["target_std_min"]))
             return learner, {**jax.tree.map(jnp.mean, metrics), **peaks}
 
         def prefill(learner):  # no update yet: learner metrics are NaN
@@ -408,15 +526,15 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
 
     def evaluate(policy_params, obs_stats, key, stochastic=False, num_episodes=None):
         """Episodes of the mean action (`stochastic` false) or of samples from π_θ (true), per episode if an
-        array `[num_episodes]`. Starts come from `env.reset` with this key, independent of the training
-        reset pool (tasks such as reacher and pusher draw their goal at reset)."""
+        array `[num_episodes]` (`evaluation_action`; a discrete policy's samples are floored at the config's
+        min_action_prob, also in a sweep of it). Starts come from `env.reset` with this key, independent of the
+        training reset pool (tasks such as reacher and pusher draw their goal at reset)."""
         num_episodes = config.eval_episodes if num_episodes is None else num_episodes
         stochastic = jnp.broadcast_to(jnp.asarray(stochastic, bool), (num_episodes,))
 
         def act(obs, step_key):
-            mean, std = nets.policy.apply(policy_params, normalizer.normalize(obs_stats, obs))
-            noise = jax.random.normal(step_key, mean.shape) * stochastic[:, None]
-            return acting.env_action(mean + std * noise)
+            return evaluation_action(nets, policy_params, normalizer.normalize(obs_stats, obs), step_key, stochastic,
+                                     config.min_action_prob)
 
         return envs.evaluate(env, act, key, num_episodes, limit)
 
