@@ -28,7 +28,7 @@ EXIT_INTERRUPTED = 130
 
 @dataclasses.dataclass(frozen=True)
 class TrainArgs:
-    """Train MPO on a Brax or MuJoCo Playground env; writes config.json, metrics.jsonl, tb/ and checkpoints/ to the run dir."""
+    """Train MPO on a Brax, MuJoCo Playground or gymnax env; writes config.json, metrics.jsonl, tb/ and checkpoints/ to the run dir."""
 
     config: Annotated[Config, tyro.conf.arg(name="")] = Config()
     options: Annotated[driver.Options, tyro.conf.arg(name="")] = driver.Options()
@@ -68,12 +68,13 @@ class EvalArgs:
 
 @dataclasses.dataclass(frozen=True)
 class RenderArgs:
-    """Roll out a run's trained policy for one episode and write Brax's HTML viewer of it."""
+    """Roll out a run's trained policy for one episode and write Brax's HTML viewer of it (a gymnax env: a GIF or a
+    PNG strip of its frames)."""
 
     run_dir: tyro.conf.Positional[Path]
     """The run directory (written by purempo train)."""
-    out: Path = Path("policy.html")
-    """The HTML file to write (refused if it exists, unless --overwrite)."""
+    out: Optional[Path] = None
+    """The file to write (refused if it exists, unless --overwrite): .html (default policy.html); for a gymnax env .gif (default policy.gif, animated) or .png (every 10th frame in a strip)."""
     run_seed: int = 0
     """Which of the run's --num-seeds policies to show."""
     seed: int = 0
@@ -153,11 +154,10 @@ def run_eval(args: EvalArgs) -> Dict[str, Any]:
 
 
 def run_render(args: RenderArgs) -> Path:
-    driver.check_output(args.out, args.overwrite)
-    html, text = driver.render_run(args.run_dir, args.run_seed, args.seed, args.height, args.max_steps, args.step)
-    driver.replace_file(args.out, html)
-    print(f"wrote {args.out}: {text} (open it in a browser; its viewer needs internet access to load)")
-    return args.out
+    out, text = driver.render_run(args.run_dir, args.run_seed, args.seed, args.height, args.max_steps, args.step,
+                                  args.out, args.overwrite)
+    print(f"wrote {out}: {text}")
+    return out
 
 
 def run_plot(args: PlotArgs) -> Path:

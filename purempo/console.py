@@ -180,7 +180,8 @@ class ConsoleProgress(driver.Callbacks):
             + f"steps {row['env_steps']:>10,}  t {row['wall_time_s']:7.1f}s  eval {row['eval_return']:9.2f}"
             + f"  train {'—' if train is None else f'{train:.2f}':>9} ({row.get('train_episodes', 0)} ep)"
             + f"  Q {row['q_mean']:8.2f}  η {row['temperature']:.3g}"
-            f"  KLμ {row['kl_mean']:.2e}  KLσ {row['kl_std']:.2e}  σ {row['policy_std']:.3f}"
+            + (f"  KL {row['kl_policy']:.2e}  H {row['policy_entropy']:.3f}" if "kl_policy" in row else
+               f"  KLμ {row['kl_mean']:.2e}  KLσ {row['kl_std']:.2e}  σ {row['policy_std']:.3f}")
             + (f"  [red]non-finite steps {row['nonfinite_steps']}" if row.get("nonfinite_steps") else "")
             + (f"  [yellow]{row['targets_clipped']:.1%} of critic targets clipped to the value support: widen "
                f"--reward-range" if row.get("targets_clipped", 0.0) >= CLIPPED_WARNING else ""))

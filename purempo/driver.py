@@ -769,11 +769,13 @@ def evaluate_run(run_dir: Path, episodes: int, seed: int = 0, step: Optional[int
 
 
 def render_run(run_dir: Path, run_seed: int, seed: int, height: int, max_steps: Optional[int],
-               step: Optional[int] = None) -> Tuple[str, str]:
-    """(HTML of Brax's viewer, a one-line summary) of one episode of seed `run_seed`'s policy in the run."""
+               step: Optional[int] = None, out: Optional[Path] = None, overwrite: bool = False) -> Tuple[Path, str]:
+    """Writes one episode of seed `run_seed`'s policy in the run to `out` (default: `policy.html`, or `policy.gif`
+    for a gymnax env): Brax's HTML viewer, or for a gymnax env an animated GIF (`.gif`) or a PNG strip of every
+    10th frame (`.png`). Returns (the file, a one-line summary)."""
     import jax
 
-    from purempo import rendering
+    from purempo import envs, frames, rendering
 
     for flag, value in (("--max-steps", max_steps), ("--height", height)):
         if value is not None and value < 1:
@@ -781,12 +783,28 @@ def render_run(run_dir: Path, run_seed: int, seed: int, height: int, max_steps: 
     config, _, record, restored = restore_run(run_dir, step)
     if not 0 <= run_seed < record["num_seeds"]:
         raise RunError(f"invalid --run-seed={run_seed}: the run has seeds 0..{record['num_seeds'] - 1}")
+    pictures = envs.family(config.env) == envs.GYMNAX
+    out = Path("policy.gif" if pictures else "policy.html") if out is None else Path(out)
+    allowed = (".gif", ".png") if pictures else (".html",)
+    if out.suffix.lower() not in allowed:
+        raise RunError(f"invalid --out {out}: an episode of {config.env} is written as {' or '.join(allowed)}")
+    check_output(out, overwrite)
     pick = lambda tree: jax.tree.map(lambda x: x[run_seed], tree)  # noqa: E731
-    state = restored.state
-    html, episode_return = rendering.render_html(config, pick(state.learner.policy_params), pick(state.obs_stats),
-                                                 jax.random.PRNGKey(seed), height, max_steps)
-    return html, (f"one episode of {config.env} (checkpoint {restored.step}, seed {run_seed}), "
-                  f"return {episode_return:.2f}")
+    state, key = restored.state, jax.random.PRNGKey(seed)
+    policy_params, obs_stats = pick(state.learner.policy_params), pick(state.obs_stats)
+    if pictures:
+        images, episode_return = rendering.episode_frames(config, policy_params, obs_stats, key, max_steps)
+        temporary = out.with_name(out.name + ".tmp" + out.suffix)  # a kill leaves the old or the new file
+        temporary.unlink(missing_ok=True)
+        (frames.save_gif if out.suffix.lower() == ".gif" else frames.save_strip)(images, temporary)
+        os.replace(temporary, out)
+        shown = f"{len(images) - 1} steps"
+    else:
+        html, episode_return = rendering.render_html(config, policy_params, obs_stats, key, height, max_steps)
+        replace_file(out, html)
+        shown = "open it in a browser; its viewer needs internet access to load"
+    return out, (f"one episode of {config.env} (checkpoint {restored.step}, seed {run_seed}), "
+                 f"return {episode_return:.2f} ({shown})")
 
 
 def join_processes(coordinator: Optional[str], num_processes: int, process_id: int) -> None:

@@ -1,10 +1,12 @@
-"""Environments from two families, vectorised, with a time limit and an auto-reset of our own.
+"""Environments from three families, vectorised, with a time limit and an auto-reset of our own.
 
-Families: Brax's legacy envs (`ant`, `halfcheetah`, ...: `brax.envs`) and MuJoCo Playground's MJX envs
-(`CheetahRun`, `WalkerWalk`, ...: `mujoco_playground.registry`). Both expose the same small interface, which is
-all the trainer uses: `reset(key) -> state`, `step(state, action) -> state` with `state.obs`, `state.reward`,
-`state.done`, and `action_size`. `make` picks the family from the name; a Playground env additionally gets its
-config's `action_repeat` applied here (Playground leaves it to its Brax training wrapper).
+Families: Brax's legacy envs (`ant`, `halfcheetah`, ...: `brax.envs`), MuJoCo Playground's MJX envs
+(`CheetahRun`, `WalkerWalk`, ...: `mujoco_playground.registry`) and gymnax's discrete-action classic control and
+MinAtar envs (`CartPole-v1`, `Breakout-MinAtar`, ...: `gymnax.make`, adapted by `GymnaxEnv`). All expose the same
+small interface, which is all the trainer uses: `reset(key) -> state`, `step(state, action) -> state` with
+`state.obs`, `state.reward`, `state.done`, and `action_size`; a discrete env also has `num_actions` (see
+`num_actions`). `make` picks the family from the name; a Playground env additionally gets its config's
+`action_repeat` applied here (Playground leaves it to its Brax training wrapper).
 
 Brax's `EpisodeWrapper` + `AutoResetWrapper` lose the final observation of a truncated episode (it is
 replaced by a cached first observation) and restart every episode of an env from the same state. Here:
@@ -12,7 +14,7 @@ replaced by a cached first observation) and restart every episode of an env from
 - `final_obs` is always the true observation after the step, used to bootstrap at a time limit;
 - a finished env restarts from a fresh initial state: one drawn uniformly (fresh key each time) from a pool
   of `env.reset` states drawn once at `reset`, with a fresh `info["rng"]` (a Playground env's per-episode
-  randomness), or, with no pool, from `env.reset` itself. The pool avoids
+  randomness, a gymnax env's per-step randomness), or, with no pool, from `env.reset` itself. The pool avoids
   running (and compiling) the reset inside every training step; with thousands of pool states the starts
   are as varied as fresh resets for practical purposes, while Brax's wrapper reuses one state per env.
 """
@@ -25,16 +27,17 @@ import importlib.util
 import io
 import os
 import warnings
-from typing import Any, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from purempo.config import PLAYGROUND_IMPLS
 
-BRAX, PLAYGROUND = "brax", "playground"
+BRAX, PLAYGROUND, GYMNAX = "brax", "playground", "gymnax"
 
 
 @functools.lru_cache(maxsize=None)
@@ -55,6 +58,14 @@ def _playground():
     return registry, parts
 
 
+@functools.lru_cache(maxsize=None)
+def _gymnax():
+    """The gymnax package; importing it takes seconds, so only on demand."""
+    import gymnax
+
+    return gymnax
+
+
 def brax_names() -> Tuple[str, ...]:
     """Names accepted by `brax.envs.get_environment` (Brax keeps its registry in `envs._envs`)."""
     return tuple(sorted(_brax_envs()._envs))
@@ -70,11 +81,25 @@ def dm_control_names() -> Tuple[str, ...]:
     return _playground()[1]["dm_control_suite"]
 
 
+# Every discrete-action env of gymnax 1.0.1's classic control and MinAtar sets; each builds, resets and steps
+# under jit and vmap (tests/test_gymnax_envs.py). Its continuous-action, bsuite and misc envs are not offered.
+_GYMNAX_NAMES = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Asterix-MinAtar", "Breakout-MinAtar",
+                 "Freeway-MinAtar", "SpaceInvaders-MinAtar", "Seaquest-MinAtar")
+
+
+def gymnax_names() -> Tuple[str, ...]:
+    """The gymnax envs purempo trains (discrete actions: classic control and MinAtar); no import needed."""
+    return _GYMNAX_NAMES
+
+
 TEST_ENVS = frozenset({"fast"})  # Brax's env for its own tests: accepted, never suggested or listed
 
 
 def family(name: str) -> str:
-    """`BRAX` or `PLAYGROUND`; ValueError (`unknown_env_message`) for an unknown name."""
+    """`BRAX`, `PLAYGROUND` or `GYMNAX`; ValueError (`unknown_env_message`) for an unknown name. A gymnax name is
+    recognised without importing any simulator."""
+    if name in gymnax_names():
+        return GYMNAX
     if name in brax_names():
         return BRAX
     if name in playground_names():
@@ -83,8 +108,8 @@ def family(name: str) -> str:
 
 
 def available() -> Tuple[str, ...]:
-    """Every env name `make` accepts: Brax's, then Playground's."""
-    return brax_names() + playground_names()
+    """Every env name `make` accepts: Brax's, then Playground's, then gymnax's."""
+    return brax_names() + playground_names() + gymnax_names()
 
 
 def _folded(name: str) -> str:
@@ -105,13 +130,14 @@ def resolve_name(name: str) -> str:
 
 
 def unknown_env_message(name: str, candidates: Tuple[str, ...] = ()) -> str:
-    """One line: `name` is unknown, the closest known names, and where the full list is."""
+    """One line: `name` is unknown, the closest known names, and where the full list of the three families is."""
     import difflib
 
     folded = {_folded(known): known for known in available() if known not in TEST_ENVS}
     close = list(candidates) or [folded[f] for f in difflib.get_close_matches(_folded(name), folded, n=3, cutoff=0.6)]
     hint = f"did you mean {' or '.join(close)}? " if close else ""
-    return f"unknown env {name!r}; {hint}`purempo envs` lists every env this install can train"
+    return (f"unknown env {name!r}; {hint}`purempo envs` lists the Brax (ant, ...), MuJoCo Playground (CheetahRun, "
+            f"...) and gymnax (CartPole-v1, ...) envs")
 
 
 def menagerie_present() -> bool:
@@ -129,7 +155,8 @@ def catalogue() -> Tuple[Tuple[str, Tuple[str, ...], str], ...]:
     return (("Brax", tuple(n for n in brax_names() if n not in TEST_ENVS), "runs"),
             ("MuJoCo Playground, DeepMind Control Suite", parts["dm_control_suite"], "runs (its assets ship with Playground)"),
             ("MuJoCo Playground, locomotion", parts["locomotion"], robots),
-            ("MuJoCo Playground, manipulation", parts["manipulation"], robots))
+            ("MuJoCo Playground, manipulation", parts["manipulation"], robots),
+            ("gymnax, classic control and MinAtar (discrete actions)", gymnax_names(), "runs"))
 
 
 # Warp's batched state keeps some arrays (contacts, their counts) shared by the whole batch; `per_env_leaves`
@@ -254,12 +281,92 @@ class ActionRepeat(_Wrapper):
         return state.replace(reward=total)
 
 
+@struct.dataclass
+class GymnaxState:
+    """One gymnax env's state in the fields the trainer reads (those of a Brax state); a pytree with `replace`."""
+
+    obs: jax.Array  # float32 [O]: gymnax's observation, flattened (MinAtar's [10, 10, C] channels row by row)
+    reward: jax.Array  # float32 []
+    done: jax.Array  # float32 []: 1.0 where the task terminated; never for a time limit (`step`'s is ours)
+    env_state: Any  # gymnax's own state (CartPole's x, x_dot, theta, theta_dot, time; MinAtar's grid objects)
+    info: Dict[str, Any]  # {"rng": key [2]}: the key the next step's randomness comes from (`_fresh_rng`)
+
+
+NO_TIME_LIMIT = 2**30  # gymnax's `max_steps_in_episode` in a GymnaxEnv: never reached, the time limit is ours
+
+
+class GymnaxEnv:
+    """gymnax's env `name` (`gymnax.make`) with the interface of a Brax env and no auto-reset of its own.
+
+    `reset(key)` and `step(state, action)` give `GymnaxState`s through gymnax's `reset_env` and `step_env` (its
+    `step` would auto-reset, hiding the terminal observation; `envs.step` restarts finished envs instead). The
+    key of a step's randomness (MinAtar's spawns) is split off `state.info["rng"]`, so copies of one pool state
+    given fresh keys (`_fresh_rng`) play out differently. The params have `max_steps_in_episode` raised to
+    `NO_TIME_LIMIT`: gymnax 1.0.1's `step_env` reports termination only (`is_terminal` no longer checks time),
+    and the raised limit keeps any time check there from firing; the time limit is `episode_length(name)`.
+
+    Actions are discrete: `action` is an int32 index [] in [0, num_actions). `action_size` is `num_actions` too
+    (code that only sizes arrays by it keeps working); the trainer tells a discrete env by `num_actions(env)`.
+    """
+
+    discrete = True
+
+    def __init__(self, name: str):
+        if name not in gymnax_names():
+            raise ValueError(f"{name!r} is not a gymnax env purempo trains; those are {', '.join(gymnax_names())}")
+        env, params = _gymnax().make(name)
+        self.name = name
+        self.gymnax_env = env
+        self.params = params.replace(max_steps_in_episode=NO_TIME_LIMIT)
+        self.num_actions = int(env.num_actions)
+        self.action_size = self.num_actions
+        self.observation_shape = tuple(int(n) for n in env.observation_space(self.params).shape)
+
+    def _state(self, obs, env_state, reward, done, rng) -> GymnaxState:
+        return GymnaxState(obs=jnp.ravel(obs).astype(jnp.float32), reward=jnp.asarray(reward, jnp.float32),
+                           done=jnp.asarray(done, jnp.float32), env_state=env_state, info={"rng": rng})
+
+    def reset(self, key: chex.PRNGKey) -> GymnaxState:
+        """A fresh episode: `reset_env` with the first half of `jax.random.split(key)`; the second is `info["rng"]`."""
+        reset_key, rng = jax.random.split(key)
+        obs, env_state = self.gymnax_env.reset_env(reset_key, self.params)
+        # gymnax starts some counters as Python ints: arrays, so that every state has leaves of one kind
+        env_state = jax.tree.map(jnp.asarray, env_state)
+        return self._state(obs, env_state, 0.0, False, rng)
+
+    def step(self, state: GymnaxState, action: chex.Array) -> GymnaxState:
+        """`step_env` with the first half of `jax.random.split(state.info["rng"])`; the second is the next rng."""
+        step_key, rng = jax.random.split(state.info["rng"])
+        obs, env_state, reward, done, _ = self.gymnax_env.step_env(
+            step_key, state.env_state, jnp.asarray(action).astype(jnp.int32), self.params)
+        return self._state(obs, env_state, reward, done, rng)
+
+
+def num_actions(env) -> Optional[int]:
+    """K for an env with K discrete actions (a `GymnaxEnv`, wrapped or not), None for one with continuous
+    actions (Brax, Playground: those have `action_size` dimensions)."""
+    return int(env.num_actions) if getattr(env, "discrete", False) else None
+
+
+def observation_shape(env) -> Tuple[int, ...]:
+    """The env's observation before flattening (MinAtar's `(10, 10, C)` channels); `(observation_size(env),)`
+    for an env with a flat observation."""
+    shape = getattr(env, "observation_shape", None)
+    return tuple(shape) if shape is not None else (observation_size(env),)
+
+
 def make(name: str, backend: Optional[str] = None, impl: Optional[str] = None):
     """The raw env `name` (no time limit, no auto-reset): Brax's (`backend`: its physics pipeline, None for
-    the env's default) or Playground's (`impl`: one of `SUPPORTED_IMPLS`, None for `default_impl()`), with
-    dict observations flattened (`DictObservations`) and the config's `action_repeat` applied to a Playground
-    env."""
+    the env's default), Playground's (`impl`: one of `SUPPORTED_IMPLS`, None for `default_impl()`) or gymnax's
+    (`GymnaxEnv`; neither), with dict observations flattened (`DictObservations`) and the config's
+    `action_repeat` applied to a Playground env."""
     kind = family(name)
+    if kind == GYMNAX:
+        if backend is not None or impl is not None:
+            given = f"backend={backend!r}" if backend is not None else f"impl={impl!r}"
+            raise ValueError(f"invalid {given} for gymnax env {name!r}: backend and impl select a Brax or MuJoCo "
+                             f"Playground env's physics; gymnax envs take neither")
+        return GymnaxEnv(name)
     if kind == BRAX:
         if impl is not None:
             raise ValueError(f"invalid impl={impl!r} for Brax env {name!r}: impl selects a MuJoCo Playground "
@@ -346,8 +453,9 @@ def _local_devices_only():
 def playground_env(name: str, impl: str):
     """Playground's own env `name` on physics `impl` ("jax" or "warp"), unwrapped; ValueError (one line) for an
     unknown name or missing Menagerie assets. `make` is what the trainer uses."""
-    if family(name) != PLAYGROUND:
-        raise ValueError(f"{name!r} is a Brax env, not a MuJoCo Playground env")
+    kind = family(name)
+    if kind != PLAYGROUND:
+        raise ValueError(f"{name!r} is a {'Brax' if kind == BRAX else 'gymnax'} env, not a MuJoCo Playground env")
     if impl not in PLAYGROUND_IMPLS:
         raise ValueError(f"invalid impl={impl!r}: must be one of {PLAYGROUND_IMPLS}")
     missing = menagerie_missing(name)
@@ -360,8 +468,12 @@ def playground_env(name: str, impl: str):
 
 def episode_length(name: str) -> int:
     """The env's own time limit in agent steps: Brax's 1000; a Playground env's `episode_length` (counted in
-    env steps, as its Brax wrapper does) divided by its `action_repeat`."""
-    if family(name) == BRAX:
+    env steps, as its Brax wrapper does) divided by its `action_repeat`; a gymnax env's default
+    `max_steps_in_episode` (CartPole-v1 500, MountainCar-v0 200, MinAtar 1000, Freeway 2500)."""
+    kind = family(name)
+    if kind == GYMNAX:
+        return int(_gymnax().make(name)[1].max_steps_in_episode)
+    if kind == BRAX:
         return 1000
     config = _playground()[0].get_default_config(name)
     return int(config.episode_length) // int(config.get("action_repeat", 1))
@@ -447,8 +559,8 @@ def initial_states(env: Any, key: chex.PRNGKey, num: int, pool=None):
 
 def _fresh_rng(states, key: chex.PRNGKey):
     """`states` (leaves `[N, ...]`) with `info["rng"]`, where present, replaced by N new keys from `key`: a
-    Playground env draws an episode's randomness (velocity commands, pushes) from it, so a copy of a pool state
-    must not bring the pool state's own."""
+    Playground env draws an episode's randomness (velocity commands, pushes) from it, a gymnax env each step's
+    (MinAtar's spawns), so a copy of a pool state must not bring the pool state's own."""
     info = getattr(states, "info", None)
     if not isinstance(info, Mapping) or "rng" not in info:
         return states

@@ -72,6 +72,25 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "pusher": dict(_LOCOMOTION, total_steps=1_000_000),
 }
 
+# gymnax's discrete-action envs (categorical MPO, `purempo.discrete`): classic control with 16 envs and 4 updates of
+# 64 sequences per 64 env steps; MinAtar with 64 envs, its 0/1 image observations flattened unnormalised into one
+# hidden layer of 256 (on a CPU 3x the conv torso's env steps/s), a replay of 4 episodes per env.
+_GYMNAX_CLASSIC: Dict[str, Any] = dict(
+    num_envs=16, unroll_length=4, updates_per_iteration=4, prefill_steps=1024, replay_size=65_536, batch_size=64,
+    sequence_length=8, reset_pool_size=256, policy_hidden=(64, 64), critic_hidden=(64, 64), discount=0.99,
+    critic_lr=1e-3, policy_lr=3e-4, target_update_period=50, epsilon_policy=1e-2, num_evals=20, eval_episodes=8)
+_MINATAR: Dict[str, Any] = dict(
+    num_envs=64, unroll_length=4, updates_per_iteration=4, prefill_steps=4096, replay_size=262_144, batch_size=64,
+    sequence_length=8, reset_pool_size=256, policy_hidden=(256,), critic_hidden=(256,), discount=0.99,
+    critic_lr=3e-4, policy_lr=3e-4, target_update_period=50, epsilon_policy=1e-2, observation_normalization=False,
+    replay_obs_dtype="bfloat16", total_steps=10_000_000, num_evals=50, eval_episodes=16)
+PRESETS.update({
+    "CartPole-v1": dict(_GYMNAX_CLASSIC, discount=0.999, total_steps=300_000),
+    "Acrobot-v1": dict(_GYMNAX_CLASSIC, total_steps=500_000),
+    "MountainCar-v0": dict(_GYMNAX_CLASSIC, total_steps=500_000),
+    **{f"{game}-MinAtar": dict(_MINATAR) for game in ("Asterix", "Breakout", "Freeway", "SpaceInvaders", "Seaquest")},
+})
+
 
 # MuJoCo Playground's envs (its DeepMind Control Suite: 1,000-step episodes, rewards in [0, 1] per step, no
 # termination): the locomotion settings with the faster critic that halfcheetah, hopper and walker2d measured

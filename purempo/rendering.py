@@ -1,7 +1,8 @@
-"""Watching a policy: one deterministic episode on the raw env, rendered with Brax's HTML viewer.
+"""Watching a policy: one deterministic episode on the raw env, rendered with Brax's HTML viewer, or for a gymnax
+env as pictures (`purempo.frames`: an animated GIF or a PNG strip of frames).
 
-The episode uses the evaluation policy of `purempo.train` (the Gaussian's mean, normalised observations,
-clipped into the action box) on `envs.make(config.env, config.backend, config.impl)` itself, without purempo's time
+The episode uses the evaluation policy of `purempo.train` (`train.evaluation_action`: the Gaussian's mean clipped
+into the action box, a categorical policy's most likely action; normalised observations) on `envs.make(config.env, config.backend, config.impl)` itself, without purempo's time
 limit or auto-reset: it runs `max_steps` (default the run's time limit, `envs.time_limit`) steps in one jitted
 `lax.scan` and is cut after the first step whose `done` is set. A MuJoCo Playground env is shown through the same
 viewer: its MuJoCo model converted by `brax.io.mjcf.load_model`, and each frame the bodies' world positions
@@ -17,25 +18,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purempo import acting, envs, normalizer
+from purempo import envs, normalizer
 from purempo.config import Config
 
 
 @functools.lru_cache(maxsize=8)
 def _episode_fn(config: Config, num_steps: int):
     """(env, jitted `(policy_params, obs_stats, key) -> (pipeline states [T+1, ...], rewards [T], dones [T])`)."""
-    from purempo.train import make_networks  # deferred: train imports the whole trainer
+    from purempo.train import env_networks, evaluation_action  # deferred: train imports the whole trainer
 
     env = envs.make(config.env, config.backend, config.impl)
-    policy = make_networks(config, env.action_size, envs.views(env)).policy
-    frame = _playground_frame if envs.family(config.env) == envs.PLAYGROUND else (lambda state: state.pipeline_state)
+    nets = env_networks(config, env)
+    frame = {envs.PLAYGROUND: _playground_frame, envs.GYMNAX: lambda state: state}.get(
+        envs.family(config.env), lambda state: state.pipeline_state)
 
     def episode(policy_params, obs_stats, key):
         first = env.reset(key)
 
         def body(state, _):
-            mean, _ = policy.apply(policy_params, normalizer.normalize(obs_stats, state.obs))
-            state = env.step(state, acting.env_action(mean))
+            obs = normalizer.normalize(obs_stats, state.obs)[None]
+            action = evaluation_action(nets, policy_params, obs, key, jnp.zeros((1,), bool))[0]
+            state = env.step(state, action)
             return state, (frame(state), state.reward, state.done)
 
         _, (pipeline_states, rewards, dones) = jax.lax.scan(body, first, None, length=num_steps)
@@ -56,6 +59,18 @@ def _playground_frame(state) -> Frame:
     from brax.base import Transform
 
     return Frame(x=Transform(pos=state.data.xpos[1:], rot=state.data.xquat[1:]))
+
+
+def episode_frames(config: Config, policy_params, obs_stats: normalizer.RunningStats, key,
+                   max_steps: Optional[int] = None) -> Tuple[List[np.ndarray], float]:
+    """A gymnax env's `rollout_states` as pictures: (uint8 frames `[H, W, 3]` from `frames.frame`, one per state,
+    the first before any step; the episode's return). Write them with `frames.save_gif` or `frames.save_strip`."""
+    from purempo import frames
+
+    if envs.family(config.env) != envs.GYMNAX:
+        raise ValueError(f"{config.env} is not a gymnax env: render it with render_html (Brax's viewer)")
+    _, states, episode_return = _rollout(config, policy_params, obs_stats, key, max_steps)
+    return [frames.frame(config.env, state) for state in states], episode_return
 
 
 def _system(config: Config, env):

@@ -76,6 +76,9 @@ def make_networks(config: Config, action_dim: int, views: envs.Views = envs.View
                              f"[H, W, C] (MinAtar's), this env's are {list(observation_shape or ())}; use flatten")
         image = tuple(observation_shape)
     if discrete_actions:
+        if config.min_action_prob * action_dim >= 1.0:
+            raise ValueError(f"invalid min_action_prob={config.min_action_prob}: must be < 1/K = {1 / action_dim:.4g} "
+                             f"for {config.env}'s K = {action_dim} actions")
         if config.critic_head != "scalar":
             raise ValueError(f"invalid critic_head={config.critic_head!r} for {config.env}, a discrete-action env: "
                              f"its critic gives every action's scalar value (scalar)")
@@ -83,9 +86,6 @@ def make_networks(config: Config, action_dim: int, views: envs.Views = envs.View
             policy=CategoricalPolicy(config.policy_hidden, action_dim, view=views.policy, image_shape=image),
             critic=DiscreteCritic(config.critic_hidden, action_dim, config.num_critics, view=views.critic,
                                   norm_all_layers=config.critic_norm_all, image_shape=image))
-    if image is not None:
-        raise ValueError(f"invalid observation_torso='conv' for {config.env}: the conv torso is for discrete-action "
-                         f"envs with image observations (MinAtar); use flatten")
     return Networks(
         policy=GaussianPolicy(config.policy_hidden, action_dim, config.min_std, config.init_std, view=views.policy),
         critic=Critic(config.critic_hidden, config.num_critics, view=views.critic,

@@ -24,6 +24,11 @@ def test_default_config_is_valid():
         (dict(epsilon=-0.1), "epsilon"),
         (dict(epsilon_mean=-1e-2), "epsilon_mean"),
         (dict(epsilon_std=-1e-4), "epsilon_std"),
+        (dict(epsilon_policy=0.0), "epsilon_policy"),
+        (dict(min_action_prob=-0.01), "min_action_prob"),
+        (dict(min_action_prob=0.5), "min_action_prob"),
+        (dict(observation_torso="cnn"), "observation_torso"),
+        (dict(observation_torso="conv"), "observation_normalization"),  # its kernels cannot absorb per-pixel stats
         (dict(epsilon=0.0), "epsilon"),
         (dict(discount=1.0), "discount"),
         (dict(discount=-0.1), "discount"),
@@ -179,6 +184,8 @@ NON_DEFAULT = dict(
     reward_scale=0.5,
     hl_gauss_sigma=1.5,
     obs_norm_preserves_outputs=False,
+    epsilon_policy=3e-3,
+    min_action_prob=0.02,
 )
 
 
@@ -191,7 +198,7 @@ def test_hparams_is_a_namedtuple_of_the_float_fields():
         "discount", "retrace_lambda", "epsilon", "epsilon_mean", "epsilon_std", "epsilon_penalty", "policy_lr",
         "critic_lr", "dual_lr", "tau", "init_temperature", "init_alpha_mean", "init_alpha_std", "min_alpha",
         "alpha_gain", "critic_pessimism", "policy_lr_decay_updates", "exploration_correlation",
-        "exploration_correlation_from_step", "reward_scale", "hl_gauss_sigma",
+        "exploration_correlation_from_step", "reward_scale", "hl_gauss_sigma", "epsilon_policy", "min_action_prob",
     }
     assert set(hparams._fields) == expected_fields
     assert "obs_norm_preserves_outputs" not in hparams._fields  # a static switch, not a float

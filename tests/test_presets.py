@@ -193,10 +193,12 @@ def test_gpu_curves_ran_the_presets_training_settings_and_measured_ones_hold_up(
     for run, config in ((gpu_run, gpu), (cpu_run, cpu)):
         for field, value in config.__dict__.items():
             if field not in ("total_steps", "num_evals", "eval_episodes", "seed", "env"):
-                if field not in run["config"]:  # the runs predate the critic options: a scalar layer-norm MLP
+                if field not in run["config"]:  # the runs predate these options: their defaults then and now
                     assert field in ("critic_head", "critic_bins", "hl_gauss_sigma", "reward_range",
-                                     "critic_residual_blocks")
+                                     "critic_residual_blocks", "epsilon_policy", "min_action_prob",
+                                     "observation_normalization", "observation_torso")
                     assert config.critic_head == "scalar" and config.critic_residual_blocks == 0
+                    assert config.observation_normalization and config.observation_torso == "flatten"
                     continue
                 expected = list(value) if isinstance(value, tuple) else value
                 assert run["config"][field] == expected, (env, field)
