@@ -3,6 +3,7 @@
     python benchmarks/gpu.py                                  # CheetahRun and HumanoidWalk, 2 seeds, 270 s each
     python benchmarks/gpu.py --envs WalkerRun --budget-s 120
     python benchmarks/gpu.py --envs CheetahRun --trainers ppo sac    # Brax's trainers, Playground's settings
+    python benchmarks/gpu.py --envs Breakout-MinAtar --budget-s 480  # a gymnax env: 1,024 envs at scale gpu
 
 Each task runs `preset(env, scale=--scale)` (default "gpu") through `purempo.driver.train`, the loop of
 `purempo train`, with `--num-seeds` seeds in one vmapped program, from its own launch (compilation included)
@@ -129,7 +130,9 @@ def main(argv=None):
     if args.budget_s <= 0 or args.num_seeds < 1 or args.eval_every < 1:
         raise SystemExit("error: --budget-s, --num-seeds and --eval-every must be > 0")
     for env in args.envs:
-        envs.family(env)  # an unknown name fails here, before anything runs
+        if envs.family(env) == envs.GYMNAX and set(args.trainers) - {"purempo"}:  # an unknown name fails here too
+            raise SystemExit(f"error: {env} is a gymnax env: Brax's trainers (--trainers ppo sac) take Brax and "
+                             f"MuJoCo Playground envs only")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     overrides = parse_overrides(args.set)

@@ -44,7 +44,7 @@ def rollout(env, policy, policy_params, obs_stats, env_state, key, unroll_length
 
     `discrete`: `policy` gives logits over the env's actions and each action is a sample of the categorical
     policy with every probability floored at `min_action_prob` (`discrete.floored_log_probs`), stored as an int32
-    index with its log-probability; `noise` (`[E, 0]`) and `correlation` play no part. Otherwise:
+    index with its log-probability; `noise` and `correlation` play no part (the noise returned is empty). Otherwise:
 
     Actions are `mean + std · n_t` with exploration noise n_t `[E, A]` that follows `correlated_noise` within
     an episode (`correlation` ρ; 0: independent steps, i.e. samples of π_θ) and restarts from a fresh N(0, I)

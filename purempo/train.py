@@ -51,7 +51,8 @@ class TrainState(NamedTuple):
     reward_stats: normalizer.RewardScale  # frozen once learning starts
     replay: replay.ReplayState
     env_state: envs.EnvState
-    exploration_noise: chex.Array  # [E, A]: the last acting step's noise (acting.correlated_noise)
+    exploration_noise: Optional[chex.Array]  # [E, A]: the last acting step's noise (acting.correlated_noise); None
+    #                                          for a categorical policy, which samples its actions afresh
     key: chex.PRNGKey
     iteration: chex.Array  # int32 []: iterations done; env steps = iteration · steps_per_iteration
 
@@ -428,7 +429,7 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
         state = state._replace(
             learner=learner,
             env_state=env_state,
-            exploration_noise=noise,
+            exploration_noise=None if nets.discrete else noise,
             reward_stats=reward_stats,
             obs_stats=obs_stats,
             replay=replay.add(state.replay, transitions),
@@ -479,8 +480,8 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
                                jnp.dtype(config.replay_obs_dtype)),
             env_state=env_state,
             # Stationary from the first step: N(0, I), like every later step's noise.
-            exploration_noise=jax.random.normal(jax.random.fold_in(env_key, 1),
-                                                (num_envs, 0 if nets.discrete else action_dim)),
+            exploration_noise=None if nets.discrete else jax.random.normal(jax.random.fold_in(env_key, 1),
+                                                                           (num_envs, action_dim)),
             key=key,
             iteration=jnp.zeros((), jnp.int32),
         )
@@ -572,7 +573,7 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
                                 is_leaf=lambda x: x is None),
             env_state=envs.EnvState(sim_state=sim, episode_step=0, episode_return=0,
                                     reset_pool=None if state.env_state.reset_pool is None else sim),
-            exploration_noise=0, key=sharding.SHARED, iteration=sharding.SHARED,
+            exploration_noise=None if nets.discrete else 0, key=sharding.SHARED, iteration=sharding.SHARED,
         )
 
     return Trainer(config=config, init=init, train_chunk=train_chunk, evaluate_state=evaluate_state,

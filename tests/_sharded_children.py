@@ -106,25 +106,26 @@ def _final(run_dir, num_seeds):
     return checkpoint.restore(run_dir, abstract)
 
 
-def run_and_resume(out, root):
-    """A 4-device run with 2 seeds, uninterrupted and interrupted + resumed; replicated leaves per device."""
+def run_and_resume(out, root, env="inverted_pendulum"):
+    """A 4-device run with 2 seeds on `env`, uninterrupted and interrupted + resumed; replicated leaves per device."""
 
     root = Path(root)
+    config = TINY.replace(env=env)
     options = driver.Options(num_seeds=2, tensorboard=False, checkpoint_replay="always")
-    whole = driver.train(TINY, root / "whole", options)
+    whole = driver.train(config, root / "whole", options)
     try:
-        driver.train(TINY, root / "cut", options, callbacks=_StopAfter(2))
+        driver.train(config, root / "cut", options, callbacks=_StopAfter(2))
     except driver.Interrupted:  # the driver's answer to a KeyboardInterrupt: what was kept, how to continue
         pass
     cut_steps = sorted(int(p.name) for p in (root / "cut" / "checkpoints").iterdir() if p.name.isdigit())
-    driver.train(TINY, root / "cut", options, resume=True)
+    driver.train(config, root / "cut", options, resume=True)
     a, b = _final(whole, 2), _final(root / "cut", 2)
     identical = all(np.array_equal(x, y, equal_nan=True) for x, y in zip(_leaves(a.state), _leaves(b.state)))
     # Per-device copies of the replicated parameters straight from the 4-device programs (the runs' own).
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
-    compiled = driver.lower_programs(TINY, keys, num_devices=4, mesh=sharding.make_mesh(4)).compile()
+    compiled = driver.lower_programs(config, keys, num_devices=4, mesh=sharding.make_mesh(4)).compile()
     state = compiled.init(keys)
-    for _ in range(TINY.num_evals):
+    for _ in range(config.num_evals):
         state, _ = compiled.train_chunk(state)
     learner_leaves = jax.tree.leaves(state.learner)
     obs = state.replay.data.obs

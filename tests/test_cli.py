@@ -540,3 +540,37 @@ def test_on_a_gpu_backend_auto_scale_uses_only_measured_gpu_presets(monkeypatch,
     monkeypatch.setattr(presets, "default_scale", lambda: "cpu")
     assert cli.parse_train_args(["--env", "ant"]).config.num_envs == presets.PRESETS["ant"]["num_envs"]
     assert capsys.readouterr().err == ""
+
+
+def test_a_gymnax_env_trains_evaluates_and_renders_from_the_command_line(tmp_path, capsys):
+    """Breakout-MinAtar from its preset (conv torso) through every command: train (2 seeds), eval, render as a GIF
+    and as a PNG strip of MinAtar frames (an .html is refused), plot; TensorBoard written. (Exact resumes of a
+    discrete run: tests/test_sharding.py, tests/test_discrete_train.py.)"""
+    run_dir = tmp_path / "breakout"
+    flags = ["train", "--env", "breakout_minatar", "--total-steps", "3072", "--num-envs", "8", "--unroll-length",
+             "4", "--updates-per-iteration", "2", "--batch-size", "8", "--sequence-length", "4", "--policy-hidden",
+             "16", "--critic-hidden", "16", "--prefill-steps", "64", "--num-evals", "3", "--eval-episodes", "2",
+             "--episode-length", "40", "--replay-size", "1024", "--reset-pool-size", "16", "--num-seeds", "2",
+             "--observation-torso", "conv", "--min-action-prob", "0.02", "--run-dir", str(run_dir)]
+    assert cli.main(flags) == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["env"] == "Breakout-MinAtar" and config["observation_torso"] == "conv"
+    assert config["time_limit"] == 40 and not config["observation_normalization"]  # the MinAtar preset's
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(len(row["eval_return_per_seed"]) == 2 for row in rows)
+    assert all(math.isfinite(rows[-1][name]) for name in ("kl_policy", "policy_entropy", "temperature", "q_mean"))
+    assert list((run_dir / "tb").iterdir())
+    capsys.readouterr()
+    assert cli.main(["eval", str(run_dir), "--episodes", "2"]) == 0
+    assert "Breakout-MinAtar, checkpoint 3" in capsys.readouterr().out
+    from PIL import Image
+
+    gif, strip = tmp_path / "episode.gif", tmp_path / "episode.png"
+    assert cli.main(["render", str(run_dir), "--out", str(gif), "--max-steps", "12"]) == 0
+    with Image.open(gif) as image:
+        assert image.n_frames >= 2 and image.size == (160, 160)  # MinAtar's 10 × 10 cells, 16 pixels each
+    assert cli.main(["render", str(run_dir), "--out", str(strip), "--max-steps", "12"]) == 0
+    assert Image.open(strip).format == "PNG"
+    assert cli.main(["render", str(run_dir), "--out", str(tmp_path / "episode.html")]) != 0
+    assert "written as .gif or .png" in capsys.readouterr().err
+    assert cli.main(["plot", str(run_dir), "--out", str(tmp_path / "curves.png")]) == 0

@@ -59,7 +59,7 @@ def test_a_discrete_run_has_finite_categorical_metrics_and_stores_int_actions(pi
     # The stored behaviour probabilities are those of a floored two-action policy: within [floor, 1 − floor].
     probs = np.exp(stored.behaviour_log_prob[:, :rows])
     assert np.all(probs >= TINY.min_action_prob - 1e-6) and np.all(probs <= 1 - TINY.min_action_prob + 1e-6)
-    assert state.exploration_noise.shape[-1] == 0  # no Gaussian noise state for a categorical policy
+    assert state.exploration_noise is None  # no Gaussian noise state for a categorical policy
     assert state.learner.dual_params.alpha_std.shape[-1] == 0
 
 

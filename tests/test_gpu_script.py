@@ -42,3 +42,21 @@ def test_gpu_script_rejects_an_unknown_env_before_running(tmp_path):
     with pytest.raises(ValueError, match="unknown env"):
         gpu.main(["--envs", "cheetah", "--out", str(tmp_path)])
     assert not list(tmp_path.iterdir())
+
+
+def test_gpu_script_trains_a_gymnax_env_at_its_gpu_preset(tmp_path):
+    """Breakout-MinAtar through the same loop (categorical MPO), from its GPU preset with the sizes cut down."""
+    gpu.main(["--envs", "Breakout-MinAtar", "--budget-s", "1e9", "--max-evals", "2", "--eval-every", "64",
+              "--num-seeds", "1", "--out", str(tmp_path)] + TINY)
+    summary = json.loads((tmp_path / "gpu_Breakout-MinAtar.json").read_text())
+    gpu_preset = preset("Breakout-MinAtar", scale="gpu")
+    assert gpu_preset.num_envs >= 1024 and summary["scale"] == "gpu"
+    assert summary["config"]["observation_normalization"] is False  # the MinAtar preset's, kept at scale gpu
+    assert [p["env_steps"] for p in summary["points"]] == [64, 128]
+    assert summary["points"][1]["updates"] == 4 * 2  # 4 iterations of the 2 updates TINY sets
+
+
+def test_gpu_script_refuses_brax_trainers_on_a_gymnax_env(tmp_path):
+    with pytest.raises(SystemExit, match="gymnax env"):
+        gpu.main(["--envs", "CartPole-v1", "--trainers", "sac", "--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())

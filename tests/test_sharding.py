@@ -65,6 +65,15 @@ def test_a_sharded_run_resumes_bit_identically(four_device_runs):
     assert result["final_step"] == 4 and result["num_leaves"] > 100 and result["identical"]
 
 
+def test_a_discrete_run_splits_over_devices_and_resumes_bit_identically(tmp_path):
+    """CartPole-v1 (categorical MPO, int actions in the replay) over 4 devices with 2 seeds: the same checks."""
+    result = _run("run_and_resume", tmp_path / "out.json", tmp_path, "CartPole-v1")
+    assert result["num_copies"] == 4 and result["learner_copies_equal"]
+    assert result["replay_shape"][:3] == [2, 64, 16] and result["replay_shard_shape"][:3] == [2, 64, 4]
+    assert result["cut_steps"] == [0, 1, 2] and result["final_step"] == 4 and result["identical"]
+    assert result["seeds_differ"]
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("localhost", 0))
