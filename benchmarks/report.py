@@ -56,6 +56,12 @@ def curves(root: Path, name: str, trainer: str = "purempo") -> List[Curve]:
             walls[-1] = d.get("wall_time_s")
         return [Curve(d["env_steps"], r["eval_return"], walls, len(d["runs"]), d.get("threshold"),
                       d.get("drop_after"), machine) for r in d["runs"]]
+    if "seed_list" in d:  # gymnax_curves.py: seeds vmapped in one program, the anchor's target as threshold
+        chunks = d["chunks"]
+        target = (d.get("anchor") or {}).get("target")
+        return [Curve([c["env_steps"] for c in chunks], [c["eval_return"][i] for c in chunks],
+                      [c["wall_time_s"] for c in chunks], len(d["seed_list"]), target, None, machine)
+                for i in range(len(d["seed_list"]))]
     if "results" in d:  # compare.py: one seed per trainer
         r = next((r for r in d["results"] if r["trainer"] == trainer), None)
         if r is None:
@@ -265,6 +271,18 @@ def c_drop(cell: Cell) -> str:
     return ", ".join(out) or "—"
 
 
+def c_anchor(cell: Cell) -> str:
+    """The published return the row's JSON names (gymnax_curves.py's `anchor`)."""
+    anchors = [load(cell.root, n).get("anchor") for n in cell.row.purempo]
+    return joined([a["source"] for a in anchors if a]) or "—"
+
+
+def c_rate(cell: Cell) -> str:
+    """Env steps per second over all seeds, after the first evaluation (gymnax_curves.py's `env_steps_per_s`)."""
+    rates = [load(cell.root, n).get("env_steps_per_s") for n in cell.row.purempo]
+    return joined([f"{r:,}" for r in rates if r]) or "—"
+
+
 def c_data(cell: Cell, prefix: str) -> str:
     names = cell.row.purempo + cell.row.sac + cell.row.ppo
     return ", ".join(f"[{Path(n).name}]({prefix}/{n}.json)" for n in dict.fromkeys(names)) or "—"
@@ -333,6 +351,12 @@ STABILITY = [
     ("task", c_task), ("settings", c_settings), ("env steps", c_env_steps), ("first reaching the threshold", c_reached),
     ("evaluations below it later", c_below), ("per seed: best / final / worst after reaching it", c_seeds),
     ("lowest evaluation after 500k env steps ÷ running best", c_drop), ("wall time", c_wall), ("machine", c_machine),
+]
+GYMNAX = [
+    ("task", c_task), ("settings", c_settings), ("env steps", c_env_steps),
+    ("return, mean ± std over seeds", c_return), ("per seed: best / final / worst after reaching the target", c_seeds),
+    ("first reaching the target", c_reached), ("published", c_anchor), ("wall time", c_wall),
+    ("env steps/s", c_rate), ("machine", c_machine),
 ]
 BUDGET = [
     ("task", c_task), ("settings", c_settings), ("purempo", c_return), ("at env steps", c_env_steps),
@@ -467,6 +491,15 @@ CRITIC_ROWS = [
                        ("WalkerRun", ("preset_1m", "hl_gauss_1m")))
     for run in runs
 ]
+NOT_BRAX = "no Brax trainer for gymnax envs"
+GYMNAX_ROWS = [
+    Row("CartPole-v1", ["gymnax_CartPole-v1"], no_brax=NOT_BRAX),
+    Row("Acrobot-v1", ["gymnax_Acrobot-v1"], no_brax=NOT_BRAX),
+    Row("Breakout-MinAtar", ["gymnax_Breakout-MinAtar_1m"], no_brax=NOT_BRAX),
+    Row("Asterix-MinAtar", ["gymnax_Asterix-MinAtar_1m"], no_brax=NOT_BRAX),
+    Row("Freeway-MinAtar", ["gymnax_Freeway-MinAtar_500k"], no_brax=NOT_BRAX),
+    Row("SpaceInvaders-MinAtar", ["gymnax_SpaceInvaders-MinAtar_500k"], no_brax=NOT_BRAX),
+]
 STABILITY_ROWS = [
     Row("inverted_pendulum", ["stability_inverted_pendulum_issue39"]),
     Row("inverted_pendulum", ["stability_inverted_pendulum_driver"]),
@@ -477,7 +510,8 @@ STABILITY_ROWS = [
 
 RESULTS_MD = "benchmarks/RESULTS.md"
 TABLES = {
-    "current": Table("README.md", CURRENT, BRAX_ROWS + DMC_ROWS),
+    "current": Table("README.md", CURRENT, BRAX_ROWS + DMC_ROWS + GYMNAX_ROWS),
+    "gymnax": Table(RESULTS_MD, GYMNAX, GYMNAX_ROWS),
     "brax": Table(RESULTS_MD, LEARNING, BRAX_ROWS),
     "brax-head-to-head": Table(RESULTS_MD, HEAD_TO_HEAD, entries("compare_inverted_pendulum", "results"),
                                sources=lambda r: [r[0]]),

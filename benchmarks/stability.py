@@ -154,6 +154,8 @@ def main():
         plot(summary, path.with_suffix(".png"))
         report(summary)
         return
+    if envs.family(args.env) == envs.GYMNAX:  # its diagnostics are the Gaussian policy's
+        raise SystemExit(f"error: {args.env} has discrete actions: use benchmarks/gymnax_curves.py")
     num_seeds = args.num_seeds or (5 if args.env == "inverted_pendulum" else 2)
     seeds = list(range(num_seeds))
     threshold = args.threshold if args.threshold is not None else THRESHOLDS.get(args.env)
