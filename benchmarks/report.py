@@ -500,6 +500,12 @@ GYMNAX_ROWS = [
     Row("Freeway-MinAtar", ["gymnax_Freeway-MinAtar_500k"], no_brax=NOT_BRAX),
     Row("SpaceInvaders-MinAtar", ["gymnax_SpaceInvaders-MinAtar_500k"], no_brax=NOT_BRAX),
 ]
+GYMNAX_VARIANT_ROWS = [  # the same code, one setting changed, compared at the same env steps
+    Row("Breakout-MinAtar", ["gymnax_Breakout-MinAtar_1m"], at=499_200, settings="preset (flattened images)"),
+    Row("Breakout-MinAtar", ["gymnax_Breakout-MinAtar_conv_500k"], settings="preset with the conv torso"),
+    Row("Asterix-MinAtar", ["gymnax_Asterix-MinAtar_1m"], at=499_200, settings="preset"),
+    Row("Asterix-MinAtar", ["gymnax_Asterix-MinAtar_floor0.02_500k"], settings="preset, min_action_prob 0.02"),
+]
 STABILITY_ROWS = [
     Row("inverted_pendulum", ["stability_inverted_pendulum_issue39"]),
     Row("inverted_pendulum", ["stability_inverted_pendulum_driver"]),
@@ -512,6 +518,7 @@ RESULTS_MD = "benchmarks/RESULTS.md"
 TABLES = {
     "current": Table("README.md", CURRENT, BRAX_ROWS + DMC_ROWS + GYMNAX_ROWS),
     "gymnax": Table(RESULTS_MD, GYMNAX, GYMNAX_ROWS),
+    "gymnax-variants": Table(RESULTS_MD, GYMNAX, GYMNAX_VARIANT_ROWS),
     "brax": Table(RESULTS_MD, LEARNING, BRAX_ROWS),
     "brax-head-to-head": Table(RESULTS_MD, HEAD_TO_HEAD, entries("compare_inverted_pendulum", "results"),
                                sources=lambda r: [r[0]]),

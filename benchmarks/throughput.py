@@ -482,6 +482,8 @@ def main():
     parser.add_argument("--cpu-calls", type=int, default=2,
                         help="--scale gpu: timed calls of each full-size program on this machine")
     args = parser.parse_args()
+    if envs.family(args.env) == envs.GYMNAX:  # its rollouts and updates are the Gaussian policy's
+        raise SystemExit(f"error: {args.env} has discrete actions: its env steps/s are in benchmarks/gymnax_curves.py")
     if args.scale == "gpu":
         return main_gpu(args)
     base = preset(args.env, **parse_overrides(args.set))

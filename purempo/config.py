@@ -11,6 +11,10 @@ PLAYGROUND_IMPLS = ("jax", "warp")
 REPLAY_OBS_DTYPES = ("float32", "bfloat16")
 CRITIC_HEADS = ("scalar", "hl_gauss", "categorical")
 OBSERVATION_TORSOS = ("flatten", "conv")
+# Float hyper-parameters that only one kind of action space reads (a sweep of one on the other would repeat a run).
+CONTINUOUS_ONLY_HPARAMS = ("epsilon_mean", "epsilon_std", "epsilon_penalty", "init_alpha_std",
+                           "exploration_correlation", "exploration_correlation_from_step", "hl_gauss_sigma")
+DISCRETE_ONLY_HPARAMS = ("epsilon_policy",)
 
 
 class HParams(NamedTuple):
@@ -38,7 +42,6 @@ class HParams(NamedTuple):
     reward_scale: float
     hl_gauss_sigma: float
     epsilon_policy: float
-    min_action_prob: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +110,7 @@ class Config:
     obs_norm_preserves_outputs: bool = True
     """When the running observation statistics move, re-parametrise every network's first layer (online and target) to compute the same function of the raw observation, so normalisation cannot move the policy outside its trust region (off: inverted_pendulum solves sooner but falls over again and again, docs/journal.md §6)."""
     observation_normalization: bool = True
-    """Standardise observations by running statistics before every network (off: networks see the raw observation, e.g. MinAtar's 0/1 images; needed by the conv torso, whose shared kernels cannot absorb per-pixel statistics)."""
+    """Standardise observations by running statistics before every network (off: networks see the raw observation clipped to ±10, as normalised ones are, e.g. MinAtar's 0/1 images; needed by the conv torso, whose shared kernels cannot absorb per-pixel statistics)."""
     observation_torso: str = "flatten"
     """How the networks read an image observation (MinAtar's [10, 10, C]): flatten, the MLP on the flat pixels; conv, a 3×3 convolution of 16 channels and ReLU (MinAtar's own network) before the MLP (needs observation_normalization off)."""
 
@@ -137,7 +140,7 @@ class Config:
     epsilon_policy: float = 1e-2
     """Discrete actions: M-step bound on KL(π'‖π) of the categorical policy, the one trust region (continuous actions use epsilon_mean and epsilon_std)."""
     min_action_prob: float = 0.0
-    """Discrete actions: floor on every action's probability, π = (1 − K·floor)·softmax + floor over K actions, so that no action stops being explored (0: none; must be < 1/K)."""
+    """Discrete actions: floor on every action's probability, π = (1 − K·floor)·softmax + floor over K actions, so that no action stops being explored (0: none; must be < 1/K). Static, not swept: it is part of the policy's distribution everywhere, evaluation included."""
     init_temperature: float = 1.0
     """Initial E-step temperatures η (task and action penalty)."""
     init_alpha_mean: float = 10.0

@@ -248,6 +248,15 @@ def sweep_members(config: Config, run_dir: Path, sweep: Sequence[str]) -> List[M
     grid = parse_sweep(sweep)
     if not grid:
         return [Member("", config, Path(run_dir))]
+    from purempo import envs
+    from purempo.config import CONTINUOUS_ONLY_HPARAMS, DISCRETE_ONLY_HPARAMS
+
+    discrete = config.env in envs.gymnax_names()
+    for name, _ in grid:  # members that would all compute the same run
+        unread = DISCRETE_ONLY_HPARAMS if not discrete else CONTINUOUS_ONLY_HPARAMS
+        if name in unread:
+            kind = "discrete" if discrete else "continuous"
+            raise RunError(f"invalid --sweep {name}: {config.env} has {kind} actions, whose learner does not read it")
     members = []
     for point in itertools.product(*(values for _, values in grid)):
         changes = {name: value for (name, _), value in zip(grid, point)}

@@ -336,6 +336,9 @@ class GymnaxEnv:
 
     def step(self, state: GymnaxState, action: chex.Array) -> GymnaxState:
         """`step_env` with the first half of `jax.random.split(state.info["rng"])`; the second is the next rng."""
+        if not jnp.issubdtype(jnp.asarray(action).dtype, jnp.integer):
+            raise TypeError(f"{self.name} takes an integer action index in [0, {self.num_actions}), got "
+                            f"{jnp.asarray(action).dtype} (a continuous policy's action?)")
         step_key, rng = jax.random.split(state.info["rng"])
         obs, env_state, reward, done, _ = self.gymnax_env.step_env(
             step_key, state.env_state, jnp.asarray(action).astype(jnp.int32), self.params)

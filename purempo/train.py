@@ -83,6 +83,9 @@ def make_networks(config: Config, action_dim: int, views: envs.Views = envs.View
         if config.critic_head != "scalar":
             raise ValueError(f"invalid critic_head={config.critic_head!r} for {config.env}, a discrete-action env: "
                              f"its critic gives every action's scalar value (scalar)")
+        if config.critic_residual_blocks:
+            raise ValueError(f"invalid critic_residual_blocks={config.critic_residual_blocks} for {config.env}, a "
+                             f"discrete-action env: its critic is the layer-norm MLP (0)")
         return Networks(
             policy=CategoricalPolicy(config.policy_hidden, action_dim, view=views.policy, image_shape=image),
             critic=DiscreteCritic(config.critic_hidden, action_dim, config.num_critics, view=views.critic,
@@ -232,14 +235,14 @@ def categorical_mpo_loss(params, learner: LearnerState, obs_stats, reward_diviso
     the E-step q(a|s) ∝ π'(a|s) exp(Q'(s, a)/η) with its temperature dual are exact; the M-step is weighted maximum
     likelihood under one KL(π'‖π_θ) ≤ ε_policy trust region, whose multiplier is `dual_params.alpha_mean` `[1]`.
     Retrace's ratios read the stored behaviour log-probability of the taken action (int32 `batch.action` `[B, L]`).
-    Policies are floored at `hp.min_action_prob` everywhere (acting, E-step prior, M-step). `key` is unused.
+    Policies are floored at `config.min_action_prob` everywhere (acting, E-step prior, M-step). `key` is unused.
     """
     del key
     policy_params, critic_params, dual_params = params
     next_obs = jnp.where(batch.terminated[..., None], batch.obs, batch.next_obs)  # as in `mpo_loss`
     obs = normalizer.normalize(obs_stats, batch.obs)  # [B, L, O]
     next_obs = normalizer.normalize(obs_stats, next_obs)
-    log_probs = lambda p, x: discrete.floored_log_probs(nets.policy.apply(p, x), hp.min_action_prob)  # noqa: E731
+    log_probs = lambda p, x: discrete.floored_log_probs(nets.policy.apply(p, x), config.min_action_prob)  # noqa: E731
     members = lambda q: q if config.num_critics > 1 else q[None]  # noqa: E731
 
     def taken(values, actions):  # values `[..., B, L, K]` at actions `[B, L]` -> `[..., B, L]`
@@ -411,7 +414,7 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
             config.unroll_length, limit, hp.reward_scale,
             state.exploration_noise,
             jnp.where(env_steps(state) >= hp.exploration_correlation_from_step, hp.exploration_correlation, 0.0),
-            nets.discrete, hp.min_action_prob,
+            nets.discrete, config.min_action_prob,
         )
         estimating = state.iteration < reward_estimation_iterations
         reward_stats = jax.tree.map(
@@ -527,8 +530,8 @@ def make_trainer(config: Config, num_devices: int = 1) -> Trainer:
 
     def evaluate(policy_params, obs_stats, key, stochastic=False, num_episodes=None):
         """Episodes of the mean action (`stochastic` false) or of samples from π_θ (true), per episode if an
-        array `[num_episodes]` (`evaluation_action`; a discrete policy's samples are floored at the config's
-        min_action_prob, also in a sweep of it). Starts come from `env.reset` with this key, independent of the
+        array `[num_episodes]` (`evaluation_action`; a discrete policy's samples are floored at min_action_prob).
+        Starts come from `env.reset` with this key, independent of the
         training reset pool (tasks such as reacher and pusher draw their goal at reset)."""
         num_episodes = config.eval_episodes if num_episodes is None else num_episodes
         stochastic = jnp.broadcast_to(jnp.asarray(stochastic, bool), (num_episodes,))

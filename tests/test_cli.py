@@ -543,7 +543,7 @@ def test_on_a_gpu_backend_auto_scale_uses_only_measured_gpu_presets(monkeypatch,
 
 
 def test_a_gymnax_env_trains_evaluates_and_renders_from_the_command_line(tmp_path, capsys):
-    """Breakout-MinAtar from its preset (conv torso) through every command: train (2 seeds), eval, render as a GIF
+    """Breakout-MinAtar from its preset with the conv torso through every command: train (2 seeds), eval, render as a GIF
     and as a PNG strip of MinAtar frames (an .html is refused), plot; TensorBoard written. (Exact resumes of a
     discrete run: tests/test_sharding.py, tests/test_discrete_train.py.)"""
     run_dir = tmp_path / "breakout"

@@ -198,7 +198,7 @@ def test_hparams_is_a_namedtuple_of_the_float_fields():
         "discount", "retrace_lambda", "epsilon", "epsilon_mean", "epsilon_std", "epsilon_penalty", "policy_lr",
         "critic_lr", "dual_lr", "tau", "init_temperature", "init_alpha_mean", "init_alpha_std", "min_alpha",
         "alpha_gain", "critic_pessimism", "policy_lr_decay_updates", "exploration_correlation",
-        "exploration_correlation_from_step", "reward_scale", "hl_gauss_sigma", "epsilon_policy", "min_action_prob",
+        "exploration_correlation_from_step", "reward_scale", "hl_gauss_sigma", "epsilon_policy",
     }
     assert set(hparams._fields) == expected_fields
     assert "obs_norm_preserves_outputs" not in hparams._fields  # a static switch, not a float

@@ -75,9 +75,13 @@ def _naive_loss(trainer_nets, learner, obs_stats, divisor, batch, config):
     next_obs = np.asarray(normalizer.normalize(obs_stats, next_raw))
     pi_next = policy(learner.target_policy_params, next_obs)  # [B, L, K]
     pi_now = policy(learner.target_policy_params, obs)
-    q_next = np.asarray(nets.critic.apply(learner.target_critic_params, next_obs))
-    q_now_target = np.asarray(nets.critic.apply(learner.target_critic_params, obs))
+    def target(x):  # an ensemble's members `[M, ...]`: their mean − β·(population) std
+        q = np.asarray(nets.critic.apply(learner.target_critic_params, x))
+        return q if config.num_critics == 1 else q.mean(0) - config.critic_pessimism * q.std(0)
+
+    q_next, q_now_target = target(next_obs), target(obs)
     q_online = np.asarray(nets.critic.apply(learner.critic_params, obs))
+    members = [q_online] if config.num_critics == 1 else list(q_online)
     actions = np.asarray(batch.action)
     num_b, num_l, num_k = q_next.shape
     losses, targets = [], []
@@ -95,7 +99,7 @@ def _naive_loss(trainer_nets, learner, obs_stats, divisor, batch, config):
                 bootstrap += c[t + 1] * (g[t + 1] - q_now_target[b, t + 1, actions[b, t + 1]])
             g[t] = float(batch.reward[b, t]) / divisor + config.discount * bootstrap
         for t in range(num_l):
-            losses.append(0.5 * (q_online[b, t, actions[b, t]] - g[t]) ** 2)
+            losses.append(sum(0.5 * (q[b, t, actions[b, t]] - g[t]) ** 2 for q in members))  # members' losses summed
             targets.append(g[t])
     pi_online = policy(learner.policy_params, next_obs)
     live = ~np.asarray(batch.terminated)
@@ -103,24 +107,30 @@ def _naive_loss(trainer_nets, learner, obs_stats, divisor, batch, config):
     return float(np.mean(losses)), float(np.mean(targets)), float(kl[live].mean())
 
 
-def test_categorical_loss_matches_the_direct_computation(pieces):
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_categorical_loss_matches_the_direct_computation(pieces, ensemble):
     """categorical_mpo_loss's critic loss, target mean and KL(π'‖π) on a replay batch equal the direct way's,
     with online and target networks that differ (the run's learner against a fresh init) and with episodes
-    ending inside the sequences (terminated and truncated rows are forced in)."""
+    ending inside the sequences (terminated and truncated rows are forced in); also for an ensemble of 3 critics
+    with pessimism 0.7 (each member's Q(s, ·) `[M, B, L, K]`)."""
     trainer, state = pieces["trainer"], jax.tree.map(lambda x: x[0], pieces["state"])
-    nets = train.env_networks(TINY, envs.make(TINY.env))
+    config = TINY.replace(num_critics=3, critic_pessimism=0.7) if ensemble else TINY
+    nets = train.env_networks(config, envs.make(TINY.env))
     fresh = trainer.init(jax.random.PRNGKey(7)).learner
     learner = state.learner._replace(target_policy_params=fresh.policy_params,
                                      target_critic_params=fresh.critic_params)
+    if ensemble:
+        critic = lambda seed: nets.critic.init(jax.random.PRNGKey(seed), jnp.zeros((4,)))  # noqa: E731
+        learner = learner._replace(critic_params=critic(8), target_critic_params=critic(9))
     batch = replay.sample(state.replay, jax.random.PRNGKey(3), 6, 4)
     terminated, truncated = np.asarray(batch.terminated).copy(), np.asarray(batch.truncated).copy()
     terminated[0, 1], truncated[1, 2], terminated[1, 2] = True, True, False
     batch = batch._replace(terminated=jnp.asarray(terminated), truncated=jnp.asarray(truncated))
     divisor = normalizer.reward_divisor(state.reward_stats)
     params = (learner.policy_params, learner.critic_params, learner.dual_params)
-    _, metrics = train.categorical_mpo_loss(params, learner, state.obs_stats, divisor, batch, None, TINY.hparams,
-                                            TINY, nets)
-    loss, target_mean, kl = _naive_loss(nets, learner, state.obs_stats, float(divisor), batch, TINY)
+    _, metrics = train.categorical_mpo_loss(params, learner, state.obs_stats, divisor, batch, None, config.hparams,
+                                            config, nets)
+    loss, target_mean, kl = _naive_loss(nets, learner, state.obs_stats, float(divisor), batch, config)
     np.testing.assert_allclose(float(metrics["critic_loss"]), loss, rtol=2e-5)
     np.testing.assert_allclose(float(metrics["target_mean"]), target_mean, rtol=2e-5)
     np.testing.assert_allclose(float(metrics["kl_policy"]), kl, rtol=2e-4, atol=1e-7)
@@ -146,6 +156,7 @@ def test_evaluation_takes_the_mode_or_samples_the_floored_policy():
     (dict(observation_torso="conv", observation_normalization=False), "needs image observations"),
     (dict(critic_head="hl_gauss", reward_range=(0.0, 1.0)), "discrete-action env"),
     (dict(env="Breakout-MinAtar", min_action_prob=0.34), "must be < 1/K = 0.3333 for Breakout-MinAtar's K = 3"),
+    (dict(critic_residual_blocks=2, critic_hidden=(16,)), "its critic is the layer-norm MLP"),
 ])
 def test_impossible_discrete_settings_are_one_line_errors(changes, message):
     config = TINY.replace(**changes)
@@ -194,3 +205,13 @@ def test_the_cartpole_preset_reaches_500_within_150k_steps_on_every_seed():
         curve = np.round(seed_returns, 1).tolist()
         assert np.any(seed_returns >= 500.0), f"never reached 500: {curve}"
     assert np.all(np.isfinite(metrics["critic_loss"][metrics["updates"] > 0]))
+
+
+@pytest.mark.parametrize("env, swept", [("CartPole-v1", "epsilon_mean=0.01,0.02"),
+                                        ("inverted_pendulum", "epsilon_policy=0.01,0.02")])
+def test_a_sweep_of_a_setting_the_env_does_not_read_is_refused(env, swept, tmp_path):
+    from purempo import driver
+
+    with pytest.raises(driver.RunError, match="whose learner does not read it"):
+        driver.sweep_members(Config(env=env), tmp_path, [swept])
+    assert len(driver.sweep_members(Config(env="CartPole-v1"), tmp_path, ["epsilon_policy=0.01,0.02"])) == 2
