@@ -501,10 +501,10 @@ GYMNAX_ROWS = [
     Row("SpaceInvaders-MinAtar", ["gymnax_SpaceInvaders-MinAtar_500k"], no_brax=NOT_BRAX),
 ]
 GYMNAX_VARIANT_ROWS = [  # the same code, one setting changed, compared at the same env steps
-    Row("Breakout-MinAtar", ["gymnax_Breakout-MinAtar_1m"], at=499_200, settings="preset (flattened images)"),
-    Row("Breakout-MinAtar", ["gymnax_Breakout-MinAtar_conv_500k"], settings="preset with the conv torso"),
-    Row("Asterix-MinAtar", ["gymnax_Asterix-MinAtar_1m"], at=499_200, settings="preset"),
-    Row("Asterix-MinAtar", ["gymnax_Asterix-MinAtar_floor0.02_500k"], settings="preset, min_action_prob 0.02"),
+    Row("Breakout-MinAtar", ["gymnax_Breakout-MinAtar_1m"], at=249_600, settings="preset (flattened images)"),
+    Row("Breakout-MinAtar", ["gymnax_Breakout-MinAtar_conv_250k"], settings="preset with the conv torso"),
+    Row("Asterix-MinAtar", ["gymnax_Asterix-MinAtar_1m"], at=249_600, settings="preset"),
+    Row("Asterix-MinAtar", ["gymnax_Asterix-MinAtar_floor0.02_250k"], settings="preset, min_action_prob 0.02"),
 ]
 STABILITY_ROWS = [
     Row("inverted_pendulum", ["stability_inverted_pendulum_issue39"]),
