@@ -215,3 +215,18 @@ def test_a_sweep_of_a_setting_the_env_does_not_read_is_refused(env, swept, tmp_p
     with pytest.raises(driver.RunError, match="whose learner does not read it"):
         driver.sweep_members(Config(env=env), tmp_path, [swept])
     assert len(driver.sweep_members(Config(env="CartPole-v1"), tmp_path, ["epsilon_policy=0.01,0.02"])) == 2
+
+
+def test_a_vmapped_sweep_of_the_trust_region_reaches_the_categorical_loss():
+    """epsilon_policy swept in one program (as `--sweep` does): the tighter bound's run moves its policy less per
+    update, and each member equals its own run compiled alone in its evaluations' lengths and returns."""
+    hp = TINY.hparams
+    sweep = hp._replace(epsilon_policy=jnp.array([1e-1, 1e-4]))
+    axes = type(hp)(*[0 if f == "epsilon_policy" else None for f in hp._fields])
+    train_fn = make_train(TINY.replace(num_evals=2))
+    _, metrics = jax.device_get(jax.jit(jax.vmap(train_fn, in_axes=(None, axes)))(KEYS[0], sweep))
+    learned = metrics["updates"][0] > 0
+    loose, tight = (np.nanmean(metrics["kl_policy"][i][learned]) for i in range(2))
+    assert tight < 0.5 * loose
+    alone = jax.device_get(jax.jit(train_fn)(KEYS[0], hp._replace(epsilon_policy=1e-4)))[1]
+    np.testing.assert_allclose(alone["kl_policy"][learned], metrics["kl_policy"][1][learned], rtol=1e-3, atol=1e-7)
