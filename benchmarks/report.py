@@ -503,6 +503,8 @@ GYMNAX_ROWS = [
 GYMNAX_VARIANT_ROWS = [  # the same code, one setting changed, compared at the same env steps
     Row("Breakout-MinAtar", ["gymnax_Breakout-MinAtar_1m"], at=249_600, settings="preset (flattened images)"),
     Row("Breakout-MinAtar", ["gymnax_Breakout-MinAtar_conv_250k"], settings="preset with the conv torso"),
+    Row("Breakout-MinAtar", ["gymnax_Breakout-MinAtar_speed_flatten"], settings="preset, 1 seed alone on a core"),
+    Row("Breakout-MinAtar", ["gymnax_Breakout-MinAtar_speed_conv"], settings="conv torso, 1 seed alone on a core"),
     Row("Asterix-MinAtar", ["gymnax_Asterix-MinAtar_1m"], at=249_600, settings="preset"),
     Row("Asterix-MinAtar", ["gymnax_Asterix-MinAtar_floor0.02_250k"], settings="preset, min_action_prob 0.02"),
 ]

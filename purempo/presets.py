@@ -76,7 +76,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 
 # gymnax's discrete-action envs (categorical MPO, `purempo.discrete`): classic control with 16 envs and 4 updates of
 # 64 sequences per 64 env steps; MinAtar with 64 envs, its 0/1 image observations flattened unnormalised into one
-# hidden layer of 256 (on a CPU 3x the conv torso's env steps/s), a replay of 4 episodes per env. CartPole: γ 0.999
+# hidden layer of 256 (on a CPU 5x the conv torso's env steps/s), a replay of 4 episodes per env. CartPole: γ 0.999
 # and ε_policy 3e-3, whose dips after reaching 500 were the shallowest (≥ 448, 4 seeds; ε 1e-2: to 133).
 _GYMNAX_CLASSIC: Dict[str, Any] = dict(
     num_envs=16, unroll_length=4, updates_per_iteration=4, prefill_steps=1024, replay_size=65_536, batch_size=64,
