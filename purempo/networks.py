@@ -203,6 +203,11 @@ class CategoricalPolicy(nn.Module):
         return nn.Dense(self.num_actions, kernel_init=nn.initializers.variance_scaling(1e-4, "fan_in", "uniform"))(h)
 
 
+def _action_values(obs, hidden, num_actions, norm_all_layers, image_shape) -> chex.Array:
+    """Q(s, ·) `[..., K]` in the calling module's scope (its layers named as that module's own)."""
+    return nn.Dense(num_actions)(LayerNormMLP(hidden, norm_all_layers)(_torso(image_shape)(obs)))
+
+
 class DiscreteQHead(nn.Module):
     """One network of Q(s, ·) `[..., K]`, every action's value in one pass."""
 
@@ -213,8 +218,7 @@ class DiscreteQHead(nn.Module):
 
     @nn.compact
     def __call__(self, obs: chex.Array) -> chex.Array:
-        h = LayerNormMLP(self.hidden, self.norm_all_layers)(_torso(self.image_shape)(obs))
-        return nn.Dense(self.num_actions)(h)
+        return _action_values(obs, self.hidden, self.num_actions, self.norm_all_layers, self.image_shape)
 
 
 class DiscreteCritic(nn.Module):
@@ -232,8 +236,7 @@ class DiscreteCritic(nn.Module):
     def __call__(self, obs: chex.Array) -> chex.Array:
         obs = _view(obs, self.view)
         if self.num_members == 1:
-            h = LayerNormMLP(self.hidden, self.norm_all_layers)(_torso(self.image_shape)(obs))
-            return nn.Dense(self.num_actions)(h)
+            return _action_values(obs, self.hidden, self.num_actions, self.norm_all_layers, self.image_shape)
         members = nn.vmap(DiscreteQHead, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=None,
                           out_axes=0, axis_size=self.num_members)
         return members(self.hidden, self.num_actions, self.norm_all_layers, self.image_shape, name="members")(obs)
